@@ -1,0 +1,175 @@
+"""Local training for any PyTorch ``nn.Module``.
+
+The lean sequential path: one model object whose federated tensors are views into a single flat
+buffer (see :meth:`Layout.bind`), so loading the global model is one copy and reading the result is
+one clone; data stay as tensors, batches are gathered by index, and the loss is summed on-device so
+the loop never waits on a host sync. A fresh optimizer is built for every fit, so client-side
+optimizer state (momentum, Adam moments) never leaks from one round or client to the next.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult
+from fedfleet.data.base import ArrayDataset
+from fedfleet.errors import ConfigError
+from fedfleet.params import Layout
+
+__all__ = ["OptimizerFactory", "TorchTrainer", "optimizer_names", "resolve_optimizer"]
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+"""Called as ``factory(params, lr=lr, **optimizer_args)``; a ``torch.optim`` class fits."""
+
+
+def optimizer_names() -> list[str]:
+    """Every optimizer class in ``torch.optim``, lower-cased (``sgd``, ``adam``, ``adamw``, ...)."""
+    return sorted(
+        name.lower()
+        for name, obj in vars(torch.optim).items()
+        if isinstance(obj, type)
+        and issubclass(obj, torch.optim.Optimizer)
+        and obj is not torch.optim.Optimizer
+    )
+
+
+def resolve_optimizer(spec: str | OptimizerFactory) -> OptimizerFactory:
+    """A ``torch.optim`` class from its case-insensitive name, or ``spec`` itself if callable."""
+    if callable(spec):
+        return spec
+    for name, obj in vars(torch.optim).items():
+        if name.lower() == spec.lower() and isinstance(obj, type):
+            return obj
+    raise ConfigError(f"unknown optimizer {spec!r}; valid: {', '.join(optimizer_names())}")
+
+
+class TorchTrainer:
+    """Trains and evaluates an ``nn.Module`` from flat vectors.
+
+    Args:
+        model: a module, or a zero-argument factory building one. With a factory,
+            :meth:`init_vector` draws the initial weights from its seed; with a module, its
+            current weights are the initial model.
+        loss_fn: ``loss_fn(outputs, targets)`` returning the mean loss of a batch.
+        optimizer: a ``torch.optim`` name (``"sgd"``, ``"adam"``...) or a factory called as
+            ``factory(params, lr=..., **optimizer_args)``.
+        optimizer_args: extra keyword arguments for the optimizer (momentum, weight_decay, ...).
+        device: where training runs (``"cpu"`` or ``"cuda"``).
+        eval_batch_size: batch size for :meth:`evaluate`.
+
+    Example:
+        >>> trainer = TorchTrainer(lambda: torch.nn.Linear(4, 3), optimizer="sgd")
+        >>> w0 = trainer.init_vector(seed=0)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[[], nn.Module],
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+        optimizer: str | OptimizerFactory = "sgd",
+        optimizer_args: Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        eval_batch_size: int = 1024,
+    ) -> None:
+        self._factory = model if not isinstance(model, nn.Module) else None
+        module = model if isinstance(model, nn.Module) else model()
+        self.device = torch.device(device)
+        self.model = module.to(self.device)
+        self._layout = Layout.from_module(self.model)
+        self._initial = self._layout.flatten(self.model.state_dict())
+        self._flat = torch.zeros(self._layout.size, dtype=torch.float32, device=self.device)
+        self._layout.bind(self.model, self._flat)
+        self.loss_fn = loss_fn
+        self.optimizer = resolve_optimizer(optimizer)
+        self.optimizer_args = dict(optimizer_args or {})
+        self.eval_batch_size = eval_batch_size
+
+    @property
+    def layout(self) -> Layout:
+        return self._layout
+
+    def init_vector(self, seed: int) -> np.ndarray:
+        if self._factory is None:
+            return self._initial.copy()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = self._factory()
+        return self._layout.flatten(fresh.state_dict())
+
+    def export(self, vector: np.ndarray) -> nn.Module:
+        """A standalone copy of the model holding ``vector``'s weights."""
+        module = self._factory() if self._factory is not None else copy.deepcopy(self.model)
+        module.load_state_dict(self._layout.to_state_dict(vector), strict=False)
+        return module.to(self.device)
+
+    def _load(self, vector: np.ndarray) -> None:
+        self._layout.check(vector)
+        self._flat.copy_(torch.from_numpy(vector))
+
+    def _tensors(self, data: ArrayDataset) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.as_tensor(data.x, device=self.device)
+        y = torch.as_tensor(data.y, device=self.device)
+        return x, y
+
+    def fit(
+        self, vector: np.ndarray, data: ArrayDataset, instructions: FitInstructions, seed: int
+    ) -> FitResult:
+        """Run ``instructions.epochs`` epochs of mini-batch training (reshuffled each epoch from
+        ``seed``), stopping early after ``instructions.max_steps`` steps if set."""
+        self._load(vector)
+        x, y = self._tensors(data)
+        n = len(y)
+        rng = np.random.default_rng(seed)
+        opt = self.optimizer(self.model.parameters(), lr=instructions.lr, **self.optimizer_args)
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        steps, seen = 0, 0
+        cap = instructions.max_steps
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for _ in range(instructions.epochs):
+                order = torch.from_numpy(rng.permutation(n)).to(self.device)
+                for start in range(0, n, instructions.batch_size):
+                    if cap is not None and steps >= cap:
+                        break
+                    idx = order[start : start + instructions.batch_size]
+                    xb, yb = x[idx], y[idx]
+                    opt.zero_grad(set_to_none=True)
+                    loss = self.loss_fn(self.model(xb), yb)
+                    loss.backward()
+                    opt.step()
+                    loss_sum += loss.detach() * len(idx)
+                    seen += len(idx)
+                    steps += 1
+        train_loss = float(loss_sum) / seen if seen else float("nan")
+        return FitResult(
+            vector=self._flat.detach().to("cpu").numpy().copy(),
+            num_samples=n,
+            num_steps=steps,
+            metrics={"train_loss": train_loss},
+        )
+
+    @torch.no_grad()
+    def evaluate(self, vector: np.ndarray, data: ArrayDataset) -> EvalResult:
+        """Mean loss and top-1 accuracy of ``vector`` on ``data``."""
+        self._load(vector)
+        self.model.eval()
+        x, y = self._tensors(data)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        for start in range(0, len(y), self.eval_batch_size):
+            xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
+            out = self.model(xb)
+            loss_sum += self.loss_fn(out, yb).double() * len(yb)
+            correct += (out.argmax(dim=1) == yb).sum()
+        n = len(y)
+        if n == 0:
+            return EvalResult(float("nan"), float("nan"), 0)
+        return EvalResult(float(loss_sum) / n, int(correct) / n, n)

@@ -1,0 +1,47 @@
+"""One exception tree for the whole package.
+
+Every message says who (client id, round), what (field, shape, value) and how to fix it, so a
+user reading a log line can act on it without opening the source.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DatasetError",
+    "FedfleetError",
+    "LayoutError",
+    "UpdateRejected",
+]
+
+
+class FedfleetError(Exception):
+    """Root of every error fedfleet raises on purpose."""
+
+
+class ConfigError(FedfleetError, ValueError):
+    """A configuration key or value is unknown or invalid."""
+
+
+class DatasetError(FedfleetError, ValueError):
+    """A dataset is missing, malformed or truncated."""
+
+
+class LayoutError(FedfleetError, ValueError):
+    """A flat parameter vector does not match a model's layout."""
+
+
+class UpdateRejected(FedfleetError, ValueError):
+    """A client's update failed validation and was left out of aggregation.
+
+    Attributes:
+        client_id: the client that sent it.
+        round: the round it was sent in.
+        reason: what was wrong, in words.
+    """
+
+    def __init__(self, client_id: int | str, round: int, reason: str) -> None:
+        self.client_id = client_id
+        self.round = round
+        self.reason = reason
+        super().__init__(f"round {round}: update from client {client_id} rejected: {reason}")

@@ -1,0 +1,175 @@
+"""The in-memory simulation engine: every round of the update pipeline as function calls.
+
+    configure (strategy) -> local training (trainer) -> validate -> aggregate (strategy)
+    -> evaluate (centralized every ``eval_every`` rounds, federated when clients hold test data)
+
+All randomness derives from one seed through NumPy ``SeedSequence`` spawn keys: client sampling
+in round r uses key (r, 0), client c's local training in round r uses key (r, 1, c). Clients
+train in ascending id order and aggregation runs in float64, so the same seed gives a
+bit-identical model and metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedfleet.client.protocol import Trainer
+from fedfleet.errors import UpdateRejected
+from fedfleet.evaluation import fairness_stats
+from fedfleet.params import Layout
+from fedfleet.sim.federation import Federation
+from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
+from fedfleet.validation import validate_update
+
+__all__ = ["TIMING_KEYS", "Simulation", "SimulationResult", "client_seed"]
+
+log = logging.getLogger("fedfleet")
+
+TIMING_KEYS = frozenset({"round_time_s", "wall_time_s"})
+"""Metrics that measure the machine, not the run: excluded from determinism checks."""
+
+RoundCallback = Callable[[dict[str, Any]], None]
+ClientCallback = Callable[[int, int], None]
+
+
+def client_seed(seed: int, rnd: int, cid: int) -> int:
+    """The seed for client ``cid``'s local training in round ``rnd``."""
+    return int(np.random.SeedSequence(seed, spawn_key=(rnd, 1, cid)).generate_state(1)[0])
+
+
+def _sampling_rng(seed: int, rnd: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(rnd, 0)))
+
+
+@dataclass
+class SimulationResult:
+    """What a run returns: per-round metrics, the final global vector and the strategy state."""
+
+    history: list[dict[str, Any]]
+    vector: np.ndarray
+    layout: Layout
+    strategy_state: StrategyState
+    rejected: list[UpdateRejected] = field(default_factory=list)
+    model: Any = None  # the final model as an nn.Module when the trainer can build one
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The last round's metrics."""
+        return self.history[-1] if self.history else {}
+
+
+@dataclass
+class Simulation:
+    """Runs federated training over an in-memory federation.
+
+    Args:
+        trainer: local training and evaluation (torch, NumPy or your own).
+        federation: the clients' data.
+        strategy: the federated algorithm.
+        seed: the one seed every random draw derives from.
+        eval_every: centralized evaluation every k rounds (and always after the last round);
+            0 evaluates only after the last round.
+        federated_eval_every: evaluation on clients' held-out splits every k rounds (and after
+            the last); 0 disables it. Needs ``federation.test_parts``.
+    """
+
+    trainer: Trainer
+    federation: Federation
+    strategy: Strategy
+    seed: int = 0
+    eval_every: int = 1
+    federated_eval_every: int = 0
+
+    def run(
+        self,
+        rounds: int,
+        on_round: RoundCallback | None = None,
+        on_client: ClientCallback | None = None,
+    ) -> SimulationResult:
+        """Run ``rounds`` rounds; ``on_round(record)`` after each, ``on_client(done, total)``
+        after each client's local training."""
+        layout = self.trainer.layout
+        vector = self.trainer.init_vector(self.seed)
+        state = self.strategy.init(vector)
+        history: list[dict[str, Any]] = []
+        rejected: list[UpdateRejected] = []
+        start = time.perf_counter()
+        for rnd in range(1, rounds + 1):
+            t0 = time.perf_counter()
+            plan = self.strategy.configure_fit(
+                rnd, vector, state, self.federation.client_ids, _sampling_rng(self.seed, rnd)
+            )
+            selected = {cid for cid, _ in plan}
+            updates: list[ClientUpdate] = []
+            for i, (cid, instructions) in enumerate(plan):
+                data = self.federation.train_data(cid)
+                res = self.trainer.fit(vector, data, instructions, client_seed(self.seed, rnd, cid))
+                out = res.vector
+                ok = isinstance(out, np.ndarray) and out.shape == vector.shape
+                delta = out - vector if ok else out  # a misshaped vector is rejected below
+                update = ClientUpdate(cid, delta, res.num_samples, res.num_steps, res.metrics)
+                try:
+                    validate_update(update, layout, rnd, selected, max_samples=len(data))
+                    updates.append(update)
+                except UpdateRejected as err:
+                    log.warning("%s", err)
+                    rejected.append(err)
+                if on_client is not None:
+                    on_client(i + 1, len(plan))
+            vector, state, agg_metrics = self.strategy.aggregate_fit(rnd, vector, state, updates)
+            record: dict[str, Any] = {
+                "round": rnd,
+                "num_clients": len(updates),
+                "num_rejected": len(plan) - len(updates),
+                "train_loss": _weighted_train_loss(updates),
+            }
+            record.update({k: v for k, v in agg_metrics.items() if k != "aggregated"})
+            last = rnd == rounds
+            if last or (self.eval_every and rnd % self.eval_every == 0):
+                ev = self.trainer.evaluate(vector, self.federation.task.test)
+                record["test_loss"], record["test_accuracy"] = ev.loss, ev.accuracy
+            if self.federated_eval_every and (last or rnd % self.federated_eval_every == 0):
+                record.update(self._federated_eval(vector))
+            record["round_time_s"] = time.perf_counter() - t0
+            record["wall_time_s"] = time.perf_counter() - start
+            history.append(record)
+            if on_round is not None:
+                on_round(record)
+        return SimulationResult(history, vector, layout, state, rejected, _export(self.trainer, vector))
+
+    def _federated_eval(self, vector: np.ndarray) -> dict[str, float]:
+        accs, losses, counts = [], [], []
+        for cid in self.federation.client_ids:
+            data = self.federation.test_data(cid)
+            if data is None or len(data) == 0:
+                continue
+            ev = self.trainer.evaluate(vector, data)
+            accs.append(ev.accuracy)
+            losses.append(ev.loss)
+            counts.append(ev.num_samples)
+        if not accs:
+            return {}
+        stats = fairness_stats(accs)
+        out = {f"client_accuracy_{k}": v for k, v in stats.items()}
+        out["client_loss_mean"] = float(np.average(losses, weights=counts))
+        return out
+
+
+def _weighted_train_loss(updates: list[ClientUpdate]) -> float | None:
+    pairs = [(u.metrics.get("train_loss"), u.num_samples) for u in updates]
+    pairs = [(loss, n) for loss, n in pairs if loss is not None and np.isfinite(loss)]
+    if not pairs:
+        return None
+    total = sum(n for _, n in pairs)
+    return float(sum(loss * n for loss, n in pairs) / total)
+
+
+def _export(trainer: Trainer, vector: np.ndarray) -> Any:
+    export = getattr(trainer, "export", None)
+    return export(vector) if callable(export) else None

@@ -1,0 +1,89 @@
+"""FedAvg (McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
+Decentralized Data").
+
+Each round: sample K clients, each runs E local epochs of mini-batch SGD (batch B) from the global
+model w, and the server sets
+
+    w <- sum_k (n_k / n) w_k,        n = sum_k n_k over the clients that reported,
+
+computed as w + sum_k (n_k / n) (w_k - w) in float64. The averaged delta is handed to a server
+transform as the pseudo-gradient ``-delta``; the default ``sgd(1.0)`` gives FedAvg exactly, and
+other transforms give FedAvgM / FedOpt without a new strategy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedfleet.client.protocol import FitInstructions
+from fedfleet.strategies.base import ClientUpdate, StrategyState
+from fedfleet.strategies.sampling import cohort_size, sample_clients
+from fedfleet.transforms.base import ServerTransform, sgd
+
+__all__ = ["FedAvg", "weighted_mean"]
+
+
+def weighted_mean(deltas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """``sum_k w_k d_k / sum_k w_k`` in float64, as one matrix-vector product."""
+    w = np.asarray(weights, dtype=np.float64)
+    return (w / w.sum()) @ np.stack(deltas).astype(np.float64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedAvg:
+    """Federated averaging with uniform client sampling.
+
+    Attributes:
+        clients_per_round: K, a count (give this or ``fraction``).
+        fraction: C, the fraction of available clients per round.
+        local: the instructions every sampled client gets (epochs, batch size, lr).
+        server_optimizer: transform applied to the pseudo-gradient; ``sgd(1.0)`` is plain FedAvg.
+
+    Example:
+        >>> strategy = FedAvg(clients_per_round=10, local=FitInstructions(epochs=1, lr=0.05))
+    """
+
+    clients_per_round: int | None = None
+    fraction: float | None = None
+    local: FitInstructions = field(default_factory=FitInstructions)
+    server_optimizer: ServerTransform = field(default_factory=sgd)
+
+    def __post_init__(self) -> None:
+        if self.clients_per_round is None and self.fraction is None:
+            object.__setattr__(self, "clients_per_round", 10)
+        cohort_size(10**9, self.clients_per_round, self.fraction)  # validates early
+
+    def init(self, vector: np.ndarray) -> StrategyState:
+        return {"server_optimizer": self.server_optimizer.init(vector)}
+
+    def configure_fit(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        clients: Sequence[int],
+        rng: np.random.Generator,
+    ) -> list[tuple[int, FitInstructions]]:
+        k = cohort_size(len(clients), self.clients_per_round, self.fraction)
+        return [(cid, self.local) for cid in sample_clients(clients, k, rng)]
+
+    def aggregate_fit(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        updates: Sequence[ClientUpdate],
+    ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
+        if not updates:  # nobody reported: keep the model, say so in the metrics
+            return vector, state, {"aggregated": 0.0}
+        mean_delta = weighted_mean([u.delta for u in updates], [u.num_samples for u in updates])
+        step, opt_state = self.server_optimizer.update(
+            -mean_delta,
+            state["server_optimizer"],  # type: ignore[arg-type]
+            vector,
+        )
+        new = (vector.astype(np.float64) + step).astype(np.float32)
+        return new, {"server_optimizer": opt_state}, {"aggregated": float(len(updates))}

@@ -1,0 +1,35 @@
+"""Client sampling: which of the available clients take part in a round."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedfleet.errors import ConfigError
+
+__all__ = ["cohort_size", "sample_clients"]
+
+
+def cohort_size(num_available: int, count: int | None = None, fraction: float | None = None) -> int:
+    """How many clients to sample: ``count``, or ``max(1, round(fraction * available))``,
+    capped at the number available. Exactly one of ``count`` and ``fraction`` must be given."""
+    if (count is None) == (fraction is None):
+        raise ConfigError("give exactly one of clients_per_round (a count) and fraction")
+    if count is not None:
+        if count < 1:
+            raise ConfigError(f"clients_per_round must be >= 1, got {count}")
+        return min(count, num_available)
+    assert fraction is not None
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
+    return min(num_available, max(1, round(fraction * num_available)))
+
+
+def sample_clients(
+    clients: Sequence[int], k: int, rng: np.random.Generator
+) -> list[int]:
+    """``k`` distinct clients drawn uniformly without replacement, in ascending id order (a fixed
+    order keeps aggregation bit-for-bit reproducible)."""
+    chosen = rng.choice(np.asarray(clients), size=min(k, len(clients)), replace=False)
+    return sorted(int(c) for c in chosen)

@@ -1,0 +1,58 @@
+"""Validation of client updates before they reach aggregation.
+
+Shared by every transport: the simulation engine runs it on in-memory updates and the network
+server on decoded messages, so a malformed update is rejected the same way wherever it comes from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+
+import numpy as np
+
+from fedfleet.errors import UpdateRejected
+from fedfleet.params import Layout
+from fedfleet.strategies.base import ClientUpdate
+
+__all__ = ["validate_update"]
+
+
+def validate_update(
+    update: ClientUpdate,
+    layout: Layout,
+    rnd: int,
+    expected_clients: Container[int],
+    max_samples: int | None = None,
+) -> None:
+    """Raise :class:`UpdateRejected` naming the client and round unless ``update`` is usable.
+
+    Checks: the client was asked to train this round; the delta is a 1-D float32 array of the
+    layout's size with only finite values; the sample and step counts are positive integers and
+    the sample count is no larger than what the client is known to hold (``max_samples``).
+    """
+
+    def reject(reason: str) -> UpdateRejected:
+        return UpdateRejected(update.client_id, rnd, reason)
+
+    if update.client_id not in expected_clients:
+        raise reject("this client was not selected for the round")
+    delta = update.delta
+    if not isinstance(delta, np.ndarray):
+        raise reject(f"delta is a {type(delta).__name__}, expected a numpy array")
+    if delta.shape != (layout.size,):
+        raise reject(
+            f"delta has shape {delta.shape}, expected ({layout.size},) for model layout "
+            f"{layout.fingerprint}; is the client running another model?"
+        )
+    if delta.dtype != np.float32:
+        raise reject(f"delta has dtype {delta.dtype}, expected float32")
+    if not np.isfinite(delta).all():
+        bad = int(np.size(delta) - np.isfinite(delta).sum())
+        raise reject(f"delta has {bad} non-finite values (NaN or Inf)")
+    n = update.num_samples
+    if not isinstance(n, int | np.integer) or n <= 0:
+        raise reject(f"num_samples must be a positive integer, got {n!r}")
+    if max_samples is not None and n > max_samples:
+        raise reject(f"declared {n} samples but holds only {max_samples}")
+    if not isinstance(update.num_steps, int | np.integer) or update.num_steps < 0:
+        raise reject(f"num_steps must be a non-negative integer, got {update.num_steps!r}")
