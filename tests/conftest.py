@@ -19,8 +19,9 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-def blob_task(n_train: int = 400, n_test: int = 200, dim: int = 10, classes: int = 4,
-              seed: int = 0) -> TaskData:
+def blob_task(
+    n_train: int = 400, n_test: int = 200, dim: int = 10, classes: int = 4, seed: int = 0
+) -> TaskData:
     """A linearly separable-ish Gaussian-blob task, small enough for any test."""
     rng = np.random.default_rng(seed)
     means = rng.normal(0, 2.0, size=(classes, dim))

@@ -47,7 +47,10 @@ def test_round_one_equals_a_hand_run_fedavg(blobs):
     trainer = TorchTrainer(_factory)
     w0 = trainer.init_vector(2)
     plan = sim.strategy.configure_fit(
-        1, w0, {}, sim.federation.client_ids,
+        1,
+        w0,
+        {},
+        sim.federation.client_ids,
         np.random.default_rng(np.random.SeedSequence(2, spawn_key=(1, 0))),
     )
     fits = [
@@ -72,7 +75,7 @@ def test_fedavg_learns_and_reports_every_round(blobs):
 
 @dataclasses.dataclass
 class _Faulty:
-    """Wraps a trainer; chosen clients send NaN or a wrong-shaped vector."""
+    """Wraps a trainer; the clients training with the given seeds send NaN or a short vector."""
 
     inner: object
     nan_clients: set
@@ -90,25 +93,31 @@ class _Faulty:
 
     def fit(self, vector, data, instructions, seed):
         res = self.inner.fit(vector, data, instructions, seed)
-        idx = int(data.y.sum() * 1000 + len(data))  # identify the client by its data
-        if idx in self.nan_clients:
+        # the engine gives each client its own seed, which identifies the client here
+        if seed in self.nan_clients:
             bad = res.vector.copy()
             bad[3] = np.nan
             return dataclasses.replace(res, vector=bad)
-        if idx in self.short_clients:
+        if seed in self.short_clients:
             return dataclasses.replace(res, vector=res.vector[:-1])
         return res
 
 
 def test_bad_updates_are_rejected_and_the_round_goes_on(blobs):
     clean = _sim(blobs, seed=1)
-    plan = clean.strategy.configure_fit(1, None, {}, clean.federation.client_ids,
-                                        np.random.default_rng(np.random.SeedSequence(1, spawn_key=(1, 0))))
+    plan = clean.strategy.configure_fit(
+        1,
+        None,
+        {},
+        clean.federation.client_ids,
+        np.random.default_rng(np.random.SeedSequence(1, spawn_key=(1, 0))),
+    )
     ids = [cid for cid, _ in plan]
-    key = lambda cid: int(clean.federation.train_data(cid).y.sum() * 1000 +  # noqa: E731
-                          len(clean.federation.train_data(cid)))
-    faulty = _Faulty(TorchTrainer(_factory), nan_clients={key(ids[0])},
-                     short_clients={key(ids[1])})
+    faulty = _Faulty(
+        TorchTrainer(_factory),
+        nan_clients={client_seed(1, 1, ids[0])},
+        short_clients={client_seed(1, 1, ids[1])},
+    )
     result = _sim(blobs, seed=1, trainer=faulty).run(1)
     assert result.history[0]["num_clients"] == 2
     assert result.history[0]["num_rejected"] == 2
@@ -118,8 +127,10 @@ def test_bad_updates_are_rejected_and_the_round_goes_on(blobs):
     # the aggregate is FedAvg over the two good clients alone
     trainer = TorchTrainer(_factory)
     w0 = trainer.init_vector(1)
-    fits = [trainer.fit(w0, clean.federation.train_data(c), LOCAL, client_seed(1, 1, c))
-            for c in ids[2:]]
+    fits = [
+        trainer.fit(w0, clean.federation.train_data(c), LOCAL, client_seed(1, 1, c))
+        for c in ids[2:]
+    ]
     expected = w0 + weighted_mean([f.vector - w0 for f in fits], [f.num_samples for f in fits])
     np.testing.assert_allclose(result.vector, expected, atol=1e-7)
 
@@ -131,8 +142,9 @@ def test_federated_evaluation_reports_the_client_accuracy_distribution(blobs):
     test = [p[len(p) * 3 // 4 :] for p in parts]
     fed = Federation(blobs, train, test)
     trainer = NumpyLogisticRegression((10,), 4)
-    sim = Simulation(trainer, fed, FedAvg(clients_per_round=4, local=LOCAL), seed=0,
-                     federated_eval_every=1)
+    sim = Simulation(
+        trainer, fed, FedAvg(clients_per_round=4, local=LOCAL), seed=0, federated_eval_every=1
+    )
     result = sim.run(3)
     accs = [trainer.evaluate(result.vector, fed.test_data(c)).accuracy for c in range(8)]
     stats = fairness_stats(accs)

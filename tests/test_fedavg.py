@@ -45,7 +45,7 @@ def test_fedavg_matches_formula_on_random_vectors():
 def test_no_updates_keeps_the_model():
     w = np.ones(4, dtype=np.float32)
     strategy = FedAvg(clients_per_round=2)
-    new, state, metrics = strategy.aggregate_fit(1, w, strategy.init(w), [])
+    new, _, metrics = strategy.aggregate_fit(1, w, strategy.init(w), [])
     assert new is w and metrics["aggregated"] == 0.0
 
 
@@ -74,8 +74,9 @@ def test_chain_threads_state_through_each_transform():
 def test_configure_fit_samples_k_distinct_clients_with_the_local_instructions():
     local = FitInstructions(epochs=3, batch_size=8, lr=0.2)
     strategy = FedAvg(clients_per_round=4, local=local)
-    plan = strategy.configure_fit(1, np.zeros(1, np.float32), {}, list(range(20)),
-                                  np.random.default_rng(0))
+    plan = strategy.configure_fit(
+        1, np.zeros(1, np.float32), {}, list(range(20)), np.random.default_rng(0)
+    )
     ids = [cid for cid, _ in plan]
     assert len(ids) == 4 and len(set(ids)) == 4 and ids == sorted(ids)
     assert all(instr is local for _, instr in plan)

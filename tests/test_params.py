@@ -10,7 +10,9 @@ from fedfleet.params import Layout
 
 def test_round_trip_state_dict_is_exact():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    )
     model(torch.randn(5, 1, 8, 8))  # moves BatchNorm running stats away from their init
     layout = Layout.from_module(model)
     vec = layout.flatten(model.state_dict())
@@ -18,10 +20,14 @@ def test_round_trip_state_dict_is_exact():
     # every float tensor is in, the integer counter is not
     assert "1.num_batches_tracked" not in layout.names
     assert "1.running_mean" in layout.names
-    assert layout.size == sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+    assert layout.size == sum(
+        t.numel() for t in model.state_dict().values() if t.is_floating_point()
+    )
     restored = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 3))
     restored.load_state_dict(layout.to_state_dict(vec), strict=False)
-    for (k, a), (_, b) in zip(model.state_dict().items(), restored.state_dict().items(), strict=True):
+    for (k, a), (_, b) in zip(
+        model.state_dict().items(), restored.state_dict().items(), strict=True
+    ):
         if a.is_floating_point():
             assert torch.equal(a, b), k
 

@@ -67,8 +67,12 @@ def test_optimizer_state_does_not_leak_between_fits(blobs):
 
 def test_max_steps_caps_local_work(blobs):
     trainer = TorchTrainer(_factory)
-    res = trainer.fit(trainer.init_vector(0), blobs.train,
-                      FitInstructions(epochs=5, batch_size=10, lr=0.1, max_steps=7), seed=0)
+    res = trainer.fit(
+        trainer.init_vector(0),
+        blobs.train,
+        FitInstructions(epochs=5, batch_size=10, lr=0.1, max_steps=7),
+        seed=0,
+    )
     assert res.num_steps == 7
 
 
@@ -95,7 +99,7 @@ def test_evaluate_matches_direct_computation(blobs):
 
 
 def test_unknown_optimizer_lists_valid_ones():
-    with pytest.raises(ConfigError, match="valid: .*adam.*sgd"):
+    with pytest.raises(ConfigError, match=r"valid: .*adam.*sgd"):
         TorchTrainer(_factory, optimizer="sgdd")
 
 
@@ -124,8 +128,9 @@ def test_numpy_logistic_regression_gradient_matches_torch(blobs):
 
 def test_numpy_logistic_regression_learns(blobs):
     model = NumpyLogisticRegression((10,), 4)
-    res = model.fit(model.init_vector(0), blobs.train,
-                    FitInstructions(epochs=5, batch_size=16, lr=0.1), seed=0)
+    res = model.fit(
+        model.init_vector(0), blobs.train, FitInstructions(epochs=5, batch_size=16, lr=0.1), seed=0
+    )
     assert model.evaluate(res.vector, blobs.test).accuracy > 0.9
 
 
@@ -136,8 +141,9 @@ def test_sklearn_trainer_round_trips_coefficients_and_learns(blobs):
     assert res.vector.shape == (trainer.layout.size,) == (44,)
     assert trainer.evaluate(res.vector, blobs.test).accuracy > 0.9
     # starting from a trained vector continues from it rather than from zeros
-    cont = trainer.fit(res.vector, blobs.train.subset(np.arange(1)),
-                       FitInstructions(epochs=1, lr=1e-6), seed=0)
+    cont = trainer.fit(
+        res.vector, blobs.train.subset(np.arange(1)), FitInstructions(epochs=1, lr=1e-6), seed=0
+    )
     np.testing.assert_allclose(cont.vector, res.vector, atol=1e-3)
 
 

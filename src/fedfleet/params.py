@@ -139,7 +139,7 @@ class Layout:
         return {s.name: vector[s.offset : s.offset + s.numel].reshape(s.shape) for s in self.specs}
 
     def to_state_dict(self, vector: np.ndarray) -> dict[str, torch.Tensor]:
-        """Tensors in each entry's original dtype, ready for ``module.load_state_dict(strict=False)``."""
+        """Tensors in each entry's original dtype, for ``module.load_state_dict(strict=False)``."""
         return {
             name: torch.from_numpy(arr.copy()).to(getattr(torch, spec.dtype))
             for (name, arr), spec in zip(self.unflatten(vector).items(), self.specs, strict=True)

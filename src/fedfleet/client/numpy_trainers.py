@@ -107,9 +107,7 @@ class SklearnTrainer:
         self.num_features = prod(input_shape)
         self.classes = np.arange(num_classes)
         rows = 1 if num_classes == 2 else num_classes  # scikit-learn keeps one row for binary
-        self._layout = Layout.from_shapes(
-            {"coef": (rows, self.num_features), "intercept": (rows,)}
-        )
+        self._layout = Layout.from_shapes({"coef": (rows, self.num_features), "intercept": (rows,)})
 
     @property
     def layout(self) -> Layout:

@@ -165,7 +165,10 @@ class TorchTrainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for start in range(0, len(y), self.eval_batch_size):
-            xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
+            xb, yb = (
+                x[start : start + self.eval_batch_size],
+                y[start : start + self.eval_batch_size],
+            )
             out = self.model(xb)
             loss_sum += self.loss_fn(out, yb).double() * len(yb)
             correct += (out.argmax(dim=1) == yb).sum()

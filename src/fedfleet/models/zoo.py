@@ -21,9 +21,7 @@ def logistic_regression(input_shape: Sequence[int], num_classes: int) -> nn.Modu
     return nn.Sequential(nn.Flatten(), nn.Linear(prod(input_shape), num_classes))
 
 
-def mlp(
-    input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (128,)
-) -> nn.Module:
+def mlp(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (128,)) -> nn.Module:
     """A ReLU MLP. ``hidden=(128,)`` on MNIST is 784-128-10; ``(200, 200)`` is the FedAvg
     paper's "2NN" (McMahan et al. 2017)."""
     layers: list[nn.Module] = [nn.Flatten()]

@@ -91,9 +91,11 @@ class Simulation:
         rounds: int,
         on_round: RoundCallback | None = None,
         on_client: ClientCallback | None = None,
+        until: Callable[[dict[str, Any]], bool] | None = None,
     ) -> SimulationResult:
         """Run ``rounds`` rounds; ``on_round(record)`` after each, ``on_client(done, total)``
-        after each client's local training."""
+        after each client's local training. ``until(record)`` returning True ends the run
+        early (e.g. once a target accuracy is reached)."""
         layout = self.trainer.layout
         vector = self.trainer.init_vector(self.seed)
         state = self.strategy.init(vector)
@@ -141,7 +143,11 @@ class Simulation:
             history.append(record)
             if on_round is not None:
                 on_round(record)
-        return SimulationResult(history, vector, layout, state, rejected, _export(self.trainer, vector))
+            if until is not None and until(record):
+                break
+        return SimulationResult(
+            history, vector, layout, state, rejected, _export(self.trainer, vector)
+        )
 
     def _federated_eval(self, vector: np.ndarray) -> dict[str, float]:
         accs, losses, counts = [], [], []
@@ -162,12 +168,14 @@ class Simulation:
 
 
 def _weighted_train_loss(updates: list[ClientUpdate]) -> float | None:
-    pairs = [(u.metrics.get("train_loss"), u.num_samples) for u in updates]
-    pairs = [(loss, n) for loss, n in pairs if loss is not None and np.isfinite(loss)]
-    if not pairs:
-        return None
-    total = sum(n for _, n in pairs)
-    return float(sum(loss * n for loss, n in pairs) / total)
+    """Sample-weighted mean of the clients' reported training losses (None if none reported)."""
+    losses, weights = [], []
+    for u in updates:
+        loss = u.metrics.get("train_loss")
+        if loss is not None and np.isfinite(loss):
+            losses.append(float(loss))
+            weights.append(u.num_samples)
+    return float(np.average(losses, weights=weights)) if losses else None
 
 
 def _export(trainer: Trainer, vector: np.ndarray) -> Any:

@@ -26,9 +26,7 @@ def cohort_size(num_available: int, count: int | None = None, fraction: float | 
     return min(num_available, max(1, round(fraction * num_available)))
 
 
-def sample_clients(
-    clients: Sequence[int], k: int, rng: np.random.Generator
-) -> list[int]:
+def sample_clients(clients: Sequence[int], k: int, rng: np.random.Generator) -> list[int]:
     """``k`` distinct clients drawn uniformly without replacement, in ascending id order (a fixed
     order keeps aggregation bit-for-bit reproducible)."""
     chosen = rng.choice(np.asarray(clients), size=min(k, len(clients)), replace=False)

@@ -1,0 +1,139 @@
+"""The ``fedfleet`` command line: ``fedfleet run`` and ``fedfleet datasets``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedfleet.errors import FedfleetError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="fedfleet: federated learning, simulated or deployed, from the same code.",
+)
+console = Console(stderr=True)
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML run configuration.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a key, e.g. --set client.lr=0.1 (repeatable)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write config.toml, metrics.jsonl and model.safetensors here."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train a model federatedly in simulation (default: digits, 20 clients, FedAvg)."""
+    from fedfleet.runs.build import build_run
+    from fedfleet.runs.config import dump_config, load_config
+    from fedfleet.runs.rundir import RunDir
+
+    try:
+        cfg = load_config(config, set_ or [])
+        t_start = time.perf_counter()
+        pieces = build_run(cfg)
+        sim = pieces.simulation
+        run_dir = RunDir(out) if out is not None else None
+        if run_dir is not None:
+            run_dir.write_config(dump_config(cfg))
+        console.print(
+            f"[bold]fedfleet[/] {cfg.data.name}: {len(pieces.task.train)} train / "
+            f"{len(pieces.task.test)} test samples over {sim.federation.num_clients} clients "
+            f"({cfg.data.partition}), model {cfg.model.name} "
+            f"({sim.trainer.layout.size:,} params), {cfg.strategy.name}, {cfg.rounds} rounds"
+        )
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+            transient=False,
+        ) as progress:
+            rounds_bar = progress.add_task("rounds", total=cfg.rounds, status="")
+            clients_bar = progress.add_task("clients", total=1, status="")
+
+            def on_client(done: int, total: int) -> None:
+                progress.update(clients_bar, completed=done, total=total)
+
+            def on_round(record: dict[str, Any]) -> None:
+                if run_dir is not None:
+                    run_dir.append_metrics(record)
+                acc = record.get("test_accuracy")
+                status = f"train loss {record['train_loss']:.4f}" if record["train_loss"] else ""
+                if acc is not None:
+                    status += f"  test acc {acc:.4f}"
+                progress.update(rounds_bar, advance=1, status=status)
+
+            result = sim.run(cfg.rounds, on_round=on_round, on_client=on_client)
+        wall = time.perf_counter() - t_start
+        if run_dir is not None:
+            run_dir.save_model(result.vector, result.layout)
+        _summary(result.final, cfg.rounds, wall, out, len(result.rejected))
+    except FedfleetError as e:
+        console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _summary(
+    final: dict[str, Any], rounds: int, wall: float, out: Path | None, rejected: int
+) -> None:
+    table = Table(title="fedfleet run summary", show_header=False)
+    table.add_row("rounds", str(rounds))
+    table.add_row("test accuracy", f"{final.get('test_accuracy', float('nan')):.4f}")
+    table.add_row("test loss", f"{final.get('test_loss', float('nan')):.4f}")
+    if final.get("train_loss") is not None:
+        table.add_row("train loss (last round)", f"{final['train_loss']:.4f}")
+    if "client_accuracy_mean" in final:
+        table.add_row(
+            "client accuracy mean / worst 10% / std",
+            f"{final['client_accuracy_mean']:.4f} / {final['client_accuracy_worst10']:.4f} / "
+            f"{final['client_accuracy_std']:.4f}",
+        )
+    table.add_row("rejected updates", str(rejected))
+    table.add_row("wall time", f"{wall:.1f} s")
+    if out is not None:
+        table.add_row("outputs", str(out))
+    Console().print(table)
+
+
+@app.command()
+def datasets() -> None:
+    """List the datasets fedfleet can load and where each is read from."""
+    from fedfleet.data.registry import describe
+
+    table = Table(title="datasets")
+    for col in ("name", "description", "source"):
+        table.add_column(col)
+    for row in describe():
+        table.add_row(*row)
+    Console().print(table)
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=console)]
+    )
+    app()
+
+
+if __name__ == "__main__":
+    main()

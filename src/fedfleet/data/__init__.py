@@ -1,0 +1,32 @@
+"""Datasets and partitioners: everything between files on disk and per-client index arrays.
+
+Loaders return a :class:`TaskData` (train pool, server test set, and natural users when the data
+has them); :mod:`fedfleet.data.partition` splits the train pool across clients; ``load_task`` and
+``DATASETS`` name the datasets for configs and the CLI.
+"""
+
+from fedfleet.data import partition
+from fedfleet.data.base import ArrayDataset, TaskData
+from fedfleet.data.digits import load_digits
+from fedfleet.data.idx import fashion_mnist, load_idx, mnist
+from fedfleet.data.leaf import femnist, load_leaf
+from fedfleet.data.registry import DATASETS, DatasetInfo, load_task
+from fedfleet.data.synthetic import SyntheticDevice, synthetic, synthetic_device
+
+__all__ = [
+    "DATASETS",
+    "ArrayDataset",
+    "DatasetInfo",
+    "SyntheticDevice",
+    "TaskData",
+    "fashion_mnist",
+    "femnist",
+    "load_digits",
+    "load_idx",
+    "load_leaf",
+    "load_task",
+    "mnist",
+    "partition",
+    "synthetic",
+    "synthetic_device",
+]

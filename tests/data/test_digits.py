@@ -1,0 +1,44 @@
+"""scikit-learn digits as a task: values, shapes, a stratified seeded split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits as sklearn_digits
+
+from fedfleet.data.digits import load_digits
+from fedfleet.errors import DatasetError
+
+
+def test_shapes_and_scaling() -> None:
+    task = load_digits(test_fraction=0.2, seed=0)
+    assert task.name == "digits" and task.num_classes == 10 and task.input_shape == (1, 8, 8)
+    assert len(task.train) + len(task.test) == 1797 and len(task.test) == 360
+    assert task.train.x.dtype == np.float32 and task.train.x.shape[1:] == (1, 8, 8)
+    assert task.train.y.dtype == np.int64
+    assert task.train.x.min() == 0.0 and task.train.x.max() == 1.0
+
+
+def test_split_partitions_the_original_samples() -> None:
+    ref = sklearn_digits()
+    task = load_digits(seed=3)
+    x = np.concatenate([task.train.x, task.test.x]).reshape(-1, 64) * 16
+    y = np.concatenate([task.train.y, task.test.y])
+    # Every original (image, label) pair appears exactly once across train and test.
+    got = sorted(map(tuple, np.column_stack([x.round(), y]).astype(int).tolist()))
+    want = sorted(map(tuple, np.column_stack([ref.data, ref.target]).astype(int).tolist()))
+    assert got == want
+
+
+def test_split_is_stratified_and_seeded() -> None:
+    a, b, c = load_digits(seed=1), load_digits(seed=1), load_digits(seed=2)
+    np.testing.assert_array_equal(a.train.x, b.train.x)
+    assert not np.array_equal(a.test.y, c.test.y)
+    full = np.bincount(sklearn_digits().target)
+    # Each class's test share is within one sample of 20%.
+    assert np.all(np.abs(np.bincount(a.test.y) - 0.2 * full) <= 1)
+
+
+def test_bad_fraction() -> None:
+    with pytest.raises(DatasetError, match=r"test_fraction must be in \(0, 1\), got 1.0"):
+        load_digits(test_fraction=1.0)
