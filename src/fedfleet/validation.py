@@ -26,9 +26,10 @@ def validate_update(
 ) -> None:
     """Raise :class:`UpdateRejected` naming the client and round unless ``update`` is usable.
 
-    Checks: the client was asked to train this round; the delta is a 1-D float32 array of the
-    layout's size with only finite values; the sample and step counts are positive integers and
-    the sample count is no larger than what the client is known to hold (``max_samples``).
+    Checks: the client was asked to train this round; the delta and every extra upload are 1-D
+    float32 arrays of the layout's size with only finite values; the sample and step counts are
+    positive integers and the sample count is no larger than what the client is known to hold
+    (``max_samples``).
     """
 
     def reject(reason: str) -> UpdateRejected:
@@ -56,3 +57,17 @@ def validate_update(
         raise reject(f"declared {n} samples but holds only {max_samples}")
     if not isinstance(update.num_steps, int | np.integer) or update.num_steps < 0:
         raise reject(f"num_steps must be a non-negative integer, got {update.num_steps!r}")
+    for name, extra in update.extras.items():
+        if (
+            not isinstance(extra, np.ndarray)
+            or extra.dtype != np.float32
+            or extra.shape != (layout.size,)
+        ):
+            shape = getattr(extra, "shape", None)
+            dtype = getattr(extra, "dtype", type(extra).__name__)
+            raise reject(
+                f"extra {name!r} has shape {shape} and dtype {dtype}, expected "
+                f"({layout.size},) float32"
+            )
+        if not np.isfinite(extra).all():
+            raise reject(f"extra {name!r} has non-finite values (NaN or Inf)")

@@ -28,7 +28,9 @@ class FitInstructions:
         batch_size: local mini-batch size (B).
         lr: client learning rate.
         max_steps: stop after this many local steps even mid-epoch (partial work); None = no cap.
-        config: strategy-specific extras (e.g. a proximal ``mu``), plain numbers and strings.
+        config: strategy-specific scalars (e.g. a proximal ``mu``), plain numbers and strings.
+        payload: strategy-specific vectors broadcast with the model (e.g. SCAFFOLD's server
+            control variate), float32 arrays.
     """
 
     epochs: int = 1
@@ -36,6 +38,7 @@ class FitInstructions:
     lr: float = 0.01
     max_steps: int | None = None
     config: Mapping[str, float | int | str | bool] = field(default_factory=dict)
+    payload: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fedfleet.client.protocol import Trainer
+from fedfleet.client.state_store import ClientStateStore, MemoryStateStore
 from fedfleet.errors import UpdateRejected
 from fedfleet.evaluation import fairness_stats
 from fedfleet.params import Layout
@@ -77,6 +78,9 @@ class Simulation:
             0 evaluates only after the last round.
         federated_eval_every: evaluation on clients' held-out splits every k rounds (and after
             the last); 0 disables it. Needs ``federation.test_parts``.
+        client_states: where per-client state lives between rounds (in memory by default; a
+            :class:`DiskStateStore` for large populations). A client's new state is kept only
+            when its update is accepted.
     """
 
     trainer: Trainer
@@ -85,6 +89,7 @@ class Simulation:
     seed: int = 0
     eval_every: int = 1
     federated_eval_every: int = 0
+    client_states: ClientStateStore = field(default_factory=MemoryStateStore)
 
     def run(
         self,
@@ -111,14 +116,25 @@ class Simulation:
             updates: list[ClientUpdate] = []
             for i, (cid, instructions) in enumerate(plan):
                 data = self.federation.train_data(cid)
-                res = self.trainer.fit(vector, data, instructions, client_seed(self.seed, rnd, cid))
-                out = res.vector
-                ok = isinstance(out, np.ndarray) and out.shape == vector.shape
-                delta = out - vector if ok else out  # a misshaped vector is rejected below
-                update = ClientUpdate(cid, delta, res.num_samples, res.num_steps, res.metrics)
+                result = self.strategy.client_fit(
+                    self.trainer,
+                    vector,
+                    data,
+                    instructions,
+                    client_seed(self.seed, rnd, cid),
+                    self.client_states.get(cid),
+                )
+                fit = result.fit
+                ok = isinstance(fit.vector, np.ndarray) and fit.vector.shape == vector.shape
+                delta = fit.vector - vector if ok else fit.vector  # misshaped: rejected below
+                update = ClientUpdate(
+                    cid, delta, fit.num_samples, fit.num_steps, fit.metrics, result.extras
+                )
                 try:
                     validate_update(update, layout, rnd, selected, max_samples=len(data))
                     updates.append(update)
+                    if result.state is not None:
+                        self.client_states.put(cid, result.state)
                 except UpdateRejected as err:
                     log.warning("%s", err)
                     rejected.append(err)

@@ -1,9 +1,12 @@
 """The strategy protocol: what every federated algorithm supplies, and nothing more.
 
-A strategy (1) picks the round's clients and tells each what to do, and (2) turns the validated
-updates into the next global vector. Its state is an explicit plain dict returned from every call,
+A strategy (1) picks the round's clients and tells each what to do, (2) says what a client does
+with those instructions (plain local training for FedAvg; a corrected or proximal loop and a
+control-variate update for SCAFFOLD or FedProx), and (3) turns the validated updates into the next
+global vector. Its state is an explicit plain dict returned from every call,
 never kept on the object, so a checkpoint is that dict plus the global vector. Engines and
-transports (in-memory, multi-process, gRPC) call these two methods and nothing else.
+transports (in-memory, multi-process, gRPC) call these three methods and nothing else:
+``configure_fit`` and ``aggregate_fit`` on the server, ``client_fit`` where the client runs.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from fedfleet.client.protocol import FitInstructions
+from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
+from fedfleet.client.state_store import ClientState
+from fedfleet.data.base import ArrayDataset
 from fedfleet.transforms.base import TransformState
 
-__all__ = ["ClientUpdate", "Strategy", "StrategyState"]
+__all__ = ["ClientResult", "ClientUpdate", "Strategy", "StrategyState", "plain_client_fit"]
 
 StrategyState = TransformState
 
@@ -32,6 +37,8 @@ class ClientUpdate:
         num_samples: local training samples (n_k in FedAvg's weights).
         num_steps: local optimizer steps taken (tau_k, for FedNova and partial work).
         metrics: client-reported numbers such as ``train_loss``.
+        extras: strategy-specific uploads besides the delta (e.g. SCAFFOLD's control-variate
+            delta), each a float32 vector of the layout's size.
     """
 
     client_id: int
@@ -39,6 +46,29 @@ class ClientUpdate:
     num_samples: int
     num_steps: int
     metrics: Mapping[str, float] = field(default_factory=dict)
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    """What a strategy's client side produces: the local fit, extra uploads, and the client's
+    new private state (None = leave it as it was)."""
+
+    fit: FitResult
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+    state: ClientState | None = None
+
+
+def plain_client_fit(
+    trainer: Trainer,
+    vector: np.ndarray,
+    data: ArrayDataset,
+    instructions: FitInstructions,
+    seed: int,
+    state: ClientState | None,
+) -> ClientResult:
+    """The client side of FedAvg: local training as instructed, nothing else."""
+    return ClientResult(trainer.fit(vector, data, instructions, seed))
 
 
 @runtime_checkable
@@ -58,6 +88,19 @@ class Strategy(Protocol):
         rng: np.random.Generator,
     ) -> list[tuple[int, FitInstructions]]:
         """Choose this round's clients among ``clients`` and the instructions for each."""
+        ...
+
+    def client_fit(
+        self,
+        trainer: Trainer,
+        vector: np.ndarray,
+        data: ArrayDataset,
+        instructions: FitInstructions,
+        seed: int,
+        state: ClientState | None,
+    ) -> ClientResult:
+        """Run on the client: train from ``vector`` on local ``data``; ``state`` is the
+        client's own state from earlier rounds (None the first time)."""
         ...
 
     def aggregate_fit(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedfleet.client.protocol import FitInstructions
-from fedfleet.strategies.base import ClientUpdate, StrategyState
+from fedfleet.strategies.base import ClientUpdate, StrategyState, plain_client_fit
 from fedfleet.strategies.sampling import cohort_size, sample_clients
 from fedfleet.transforms.base import ServerTransform, sgd
 
@@ -69,6 +69,8 @@ class FedAvg:
     ) -> list[tuple[int, FitInstructions]]:
         k = cohort_size(len(clients), self.clients_per_round, self.fraction)
         return [(cid, self.local) for cid in sample_clients(clients, k, rng)]
+
+    client_fit = staticmethod(plain_client_fit)
 
     def aggregate_fit(
         self,
