@@ -39,3 +39,17 @@ def test_bad_updates_are_rejected_with_who_and_what(kw, message):
         validate_update(_update(**kw), LAYOUT, 3, {4}, max_samples=10)
     assert info.value.round == 3
     assert str(info.value).startswith("round 3: update from client")
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        ({"train_loss": float("nan")}, "metric 'train_loss' is nan"),
+        ({"train_loss": float("inf")}, "metric 'train_loss' is inf"),
+        ({"train_loss": "low"}, "metric 'train_loss' is 'low', expected a number"),
+        ({"flag": True}, "expected a number"),
+    ],
+)
+def test_metrics_must_be_finite_numbers(metrics, message):
+    with pytest.raises(UpdateRejected, match=message):
+        validate_update(_update(metrics=metrics), LAYOUT, 3, {4}, max_samples=10)

@@ -29,7 +29,8 @@ def validate_update(
     Checks: the client was asked to train this round; the delta and every extra upload are 1-D
     float32 arrays of the layout's size with only finite values; the sample and step counts are
     positive integers and the sample count is no larger than what the client is known to hold
-    (``max_samples``).
+    (``max_samples``); every reported metric is a finite number (a trainer with nothing to report
+    omits the metric rather than sending NaN).
     """
 
     def reject(reason: str) -> UpdateRejected:
@@ -57,6 +58,11 @@ def validate_update(
         raise reject(f"declared {n} samples but holds only {max_samples}")
     if not isinstance(update.num_steps, int | np.integer) or update.num_steps < 0:
         raise reject(f"num_steps must be a non-negative integer, got {update.num_steps!r}")
+    for name, value in update.metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+            raise reject(f"metric {name!r} is {value!r}, expected a number")
+        if not np.isfinite(value):
+            raise reject(f"metric {name!r} is {value}, expected a finite number")
     for name, extra in update.extras.items():
         if (
             not isinstance(extra, np.ndarray)

@@ -76,7 +76,7 @@ class NumpyLogisticRegression:
                 loss_sum += float(losses.sum())
                 seen += len(yb)
                 steps += 1
-        return FitResult(out, len(data), steps, {"train_loss": loss_sum / max(seen, 1)})
+        return FitResult(out, len(data), steps, {"train_loss": loss_sum / seen} if seen else {})
 
     def evaluate(self, vector: np.ndarray, data: ArrayDataset) -> EvalResult:
         parts = self._layout.unflatten(vector)

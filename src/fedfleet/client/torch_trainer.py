@@ -148,12 +148,11 @@ class TorchTrainer:
                     loss_sum += loss.detach() * len(idx)
                     seen += len(idx)
                     steps += 1
-        train_loss = float(loss_sum) / seen if seen else float("nan")
         return FitResult(
             vector=self._flat.detach().to("cpu").numpy().copy(),
             num_samples=n,
             num_steps=steps,
-            metrics={"train_loss": train_loss},
+            metrics={"train_loss": float(loss_sum) / seen} if seen else {},
         )
 
     @torch.no_grad()
