@@ -1,0 +1,6 @@
+"""Runs: configuration, assembling a run from it, and the run directory it writes."""
+
+from fedfleet.runs.config import RunConfig, dump_config, load_config
+from fedfleet.runs.rundir import RunDir, load_model_vector, save_model
+
+__all__ = ["RunConfig", "RunDir", "dump_config", "load_config", "load_model_vector", "save_model"]

@@ -1,0 +1,232 @@
+"""Run configuration: a TOML file plus ``--set key=value`` overrides, validated up front.
+
+Every section is a frozen pydantic model that forbids unknown keys; :func:`load_config` turns
+pydantic's errors into one :class:`ConfigError` whose message lists the valid keys or values, so a
+typo is caught before any data is loaded. The defaults are the README's main run: digits over 20
+clients with Dirichlet(0.5) label skew, an MLP, FedAvg with 10 clients a round.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedfleet.errors import ConfigError
+
+__all__ = [
+    "ClientConfig",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "RunConfig",
+    "StrategyConfig",
+    "apply_overrides",
+    "dump_config",
+    "load_config",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    name: Literal[
+        "digits", "mnist", "fashion-mnist", "femnist", "leaf", "synthetic", "synthetic-iid"
+    ] = "digits"
+    """Dataset; see ``fedfleet datasets``."""
+    path: str | None = None
+    """Directory to read files from (mnist, fashion-mnist, femnist, leaf); default $FEDFLEET_DATA."""
+    num_clients: int = Field(20, ge=1)
+    """Number of clients the train pool is split across (ignored by the natural partition)."""
+    partition: Literal["iid", "dirichlet", "shards", "quantity", "natural"] = "dirichlet"
+    """How samples are split across clients."""
+    alpha: float = Field(0.5, gt=0)
+    """Dirichlet concentration for label skew (smaller = more skewed)."""
+    shards_per_client: int = Field(2, ge=1)
+    """Shards per client for the pathological 'shards' partition."""
+    quantity_distribution: Literal["lognormal", "power-law"] = "lognormal"
+    """Client-size distribution for the 'quantity' partition."""
+    quantity_sigma: float = Field(1.0, gt=0)
+    """Lognormal sigma of client sizes."""
+    quantity_exponent: float = Field(1.5, gt=0)
+    """Power-law exponent of client sizes."""
+    client_test_fraction: float = Field(0.0, ge=0, lt=1)
+    """Held-out fraction of each client's samples for federated evaluation (0 = none)."""
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    """Server test fraction for datasets without a fixed test split (digits, synthetic)."""
+    synthetic_alpha: float = Field(1.0, ge=0)
+    """Synthetic(alpha, beta): model heterogeneity across devices."""
+    synthetic_beta: float = Field(1.0, ge=0)
+    """Synthetic(alpha, beta): data heterogeneity across devices."""
+    num_devices: int = Field(30, ge=1)
+    """Number of Synthetic devices."""
+
+
+class ModelConfig(_Section):
+    name: Literal["logreg", "mlp", "2nn", "cnn"] = "mlp"
+    """Reference model, sized from the dataset."""
+    hidden: tuple[int, ...] = (128,)
+    """Hidden layer widths of 'mlp'."""
+    backend: Literal["torch", "numpy"] = "torch"
+    """'numpy' trains 'logreg' with the pure-NumPy trainer."""
+
+
+class StrategyConfig(_Section):
+    name: Literal["fedavg"] = "fedavg"
+    """Federated algorithm."""
+    clients_per_round: int | None = Field(10, ge=1)
+    """Clients sampled per round (K); ignored when 'fraction' is set."""
+    fraction: float | None = Field(None, gt=0, le=1)
+    """Fraction of clients sampled per round (C); overrides clients_per_round when set."""
+    server_lr: float = Field(1.0, gt=0)
+    """Server learning rate on the averaged delta (1.0 = plain FedAvg)."""
+    server_momentum: float = Field(0.0, ge=0, lt=1)
+    """Server momentum (FedAvgM when > 0)."""
+
+
+class ClientConfig(_Section):
+    epochs: int = Field(2, ge=1)
+    """Local epochs E."""
+    batch_size: int = Field(16, ge=1)
+    """Local batch size B."""
+    lr: float = Field(0.05, gt=0)
+    """Client learning rate."""
+    optimizer: str = "sgd"
+    """Any torch.optim optimizer by name: sgd, adam, adamw, rmsprop, ..."""
+    momentum: float = Field(0.9, ge=0, lt=1)
+    """Momentum for optimizers that take it (sgd, rmsprop); reset every round."""
+    weight_decay: float = Field(0.0, ge=0)
+    """L2 weight decay of the client optimizer."""
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        from fedfleet.client.torch_trainer import optimizer_names
+
+        if v.lower() not in optimizer_names():
+            raise ValueError(f"unknown optimizer {v!r}; valid: {', '.join(optimizer_names())}")
+        return v.lower()
+
+
+class EvalConfig(_Section):
+    every: int = Field(1, ge=0)
+    """Centralized test-set evaluation every k rounds (0 = only after the last round)."""
+    federated_every: int = Field(0, ge=0)
+    """Evaluation on clients' held-out splits every k rounds (0 = off); needs held-out data."""
+
+
+class RunConfig(_Section):
+    seed: int = 0
+    """The one seed every random draw derives from."""
+    rounds: int = Field(50, ge=1)
+    """Communication rounds."""
+    threads: int = Field(1, ge=1)
+    """torch intra-op threads for local training (1 is fastest for small models)."""
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    client: ClientConfig = ClientConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.model.backend == "numpy" and self.model.name != "logreg":
+            raise ValueError("model.backend = 'numpy' supports model.name = 'logreg' only")
+        if self.eval.federated_every and not (
+            self.data.client_test_fraction > 0 or self.data.partition == "natural"
+        ):
+            raise ValueError(
+                "eval.federated_every needs held-out client data: set data.client_test_fraction "
+                "> 0 or use data.partition = 'natural'"
+            )
+        return self
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    name: info.annotation
+    for name, info in RunConfig.model_fields.items()
+    if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+}
+
+
+def _valid_keys(section: str | None) -> str:
+    model = _SECTIONS.get(section, RunConfig) if section else RunConfig
+    return ", ".join(model.model_fields)
+
+
+def _explain(err: ValidationError) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc) or "config"
+        if e["type"] == "extra_forbidden":
+            section = loc[0] if len(loc) > 1 else None
+            where = f"[{section}]" if section else "the top level"
+            lines.append(f"unknown key {key!r}; valid keys in {where}: {_valid_keys(section)}")
+        else:
+            got = e.get("input")
+            lines.append(f"{key}: {e['msg']} (got {got!r})")
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value (number, bool, array, quoted string), or the bare text as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``raw`` with each ``section.key=value`` (or ``key=value``) applied."""
+    out: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r} (e.g. client.lr=0.1)")
+        parts = key.strip().split(".")
+        if len(parts) > 2:
+            raise ConfigError(f"--set key {key!r} is too deep; use section.key, e.g. client.lr")
+        if len(parts) == 2:
+            section, name = parts
+            if section not in _SECTIONS:
+                raise ConfigError(
+                    f"unknown section {section!r} in --set {item!r}; valid sections: "
+                    f"{', '.join(_SECTIONS)}"
+                )
+            out.setdefault(section, {})[name] = _parse_value(value)
+        else:
+            out[parts[0]] = _parse_value(value)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a TOML file (or start from the defaults), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(p)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    return validate_config(apply_overrides(raw, overrides))
+
+
+def validate_config(raw: Mapping[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(dict(raw))
+    except ValidationError as e:
+        raise _explain(e) from None
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as TOML (keys left at None are omitted); loads back to ``config``."""
+    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))

@@ -1,0 +1,90 @@
+"""A run directory: the resolved config, per-round metrics and the final model.
+
+    DIR/config.toml        the resolved configuration (``fedfleet run --config DIR/config.toml``
+                           repeats the run)
+    DIR/metrics.jsonl      one JSON object per round, appended and flushed as rounds finish
+    DIR/model.safetensors  the final global model, one tensor per layout entry, with the layout
+                           fingerprint in the metadata
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file, save_file
+
+from fedfleet.errors import LayoutError
+from fedfleet.params import Layout
+
+__all__ = ["RunDir", "load_model_vector", "save_model"]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/Inf
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    return value
+
+
+class RunDir:
+    """Writes a run's files into ``path`` (created if missing)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.metrics_path.write_text("")
+
+    def write_config(self, toml_text: str) -> None:
+        _atomic_write(self.path / "config.toml", toml_text.encode())
+
+    def append_metrics(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps({k: _jsonable(v) for k, v in record.items()})
+        with self.metrics_path.open("a") as f:
+            f.write(line + "\n")
+
+    def save_model(self, vector: np.ndarray, layout: Layout) -> Path:
+        return save_model(self.path / "model.safetensors", vector, layout)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_model(path: str | Path, vector: np.ndarray, layout: Layout) -> Path:
+    """Write ``vector`` as safetensors, one tensor per layout entry (float32), atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tensors = {k: np.ascontiguousarray(v) for k, v in layout.unflatten(vector).items()}
+    save_file(tensors, str(tmp), metadata={"fedfleet.layout": layout.fingerprint})
+    os.replace(tmp, path)
+    return path
+
+
+def load_model_vector(path: str | Path, layout: Layout) -> np.ndarray:
+    """Read a model written by :func:`save_model` back into a flat vector of ``layout``."""
+    try:
+        with safe_open(str(path), framework="np") as f:
+            found = (f.metadata() or {}).get("fedfleet.layout")
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise LayoutError(f"cannot read model file {str(path)!r}: {e}") from None
+    if found is not None and found != layout.fingerprint:
+        raise LayoutError(
+            f"model file {str(path)!r} was written for layout {found}, not {layout.fingerprint}; "
+            "was it trained with another model config?"
+        )
+    return layout.flatten(tensors)
