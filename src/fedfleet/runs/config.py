@@ -41,7 +41,7 @@ class DataConfig(_Section):
     ] = "digits"
     """Dataset; see ``fedfleet datasets``."""
     path: str | None = None
-    """Directory to read files from (mnist, fashion-mnist, femnist, leaf); default $FEDFLEET_DATA."""
+    """Directory of the files (mnist, fashion-mnist, femnist, leaf); default $FEDFLEET_DATA."""
     num_clients: int = Field(20, ge=1)
     """Number of clients the train pool is split across (ignored by the natural partition)."""
     partition: Literal["iid", "dirichlet", "shards", "quantity", "natural"] = "dirichlet"

@@ -1,10 +1,10 @@
 """A run directory: the resolved config, per-round metrics and the final model.
 
-    DIR/config.toml        the resolved configuration (``fedfleet run --config DIR/config.toml``
-                           repeats the run)
-    DIR/metrics.jsonl      one JSON object per round, appended and flushed as rounds finish
-    DIR/model.safetensors  the final global model, one tensor per layout entry, with the layout
-                           fingerprint in the metadata
+DIR/config.toml        the resolved configuration (``fedfleet run --config DIR/config.toml``
+                       repeats the run)
+DIR/metrics.jsonl      one JSON object per round, appended and flushed as rounds finish
+DIR/model.safetensors  the final global model, one tensor per layout entry, with the layout
+                       fingerprint in the metadata
 """
 
 from __future__ import annotations
