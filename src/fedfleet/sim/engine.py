@@ -166,12 +166,28 @@ class Simulation:
         )
 
     def _federated_eval(self, vector: np.ndarray) -> dict[str, float]:
-        accs, losses, counts = [], [], []
+        """Evaluate on every client's held-out split: ``client_accuracy_*`` (mean, worst10,
+        min, std) and ``client_loss_mean``.
+
+        Personalisation hook: a strategy with a method ``personalize(vector, client_state) ->
+        vector`` (FedPer, FedRep) gives each client its own model, built from the global vector
+        and the client's state in ``client_states`` (None if it has none yet). Then
+        ``client_accuracy_*`` and ``client_loss_mean`` describe the personalised models and
+        ``global_client_accuracy_*``, ``global_client_loss_mean`` the global one on the same
+        splits. Strategies without the method get the global model's numbers alone.
+        """
+        personalize = getattr(self.strategy, "personalize", None)
+        accs, losses, counts, global_accs, global_losses = [], [], [], [], []
         for cid in self.federation.client_ids:
             data = self.federation.test_data(cid)
             if data is None or len(data) == 0:
                 continue
             ev = self.trainer.evaluate(vector, data)
+            if personalize is not None:
+                global_accs.append(ev.accuracy)
+                global_losses.append(ev.loss)
+                own = personalize(vector, self.client_states.get(cid))
+                ev = self.trainer.evaluate(own, data)
             accs.append(ev.accuracy)
             losses.append(ev.loss)
             counts.append(ev.num_samples)
@@ -180,6 +196,10 @@ class Simulation:
         stats = fairness_stats(accs)
         out = {f"client_accuracy_{k}": v for k, v in stats.items()}
         out["client_loss_mean"] = float(np.average(losses, weights=counts))
+        if personalize is not None:
+            stats = fairness_stats(global_accs)
+            out.update({f"global_client_accuracy_{k}": v for k, v in stats.items()})
+            out["global_client_loss_mean"] = float(np.average(global_losses, weights=counts))
         return out
 
 
