@@ -11,6 +11,7 @@ __all__ = [
     "DatasetError",
     "FedfleetError",
     "LayoutError",
+    "PrivacyBudgetExhausted",
     "UpdateRejected",
 ]
 
@@ -29,6 +30,13 @@ class DatasetError(FedfleetError, ValueError):
 
 class LayoutError(FedfleetError, ValueError):
     """A flat parameter vector does not match a model's layout."""
+
+
+class PrivacyBudgetExhausted(FedfleetError):
+    """Another round would spend more privacy than the run's target epsilon allows.
+
+    Engines catch it and end the run cleanly with the rounds completed so far.
+    """
 
 
 class UpdateRejected(FedfleetError, ValueError):

@@ -21,7 +21,7 @@ import numpy as np
 
 from fedfleet.client.protocol import Trainer
 from fedfleet.client.state_store import ClientStateStore, MemoryStateStore
-from fedfleet.errors import UpdateRejected
+from fedfleet.errors import PrivacyBudgetExhausted, UpdateRejected
 from fedfleet.evaluation import fairness_stats
 from fedfleet.params import Layout
 from fedfleet.sim.federation import Federation
@@ -109,9 +109,13 @@ class Simulation:
         start = time.perf_counter()
         for rnd in range(1, rounds + 1):
             t0 = time.perf_counter()
-            plan = self.strategy.configure_fit(
-                rnd, vector, state, self.federation.client_ids, _sampling_rng(self.seed, rnd)
-            )
+            try:
+                plan = self.strategy.configure_fit(
+                    rnd, vector, state, self.federation.client_ids, _sampling_rng(self.seed, rnd)
+                )
+            except PrivacyBudgetExhausted as stop:
+                log.warning("stopping before round %d: %s", rnd, stop)
+                break
             selected = {cid for cid, _ in plan}
             updates: list[ClientUpdate] = []
             for i, (cid, instructions) in enumerate(plan):

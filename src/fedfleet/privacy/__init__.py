@@ -1,0 +1,13 @@
+"""Differential privacy: accounting with dp-accounting, clipping and noise mechanisms."""
+
+from fedfleet.privacy.accountant import DpAccounting, calibrate_noise_multiplier
+from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian, secure_normal
+
+__all__ = [
+    "DpAccounting",
+    "NoiseSource",
+    "calibrate_noise_multiplier",
+    "clip_by_l2",
+    "gaussian",
+    "secure_normal",
+]

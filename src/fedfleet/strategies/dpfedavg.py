@@ -1,0 +1,207 @@
+"""DP-FedAvg: client-level central differential privacy (McMahan et al. 2018, "Learning
+Differentially Private Recurrent Language Models"), with optional adaptive clipping (Andrew et
+al. 2021, "Differentially Private Learning with Adaptive Clipping").
+
+Each round:
+
+1. sample clients: Poisson (each of N independently with probability q) or a fixed K of N;
+2. each client trains and clips its delta to L2 norm S (the server clips again, so the bound
+   holds for every update whatever a client sends);
+3. the server adds N(0, (z S)^2) noise to the clipped sum and divides by the *expected* cohort
+   size (qN or K) - a fixed denominator, so one client changes the sum by at most S;
+4. the noisy mean delta goes through the server transform (``sgd(1.0)`` by default).
+
+Adaptive clipping: clients also report b_i = [||delta_i|| <= S]; the server estimates the
+unclipped fraction b = (sum b_i + N(0, sigma_b^2)) / expected cohort and sets
+S <- S * exp(-eta_C (b - gamma)) towards the target quantile gamma. The delta noise then uses
+z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2 so the two releases together cost what z alone would.
+
+Accounting (:class:`fedfleet.privacy.DpAccounting`) reports epsilon at the configured delta in
+every round's metrics; a run with ``target_epsilon`` refuses to start when one round would
+exceed it and stops (``PrivacyBudgetExhausted``) before the round that would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
+from fedfleet.client.state_store import ClientState
+from fedfleet.data.base import ArrayDataset
+from fedfleet.errors import ConfigError, PrivacyBudgetExhausted
+from fedfleet.privacy.accountant import DpAccounting
+from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian
+from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState
+from fedfleet.strategies.sampling import sample_clients
+from fedfleet.transforms.base import ServerTransform, sgd
+
+__all__ = ["AdaptiveClipping", "DPFedAvg"]
+
+UNCLIPPED = "dp_unclipped"
+"""Client metric: 1.0 when the client's delta was within the clipping norm."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptiveClipping:
+    """Quantile-based clipping norm (Andrew et al. 2021).
+
+    Attributes:
+        target_quantile: gamma, the fraction of deltas that should fall under the norm.
+        learning_rate: eta_C of the geometric update.
+        count_noise: sigma_b, noise on the count of unclipped clients.
+    """
+
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    count_noise: float = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPFedAvg:
+    """Federated averaging with client-level DP; see the module docstring.
+
+    Attributes:
+        accounting: noise multiplier z, population, sampling and the accountant.
+        clip_norm: S (the initial S with adaptive clipping).
+        local: instructions every sampled client gets.
+        adaptive: adaptive clipping, or None for a fixed norm.
+        target_epsilon: refuse to start / stop before exceeding this epsilon.
+        noise: ``"seeded"`` (simulation, reproducible) or ``"secure"`` (OS CSPRNG).
+        noise_seed: seed of the seeded noise (round r uses spawn key (r,)).
+        server_optimizer: transform on the noisy mean pseudo-gradient.
+    """
+
+    accounting: DpAccounting
+    clip_norm: float
+    local: FitInstructions = field(default_factory=FitInstructions)
+    adaptive: AdaptiveClipping | None = None
+    target_epsilon: float | None = None
+    noise: NoiseSource = "seeded"
+    noise_seed: int = 0
+    server_optimizer: ServerTransform = field(default_factory=sgd)
+
+    def __post_init__(self) -> None:
+        if self.clip_norm <= 0:
+            raise ConfigError(f"clip_norm must be > 0, got {self.clip_norm}")
+        if self.adaptive is not None and 2 * self.adaptive.count_noise <= (
+            1 / self.accounting.noise_multiplier if self.accounting.noise_multiplier else math.inf
+        ):
+            raise ConfigError(
+                "adaptive clipping needs count_noise > 1 / (2 z) so that some of the privacy "
+                "budget is left for the delta; raise count_noise or the noise multiplier"
+            )
+        if self.target_epsilon is not None and self.accounting.epsilon(1) > self.target_epsilon:
+            raise ConfigError(
+                f"one round already costs epsilon {self.accounting.epsilon(1):.3f} > target "
+                f"{self.target_epsilon}; raise the noise multiplier or lower the sampling rate"
+            )
+
+    @property
+    def delta_noise_multiplier(self) -> float:
+        z = self.accounting.noise_multiplier
+        if self.adaptive is None:
+            return z
+        return (z**-2 - (2 * self.adaptive.count_noise) ** -2) ** -0.5
+
+    def init(self, vector: np.ndarray) -> StrategyState:
+        return {
+            "server_optimizer": self.server_optimizer.init(vector),
+            "clip_norm": float(self.clip_norm),
+        }
+
+    def configure_fit(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        clients: Sequence[int],
+        rng: np.random.Generator,
+    ) -> list[tuple[int, FitInstructions]]:
+        if self.target_epsilon is not None and self.accounting.epsilon(rnd) > self.target_epsilon:
+            raise PrivacyBudgetExhausted(
+                f"round {rnd} would raise epsilon to {self.accounting.epsilon(rnd):.3f}, past "
+                f"the target {self.target_epsilon} (delta {self.accounting.delta})"
+            )
+        acc = self.accounting
+        if acc.sampling == "poisson":
+            assert acc.sampling_rate is not None
+            chosen = [
+                int(c)
+                for c, u in zip(clients, rng.random(len(clients)), strict=True)
+                if u < acc.sampling_rate
+            ]
+        else:
+            assert acc.cohort_size is not None
+            chosen = sample_clients(clients, acc.cohort_size, rng)
+        config = {**self.local.config, "clip_norm": float(state["clip_norm"])}  # type: ignore[arg-type]
+        instructions = FitInstructions(
+            epochs=self.local.epochs,
+            batch_size=self.local.batch_size,
+            lr=self.local.lr,
+            max_steps=self.local.max_steps,
+            config=config,
+            payload=self.local.payload,
+        )
+        return [(cid, instructions) for cid in chosen]
+
+    def client_fit(
+        self,
+        trainer: Trainer,
+        vector: np.ndarray,
+        data: ArrayDataset,
+        instructions: FitInstructions,
+        seed: int,
+        state: ClientState | None,
+    ) -> ClientResult:
+        """Train, then clip the delta to the broadcast ``clip_norm`` before it leaves."""
+        fit = trainer.fit(vector, data, instructions, seed)
+        bound = float(instructions.config["clip_norm"])
+        clipped, norm = clip_by_l2(fit.vector.astype(np.float64) - vector, bound)
+        metrics = {**fit.metrics, UNCLIPPED: float(norm <= bound)}
+        out = (vector.astype(np.float64) + clipped).astype(np.float32)
+        return ClientResult(FitResult(out, fit.num_samples, fit.num_steps, metrics))
+
+    def aggregate_fit(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        updates: Sequence[ClientUpdate],
+    ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
+        bound = float(state["clip_norm"])  # type: ignore[arg-type]
+        total = np.zeros(vector.shape, dtype=np.float64)
+        for u in updates:  # the server clips too: the bound holds whatever a client sent
+            total += clip_by_l2(u.delta, bound)[0]
+        rng = (
+            np.random.default_rng(np.random.SeedSequence(self.noise_seed, spawn_key=(rnd,)))
+            if self.noise == "seeded"
+            else None
+        )
+        std = self.delta_noise_multiplier * bound
+        total += gaussian(vector.size, std, self.noise, rng)
+        expected = self.accounting.expected_cohort
+        step, opt_state = self.server_optimizer.update(
+            -total / expected,
+            state["server_optimizer"],  # type: ignore[arg-type]
+            vector,
+        )
+        new_state: StrategyState = {"server_optimizer": opt_state, "clip_norm": bound}
+        unclipped = sum(u.metrics.get(UNCLIPPED, 0.0) for u in updates)
+        metrics = {
+            "dp_epsilon": self.accounting.epsilon(rnd),
+            "dp_delta": self.accounting.delta,
+            "dp_clip_norm": bound,
+            "dp_noise_std": std,
+            "dp_unclipped_fraction": unclipped / len(updates) if updates else 0.0,
+        }
+        if self.adaptive is not None:
+            a = self.adaptive
+            noisy = unclipped + float(gaussian(1, a.count_noise, self.noise, rng)[0])
+            new_state["clip_norm"] = bound * math.exp(
+                -a.learning_rate * (noisy / expected - a.target_quantile)
+            )
+        return (vector.astype(np.float64) + step).astype(np.float32), new_state, metrics

@@ -1,0 +1,67 @@
+"""The accountant against the issue's test vectors (delta = 1e-5, Poisson sampling)."""
+
+import pytest
+
+from fedfleet.errors import ConfigError
+from fedfleet.privacy import DpAccounting, calibrate_noise_multiplier
+
+
+def _acc(q, z=1.0, kind="pld"):
+    return DpAccounting(
+        noise_multiplier=z, population=10_000, sampling_rate=q, delta=1e-5, accountant=kind
+    )
+
+
+@pytest.mark.parametrize(
+    ("q", "rounds", "kind", "expected"),
+    [
+        (0.01, 1000, "pld", 1.8282),
+        (0.01, 1000, "rdp", 2.1014),
+        (0.1, 100, "pld", 7.0466),
+        (0.1, 100, "rdp", 7.9039),
+    ],
+)
+def test_epsilon_matches_the_reference_vectors(q, rounds, kind, expected):
+    eps = _acc(q, kind=kind).epsilon(rounds)
+    assert eps == pytest.approx(expected, rel=1e-3)
+    if kind == "pld":
+        assert eps >= expected - 1e-4  # the coarse PLD grid rounds pessimistically
+
+
+def test_calibration_finds_the_noise_for_a_target():
+    z = calibrate_noise_multiplier(2.0, 1000, _acc(0.01))
+    assert z == pytest.approx(0.9591, rel=1e-3)
+    assert _acc(0.01, z=z).epsilon(1000) <= 2.0 + 1e-6
+
+
+def test_epsilon_grows_with_rounds_and_max_rounds_inverts_it():
+    acc = _acc(0.01)
+    eps = [acc.epsilon(r) for r in (0, 1, 10, 100)]
+    assert eps[0] == 0.0 and eps == sorted(eps) and eps[1] > 0
+    n = acc.max_rounds(1.0)
+    assert acc.epsilon(n) <= 1.0 < acc.epsilon(n + 1)
+
+
+def test_fixed_size_sampling_uses_rdp_with_replace_one():
+    fixed = DpAccounting(
+        noise_multiplier=1.0, population=1000, sampling="fixed", cohort_size=10, accountant="rdp"
+    )
+    assert fixed.expected_cohort == 10
+    assert 0 < fixed.epsilon(100) < fixed.epsilon(200)
+    with pytest.raises(ConfigError, match="PLD accounting supports Poisson sampling only"):
+        DpAccounting(noise_multiplier=1.0, population=1000, sampling="fixed", cohort_size=10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(sampling_rate=None), "sampling_rate"),
+        (dict(sampling_rate=1.5), "sampling_rate"),
+        (dict(sampling_rate=0.1, delta=0.0), "delta"),
+        (dict(sampling_rate=0.1, noise_multiplier=-1.0), "noise_multiplier"),
+    ],
+)
+def test_bad_parameters_are_refused(kwargs, message):
+    base = dict(noise_multiplier=1.0, population=100)
+    with pytest.raises(ConfigError, match=message):
+        DpAccounting(**{**base, **kwargs})
