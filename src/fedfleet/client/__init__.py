@@ -1,7 +1,15 @@
 """Client-side training: the trainer protocol and its PyTorch and NumPy implementations."""
 
 from fedfleet.client.numpy_trainers import NumpyLogisticRegression, SklearnTrainer
-from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult, Trainer
+from fedfleet.client.protocol import (
+    GRAD_CORRECTION,
+    PROX_MU,
+    EvalResult,
+    FitInstructions,
+    FitResult,
+    Trainer,
+    gradient_terms,
+)
 from fedfleet.client.state_store import (
     ClientState,
     ClientStateStore,
@@ -11,6 +19,8 @@ from fedfleet.client.state_store import (
 from fedfleet.client.torch_trainer import TorchTrainer, optimizer_names, resolve_optimizer
 
 __all__ = [
+    "GRAD_CORRECTION",
+    "PROX_MU",
     "ClientState",
     "ClientStateStore",
     "DiskStateStore",
@@ -22,6 +32,7 @@ __all__ = [
     "SklearnTrainer",
     "TorchTrainer",
     "Trainer",
+    "gradient_terms",
     "optimizer_names",
     "resolve_optimizer",
 ]

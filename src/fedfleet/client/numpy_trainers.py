@@ -4,6 +4,10 @@
 :class:`SklearnTrainer` federates a scikit-learn linear classifier (``SGDClassifier``) by moving
 its ``coef_`` and ``intercept_`` through the flat vector. Both satisfy
 :class:`fedfleet.client.Trainer`, so any strategy and engine runs them unchanged.
+
+:class:`NumpyLogisticRegression` honours the gradient terms strategies ask of a trainer (FedProx's
+``prox_mu``, SCAFFOLD's ``grad_correction``; see :func:`fedfleet.client.protocol.gradient_terms`);
+:class:`SklearnTrainer` cannot, and refuses them.
 """
 
 from __future__ import annotations
@@ -14,11 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult
+from fedfleet.client.protocol import (
+    EvalResult,
+    FitInstructions,
+    FitResult,
+    gradient_terms,
+)
 from fedfleet.data.base import ArrayDataset
+from fedfleet.errors import ConfigError
 from fedfleet.params import Layout
 
-__all__ = ["NumpyLogisticRegression", "SklearnTrainer"]
+__all__ = [
+    "NumpyLogisticRegression",
+    "SklearnTrainer",
+]
 
 
 def _softmax_xent(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +45,8 @@ class NumpyLogisticRegression:
     """Multinomial logistic regression trained by mini-batch SGD, in NumPy.
 
     Parameters are ``weight`` ``[classes, features]`` and ``bias`` ``[classes]``; the loss is the
-    mean cross-entropy of ``softmax(x @ weight.T + bias)``.
+    mean cross-entropy of ``softmax(x @ weight.T + bias)``. Honours FedProx's ``prox_mu`` and
+    SCAFFOLD's ``grad_correction`` (see :func:`gradient_terms`).
     """
 
     def __init__(self, input_shape: tuple[int, ...] | int, num_classes: int) -> None:
@@ -55,9 +69,15 @@ class NumpyLogisticRegression:
     def fit(
         self, vector: np.ndarray, data: ArrayDataset, instructions: FitInstructions, seed: int
     ) -> FitResult:
+        mu, correction = gradient_terms(instructions, self._layout)
         out = vector.copy()
         parts = self._layout.unflatten(out)
         w, b = parts["weight"], parts["bias"]
+        # a step's extra gradient terms mu * (w - w0) + correction, as one flat vector
+        add_terms = mu != 0.0 or correction is not None
+        shift = np.zeros_like(out) if correction is None else correction.copy()
+        shift_parts = self._layout.unflatten(shift)
+        shift_w, shift_b = shift_parts["weight"], shift_parts["bias"]
         x = data.x.reshape(len(data), -1)
         rng = np.random.default_rng(seed)
         steps, loss_sum, seen = 0, 0.0, 0
@@ -71,8 +91,18 @@ class NumpyLogisticRegression:
                 losses, probs = _softmax_xent(self._logits(w, b, xb), yb)
                 probs[np.arange(len(yb)), yb] -= 1.0
                 grad = probs / len(yb)
-                w -= np.float32(instructions.lr) * (grad.T @ xb).astype(np.float32)
-                b -= np.float32(instructions.lr) * grad.sum(axis=0).astype(np.float32)
+                grad_w = (grad.T @ xb).astype(np.float32)
+                grad_b = grad.sum(axis=0).astype(np.float32)
+                if add_terms:
+                    if mu != 0.0:  # else the shift is the constant correction
+                        np.subtract(out, vector, out=shift)
+                        shift *= np.float32(mu)
+                        if correction is not None:
+                            shift += correction
+                    grad_w += shift_w
+                    grad_b += shift_b
+                w -= np.float32(instructions.lr) * grad_w
+                b -= np.float32(instructions.lr) * grad_b
                 loss_sum += float(losses.sum())
                 seen += len(yb)
                 steps += 1
@@ -92,6 +122,7 @@ class SklearnTrainer:
     Each fit builds a fresh estimator with ``make_estimator()``, sets ``coef_``/``intercept_``
     from the global vector and runs ``partial_fit`` once per local epoch with a constant learning
     rate ``instructions.lr`` (the estimator's ``eta0``), so nothing from an earlier round leaks in.
+    It refuses FedProx's ``prox_mu`` and SCAFFOLD's ``grad_correction`` rather than ignore them.
 
     Args:
         make_estimator: builds an unfitted estimator, e.g.
@@ -129,6 +160,13 @@ class SklearnTrainer:
     def fit(
         self, vector: np.ndarray, data: ArrayDataset, instructions: FitInstructions, seed: int
     ) -> FitResult:
+        mu, correction = gradient_terms(instructions, self._layout)
+        if mu != 0.0 or correction is not None:
+            raise ConfigError(
+                "SklearnTrainer cannot add FedProx's proximal term or SCAFFOLD's gradient "
+                "correction (the estimator's partial_fit owns the gradient step); use "
+                "NumpyLogisticRegression or TorchTrainer for FedProx and SCAFFOLD"
+            )
         est = self._estimator(vector, instructions.lr, seed)
         x = data.x.reshape(len(data), -1).astype(np.float64)  # the estimator's own dtype
         for _ in range(instructions.epochs):

@@ -9,14 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from fedfleet.data.base import ArrayDataset
+from fedfleet.errors import ConfigError
 from fedfleet.params import Layout
 
-__all__ = ["EvalResult", "FitInstructions", "FitResult", "Trainer"]
+__all__ = [
+    "GRAD_CORRECTION",
+    "PROX_MU",
+    "EvalResult",
+    "FitInstructions",
+    "FitResult",
+    "Trainer",
+    "gradient_terms",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +49,43 @@ class FitInstructions:
     max_steps: int | None = None
     config: Mapping[str, float | int | str | bool] = field(default_factory=dict)
     payload: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+PROX_MU = "prox_mu"
+"""``FitInstructions.config`` key: FedProx's proximal coefficient mu (float >= 0, default 0)."""
+
+GRAD_CORRECTION = "grad_correction"
+"""``FitInstructions.payload`` key: a layout-sized float32 vector added to every local gradient
+(SCAFFOLD's ``c - c_i``)."""
+
+
+def gradient_terms(
+    instructions: FitInstructions, layout: Layout
+) -> tuple[float, np.ndarray | None]:
+    """The extra terms every local gradient step adds, read and checked from ``instructions``.
+
+    A trainer starting from the global vector ``w0`` steps on
+
+        g(w) + mu * (w - w0) + correction
+
+    where ``mu = config["prox_mu"]`` (FedProx, Li et al. 2020: the gradient of the proximal term
+    ``mu/2 ||w - w0||^2``) and ``correction = payload["grad_correction"]`` (SCAFFOLD,
+    Karimireddy et al. 2020: ``c - c_i``). Returns ``(mu, correction or None)``; ``(0.0, None)``
+    means plain local training.
+
+    Raises:
+        ConfigError: mu is not a finite number >= 0.
+        LayoutError: the correction is not a float32 vector of the layout's size.
+    """
+    mu = instructions.config.get(PROX_MU, 0.0)
+    if isinstance(mu, bool) or not isinstance(mu, Real) or not 0.0 <= mu < float("inf"):
+        raise ConfigError(
+            f"config[{PROX_MU!r}] (FedProx's mu) must be a finite number >= 0, got {mu!r}"
+        )
+    correction = instructions.payload.get(GRAD_CORRECTION)
+    if correction is not None:
+        layout.check(correction, who=f"payload[{GRAD_CORRECTION!r}]")
+    return float(mu), correction
 
 
 @dataclass(frozen=True)

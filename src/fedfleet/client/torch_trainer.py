@@ -5,6 +5,12 @@ buffer (see :meth:`Layout.bind`), so loading the global model is one copy and re
 one clone; data stay as tensors, batches are gathered by index, and the loss is summed on-device so
 the loop never waits on a host sync. A fresh optimizer is built for every fit, so client-side
 optimizer state (momentum, Adam moments) never leaks from one round or client to the next.
+
+Strategies that change the local objective do it through two instructions (see
+:func:`fedfleet.client.protocol.gradient_terms`): FedProx's ``config["prox_mu"]`` adds
+``mu * (w - w0)`` to every gradient and SCAFFOLD's ``payload["grad_correction"]`` adds a fixed
+vector. Both are applied to the parameters' gradients with ``torch._foreach`` ops over views of
+flat buffers, between ``backward`` and the optimizer step; plain FedAvg skips them entirely.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult
+from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult, gradient_terms
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError
 from fedfleet.params import Layout
@@ -86,6 +92,14 @@ class TorchTrainer:
         self._initial = self._layout.flatten(self.model.state_dict())
         self._flat = torch.zeros(self._layout.size, dtype=torch.float32, device=self.device)
         self._layout.bind(self.model, self._flat)
+        # (parameter, offset in the flat vector) for every trainable federated parameter: where
+        # the extra gradient terms of FedProx and SCAFFOLD apply
+        storage = self._flat.untyped_storage().data_ptr()
+        self._trainable = [
+            (p, p.storage_offset())
+            for p in self.model.parameters()
+            if p.requires_grad and p.untyped_storage().data_ptr() == storage
+        ]
         self.loss_fn = loss_fn
         self.optimizer = resolve_optimizer(optimizer)
         self.optimizer_args = dict(optimizer_args or {})
@@ -122,8 +136,14 @@ class TorchTrainer:
         self, vector: np.ndarray, data: ArrayDataset, instructions: FitInstructions, seed: int
     ) -> FitResult:
         """Run ``instructions.epochs`` epochs of mini-batch training (reshuffled each epoch from
-        ``seed``), stopping early after ``instructions.max_steps`` steps if set."""
+        ``seed``), stopping early after ``instructions.max_steps`` steps if set. With
+        ``config["prox_mu"]`` or ``payload["grad_correction"]`` every gradient gets
+        ``mu * (w - vector) + correction`` added before the optimizer step."""
+        mu, correction = gradient_terms(instructions, self._layout)
         self._load(vector)
+        add_terms = None
+        if mu != 0.0 or correction is not None:  # FedAvg's path stays exactly as it was
+            add_terms = self._terms(vector, mu, correction)
         x, y = self._tensors(data)
         n = len(y)
         rng = np.random.default_rng(seed)
@@ -144,6 +164,8 @@ class TorchTrainer:
                     opt.zero_grad(set_to_none=True)
                     loss = self.loss_fn(self.model(xb), yb)
                     loss.backward()
+                    if add_terms is not None:
+                        add_terms()
                     opt.step()
                     loss_sum += loss.detach() * len(idx)
                     seen += len(idx)
@@ -154,6 +176,41 @@ class TorchTrainer:
             num_steps=steps,
             metrics={"train_loss": float(loss_sum) / seen} if seen else {},
         )
+
+    def _terms(
+        self, vector: np.ndarray, mu: float, correction: np.ndarray | None
+    ) -> Callable[[], None]:
+        """A function adding ``mu * (w - vector) + correction`` to the parameters' gradients.
+
+        The difference ``w - vector`` is one subtraction over the flat buffer into a scratch
+        buffer; the per-parameter additions are ``torch._foreach_add_`` over views of it, so a
+        step costs two passes over the parameters and no host sync.
+        """
+        params = [p for p, _ in self._trainable]
+
+        def views(flat: torch.Tensor) -> list[torch.Tensor]:
+            return [flat[o : o + p.numel()].view_as(p) for p, o in self._trainable]
+
+        anchor = torch.from_numpy(vector).to(self.device)  # read only: vector is not mutated
+        diff = torch.empty_like(self._flat)
+        diff_views = views(diff)
+        corr_views = None
+        if correction is not None:
+            corr_views = views(torch.from_numpy(correction).to(self.device))
+
+        def add_terms() -> None:
+            grads = []
+            for p in params:
+                if p.grad is None:  # unused by this batch's forward pass: the terms still apply
+                    p.grad = torch.zeros_like(p)
+                grads.append(p.grad)
+            if mu != 0.0:
+                torch.sub(self._flat, anchor, out=diff)
+                torch._foreach_add_(grads, diff_views, alpha=mu)
+            if corr_views is not None:
+                torch._foreach_add_(grads, corr_views)
+
+        return add_terms
 
     @torch.no_grad()
     def evaluate(self, vector: np.ndarray, data: ArrayDataset) -> EvalResult:

@@ -12,14 +12,34 @@ from fedfleet.client.torch_trainer import TorchTrainer
 from fedfleet.data import partition as part
 from fedfleet.data.base import TaskData
 from fedfleet.data.registry import load_task
+from fedfleet.errors import ConfigError
 from fedfleet.models.zoo import build_model
+from fedfleet.params import Layout
 from fedfleet.runs.config import RunConfig
+from fedfleet.sim.clock import ClientClock
 from fedfleet.sim.engine import Simulation
+from fedfleet.sim.fedbuff import FedBuffSimulation, polynomial_staleness
 from fedfleet.sim.federation import Federation
+from fedfleet.strategies.base import Strategy
 from fedfleet.strategies.fedavg import FedAvg
+from fedfleet.strategies.fednova import FedNova
+from fedfleet.strategies.fedopt import fedadagrad, fedadam, fedyogi
+from fedfleet.strategies.personal import FedPer, FedRep
+from fedfleet.strategies.qfedavg import QFedAvg
+from fedfleet.strategies.scaffold import Scaffold
+from fedfleet.strategies.stragglers import Stragglers
 from fedfleet.transforms.base import sgd
 
-__all__ = ["RunPieces", "build_federation", "build_run", "build_trainer", "load_task_for"]
+__all__ = [
+    "RunPieces",
+    "build_federation",
+    "build_run",
+    "build_strategy",
+    "build_trainer",
+    "load_task_for",
+]
+
+_ADAPTIVE = ("fedadam", "fedyogi", "fedadagrad")
 
 _OPTIMIZERS_WITH_MOMENTUM = {"sgd", "rmsprop"}
 
@@ -27,7 +47,7 @@ _OPTIMIZERS_WITH_MOMENTUM = {"sgd", "rmsprop"}
 @dataclass(frozen=True)
 class RunPieces:
     task: TaskData
-    simulation: Simulation
+    simulation: Simulation | FedBuffSimulation
 
 
 def load_task_for(config: RunConfig) -> TaskData:
@@ -87,21 +107,121 @@ def build_trainer(config: RunConfig, task: TaskData) -> Trainer:
     )
 
 
+def _last_layer(layout: Layout) -> tuple[str, ...]:
+    """The name prefix of the model's last tensor, e.g. ``('3.',)`` for an MLP's output layer."""
+    name = layout.specs[-1].name
+    return (name.rsplit(".", 1)[0] + ".",) if "." in name else (name,)
+
+
+def build_strategy(config: RunConfig, trainer: Trainer, num_clients: int) -> Strategy:
+    """The strategy ``config.strategy`` names, with the client settings as local instructions."""
+    s, c = config.strategy, config.client
+    config_extra = {"prox_mu": s.mu} if s.name == "fedprox" else {}
+    local = FitInstructions(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, config=config_extra)
+    k = None if s.fraction is not None else s.clients_per_round
+    stragglers = (
+        Stragglers(fraction=s.straggler_fraction, drop=s.straggler_policy == "drop")
+        if s.straggler_fraction > 0
+        else None
+    )
+    server_lr = s.server_lr if s.server_lr is not None else (0.03 if s.name in _ADAPTIVE else 1.0)
+    momentum = (
+        s.server_momentum
+        if s.server_momentum is not None
+        else (0.9 if s.name == "fedavgm" else 0.0)
+    )
+    if s.name == "fedadagrad":
+        return fedadagrad(
+            server_lr=server_lr,
+            tau=s.tau,
+            clients_per_round=k,
+            fraction=s.fraction,
+            local=local,
+            stragglers=stragglers,
+        )
+    if s.name in ("fedadam", "fedyogi"):
+        return (fedadam if s.name == "fedadam" else fedyogi)(
+            server_lr=server_lr,
+            b1=s.b1,
+            b2=s.b2,
+            tau=s.tau,
+            clients_per_round=k,
+            fraction=s.fraction,
+            local=local,
+            stragglers=stragglers,
+        )
+    if s.name == "scaffold":
+        if c.optimizer != "sgd" or c.momentum or c.weight_decay:
+            raise ConfigError(
+                "scaffold's control-variate update (option II) assumes plain SGD clients; set "
+                "client.optimizer = 'sgd', client.momentum = 0 and client.weight_decay = 0"
+            )
+        return Scaffold(
+            num_clients=num_clients,
+            local=local,
+            server_lr=server_lr,
+            clients_per_round=k,
+            fraction=s.fraction,
+        )
+    if s.name == "qfedavg":
+        return QFedAvg(q=s.q, local=local, clients_per_round=k, fraction=s.fraction)
+    if s.name == "fednova":
+        if c.optimizer != "sgd" or c.weight_decay:
+            raise ConfigError(
+                "fednova normalises plain SGD (with optional momentum) updates; set "
+                "client.optimizer = 'sgd' and client.weight_decay = 0"
+            )
+        return FedNova(
+            local=local,
+            momentum=c.momentum,
+            server_optimizer=sgd(server_lr, momentum),
+            stragglers=stragglers,
+            clients_per_round=k,
+            fraction=s.fraction,
+        )
+    base = FedAvg(
+        local=local,
+        server_optimizer=sgd(server_lr, momentum),
+        stragglers=stragglers,
+        clients_per_round=k,
+        fraction=s.fraction,
+    )
+    if s.name in ("fedper", "fedrep"):
+        head = s.head or _last_layer(trainer.layout)
+        if s.name == "fedper":
+            return FedPer(strategy=base, layout=trainer.layout, head=head)
+        return FedRep(strategy=base, layout=trainer.layout, head=head, head_epochs=s.head_epochs)
+    return base  # fedavg, fedavgm, fedprox
+
+
 def build_run(config: RunConfig) -> RunPieces:
-    """Load the data and assemble a ready-to-run :class:`Simulation`."""
+    """Load the data and assemble a ready-to-run simulation (synchronous, or FedBuff's
+    asynchronous engine for ``strategy.name = 'fedbuff'``)."""
     torch.set_num_threads(config.threads)
     task = load_task_for(config)
+    federation = build_federation(config, task)
+    trainer = build_trainer(config, task)
     s, c = config.strategy, config.client
-    strategy = FedAvg(
-        clients_per_round=None if s.fraction is not None else s.clients_per_round,
-        fraction=s.fraction,
-        local=FitInstructions(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr),
-        server_optimizer=sgd(s.server_lr, s.server_momentum),
-    )
+    if s.name == "fedbuff":
+        fedbuff = FedBuffSimulation(
+            trainer,
+            federation,
+            local=FitInstructions(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr),
+            buffer_size=s.buffer_size,
+            concurrency=min(s.concurrency, federation.num_clients),
+            server_lr=s.server_lr if s.server_lr is not None else 1.0,
+            staleness_weight=polynomial_staleness(s.staleness_exponent),
+            clock=ClientClock(
+                time_per_step=config.clock.time_per_step, speed_sigma=config.clock.speed_sigma
+            ),
+            seed=config.seed,
+            eval_every=config.eval.every,
+        )
+        return RunPieces(task, fedbuff)
     sim = Simulation(
-        trainer=build_trainer(config, task),
-        federation=build_federation(config, task),
-        strategy=strategy,
+        trainer=trainer,
+        federation=federation,
+        strategy=build_strategy(config, trainer, federation.num_clients),
         seed=config.seed,
         eval_every=config.eval.every,
         federated_eval_every=config.eval.federated_every,

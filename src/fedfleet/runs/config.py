@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fedfleet.errors import ConfigError
 
 __all__ = [
+    "STRATEGIES",
     "ClientConfig",
+    "ClockConfig",
     "DataConfig",
     "EvalConfig",
     "ModelConfig",
@@ -77,17 +79,65 @@ class ModelConfig(_Section):
     """'numpy' trains 'logreg' with the pure-NumPy trainer."""
 
 
+STRATEGIES = (
+    "fedavg",
+    "fedavgm",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "scaffold",
+    "fednova",
+    "qfedavg",
+    "fedper",
+    "fedrep",
+    "fedbuff",
+)
+
+
 class StrategyConfig(_Section):
-    name: Literal["fedavg"] = "fedavg"
-    """Federated algorithm."""
+    name: Literal[STRATEGIES] = "fedavg"  # type: ignore[valid-type]
+    """Federated algorithm: fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, scaffold,
+    fednova, qfedavg, fedper, fedrep (personalised), fedbuff (asynchronous)."""
     clients_per_round: int | None = Field(10, ge=1)
     """Clients sampled per round (K); ignored when 'fraction' is set."""
     fraction: float | None = Field(None, gt=0, le=1)
     """Fraction of clients sampled per round (C); overrides clients_per_round when set."""
-    server_lr: float = Field(1.0, gt=0)
-    """Server learning rate on the averaged delta (1.0 = plain FedAvg)."""
-    server_momentum: float = Field(0.0, ge=0, lt=1)
-    """Server momentum (FedAvgM when > 0)."""
+    server_lr: float | None = Field(None, gt=0)
+    """Server learning rate; default 1.0, or 0.03 for fedadam/fedyogi/fedadagrad."""
+    server_momentum: float | None = Field(None, ge=0, lt=1)
+    """Server momentum; default 0.0, or 0.9 for fedavgm."""
+    b1: float = Field(0.9, ge=0, lt=1)
+    """FedAdam/FedYogi first-moment decay."""
+    b2: float = Field(0.99, ge=0, lt=1)
+    """FedAdam/FedYogi second-moment decay."""
+    tau: float = Field(1e-3, gt=0)
+    """FedOpt adaptivity constant."""
+    mu: float = Field(0.01, ge=0)
+    """FedProx proximal coefficient (also applied by fednova when > 0 there)."""
+    q: float = Field(1.0, ge=0)
+    """q-FedAvg fairness parameter (0 = plain averaging)."""
+    straggler_fraction: float = Field(0.0, ge=0, le=1)
+    """Share of each round's clients that can do only 1..E local epochs."""
+    straggler_policy: Literal["drop", "partial"] = "partial"
+    """Stragglers are left out ('drop', FedAvg's way) or send their partial work ('partial')."""
+    head: tuple[str, ...] = ()
+    """fedper/fedrep: parameter-name prefixes kept personal; default the model's last layer."""
+    head_epochs: int = Field(1, ge=1)
+    """fedrep: local epochs on the personal head before the body epochs."""
+    buffer_size: int = Field(10, ge=1)
+    """fedbuff: updates buffered per server step (K)."""
+    concurrency: int = Field(20, ge=1)
+    """fedbuff: clients training at any time."""
+    staleness_exponent: float = Field(0.5, ge=0)
+    """fedbuff: updates are weighted by 1 / (1 + staleness) ** exponent."""
+
+
+class ClockConfig(_Section):
+    time_per_step: float = Field(1.0, gt=0)
+    """Simulated seconds of one local step on a speed-1 client (fedbuff)."""
+    speed_sigma: float = Field(0.0, ge=0)
+    """Sigma of lognormal client speeds (0 = all equal)."""
 
 
 class ClientConfig(_Section):
@@ -95,11 +145,11 @@ class ClientConfig(_Section):
     """Local epochs E."""
     batch_size: int = Field(16, ge=1)
     """Local batch size B."""
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.2, gt=0)
     """Client learning rate."""
     optimizer: str = "sgd"
     """Any torch.optim optimizer by name: sgd, adam, adamw, rmsprop, ..."""
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.0, ge=0, lt=1)
     """Momentum for optimizers that take it (sgd, rmsprop); reset every round."""
     weight_decay: float = Field(0.0, ge=0)
     """L2 weight decay of the client optimizer."""
@@ -133,11 +183,14 @@ class RunConfig(_Section):
     strategy: StrategyConfig = StrategyConfig()
     client: ClientConfig = ClientConfig()
     eval: EvalConfig = EvalConfig()
+    clock: ClockConfig = ClockConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         if self.model.backend == "numpy" and self.model.name != "logreg":
             raise ValueError("model.backend = 'numpy' supports model.name = 'logreg' only")
+        if self.strategy.name in ("fedper", "fedrep") and self.model.backend != "torch":
+            raise ValueError(f"strategy {self.strategy.name} needs model.backend = 'torch'")
         if self.eval.federated_every and not (
             self.data.client_test_fraction > 0 or self.data.partition == "natural"
         ):

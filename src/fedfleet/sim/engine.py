@@ -151,6 +151,7 @@ class Simulation:
                 "num_rejected": len(plan) - len(updates),
                 "train_loss": _weighted_train_loss(updates),
             }
+            record.update(getattr(plan, "metrics", {}))  # e.g. Stragglers' RoundPlan counts
             record.update({k: v for k, v in agg_metrics.items() if k != "aggregated"})
             last = rnd == rounds
             if last or (self.eval_every and rnd % self.eval_every == 0):

@@ -1,4 +1,10 @@
-"""Federated algorithms as small strategy pieces over one protocol."""
+"""Federated algorithms as small strategy pieces over one protocol.
+
+FedAvg and its server-optimizer variants (FedAvgM, FedAdam, FedYogi, FedAdagrad) and FedProx are
+configured ``FedAvg`` instances; SCAFFOLD, FedNova, q-FedAvg, DP-FedAvg and the personalising
+wrappers FedPer/FedRep are their own small strategies. FedBuff, being asynchronous, is an engine:
+:class:`fedfleet.sim.FedBuffSimulation`.
+"""
 
 from fedfleet.strategies.base import (
     ClientResult,
@@ -7,16 +13,38 @@ from fedfleet.strategies.base import (
     StrategyState,
     plain_client_fit,
 )
+from fedfleet.strategies.dpfedavg import AdaptiveClipping, DPFedAvg
 from fedfleet.strategies.fedavg import FedAvg, weighted_mean
+from fedfleet.strategies.fednova import FedNova
+from fedfleet.strategies.fedopt import fedadagrad, fedadam, fedavgm, fedyogi
+from fedfleet.strategies.fedprox import fedprox
+from fedfleet.strategies.personal import FedPer, FedRep, head_mask
+from fedfleet.strategies.qfedavg import QFedAvg
 from fedfleet.strategies.sampling import cohort_size, sample_clients
+from fedfleet.strategies.scaffold import Scaffold
+from fedfleet.strategies.stragglers import Stragglers
 
 __all__ = [
+    "AdaptiveClipping",
     "ClientResult",
     "ClientUpdate",
+    "DPFedAvg",
     "FedAvg",
+    "FedNova",
+    "FedPer",
+    "FedRep",
+    "QFedAvg",
+    "Scaffold",
+    "Stragglers",
     "Strategy",
     "StrategyState",
     "cohort_size",
+    "fedadagrad",
+    "fedadam",
+    "fedavgm",
+    "fedprox",
+    "fedyogi",
+    "head_mask",
     "plain_client_fit",
     "sample_clients",
     "weighted_mean",

@@ -8,7 +8,9 @@ model w, and the server sets
 
 computed as w + sum_k (n_k / n) (w_k - w) in float64. The averaged delta is handed to a server
 transform as the pseudo-gradient ``-delta``; the default ``sgd(1.0)`` gives FedAvg exactly, and
-other transforms give FedAvgM / FedOpt without a new strategy.
+other transforms give FedAvgM / FedOpt without a new strategy. With ``stragglers`` set, a share of
+each round's clients straggle (see :mod:`fedfleet.strategies.stragglers`); FedProx is this class
+with a proximal ``mu`` in the local instructions (:func:`fedfleet.strategies.fedprox.fedprox`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.strategies.base import ClientUpdate, StrategyState, plain_client_fit
 from fedfleet.strategies.sampling import cohort_size, sample_clients
+from fedfleet.strategies.stragglers import Stragglers
 from fedfleet.transforms.base import ServerTransform, sgd
 
 __all__ = ["FedAvg", "weighted_mean"]
@@ -41,6 +44,8 @@ class FedAvg:
         fraction: C, the fraction of available clients per round.
         local: the instructions every sampled client gets (epochs, batch size, lr).
         server_optimizer: transform applied to the pseudo-gradient; ``sgd(1.0)`` is plain FedAvg.
+        stragglers: systems heterogeneity: a share of the sampled clients run fewer epochs or
+            are dropped (None: everyone does the full local work).
 
     Example:
         >>> strategy = FedAvg(clients_per_round=10, local=FitInstructions(epochs=1, lr=0.05))
@@ -50,6 +55,7 @@ class FedAvg:
     fraction: float | None = None
     local: FitInstructions = field(default_factory=FitInstructions)
     server_optimizer: ServerTransform = field(default_factory=sgd)
+    stragglers: Stragglers | None = None
 
     def __post_init__(self) -> None:
         if self.clients_per_round is None and self.fraction is None:
@@ -68,7 +74,10 @@ class FedAvg:
         rng: np.random.Generator,
     ) -> list[tuple[int, FitInstructions]]:
         k = cohort_size(len(clients), self.clients_per_round, self.fraction)
-        return [(cid, self.local) for cid in sample_clients(clients, k, rng)]
+        plan = [(cid, self.local) for cid in sample_clients(clients, k, rng)]
+        if self.stragglers is None:
+            return plan
+        return self.stragglers.apply(plan, rng)  # drawn after sampling: same cohort either way
 
     client_fit = staticmethod(plain_client_fit)
 

@@ -1,5 +1,6 @@
-"""Composable server-side transforms (server optimizers; later clipping, noise, compression)."""
+"""Composable server-side transforms: server optimizers (SGD/momentum, Adam, Yogi, Adagrad)."""
 
 from fedfleet.transforms.base import ServerTransform, TransformState, chain, sgd
+from fedfleet.transforms.fedopt import adagrad, adam, yogi
 
-__all__ = ["ServerTransform", "TransformState", "chain", "sgd"]
+__all__ = ["ServerTransform", "TransformState", "adagrad", "adam", "chain", "sgd", "yogi"]
