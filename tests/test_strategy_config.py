@@ -13,7 +13,7 @@ from fedfleet.errors import ConfigError
 from fedfleet.runs.build import build_run
 from fedfleet.runs.config import STRATEGIES, load_config
 from fedfleet.sim import FedBuffSimulation, Simulation
-from fedfleet.strategies import FedAvg, FedNova, FedPer, FedRep, QFedAvg, Scaffold
+from fedfleet.strategies import DPFedAvg, FedAvg, FedNova, FedPer, FedRep, QFedAvg, Scaffold
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -29,6 +29,7 @@ EXPECTED = {
     "qfedavg": QFedAvg,
     "fedper": FedPer,
     "fedrep": FedRep,
+    "dpfedavg": DPFedAvg,
 }
 
 
@@ -43,6 +44,7 @@ def test_each_strategy_builds_and_trains(name):
             "strategy.clients_per_round=4",
             "data.client_test_fraction=0.2",
             "eval.federated_every=3",
+            "privacy.noise_multiplier=0.5",
         ],
     )
     sim = build_run(cfg).simulation
@@ -96,3 +98,24 @@ def test_readme_run_commands_work(command, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2
+
+
+def test_dpfedavg_calibrates_noise_for_a_target_epsilon_and_reports_it():
+    cfg = load_config(
+        None,
+        [
+            "strategy.name=dpfedavg",
+            "privacy.target_epsilon=5",
+            "rounds=4",
+            "data.num_clients=10",
+            "strategy.clients_per_round=5",
+        ],
+    )
+    sim = build_run(cfg).simulation
+    acc = sim.strategy.accounting
+    assert acc.sampling_rate == 0.5 and acc.epsilon(4) <= 5.0 < acc.epsilon(5) + 5.0
+    history = sim.run(cfg.rounds).history
+    assert [h["dp_epsilon"] for h in history] == sorted(h["dp_epsilon"] for h in history)
+    assert history[-1]["dp_epsilon"] == pytest.approx(acc.epsilon(4))
+    with pytest.raises(ConfigError, match="needs privacy.noise_multiplier"):
+        load_config(None, ["strategy.name=dpfedavg"])

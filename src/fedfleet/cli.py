@@ -81,6 +81,8 @@ def run(
                 status = f"train loss {record['train_loss']:.4f}" if record["train_loss"] else ""
                 if acc is not None:
                     status += f"  test acc {acc:.4f}"
+                if "dp_epsilon" in record:
+                    status += f"  eps {record['dp_epsilon']:.3f}"
                 progress.update(rounds_bar, advance=1, status=status)
 
             result = sim.run(cfg.rounds, on_round=on_round, on_client=on_client)
@@ -107,6 +109,10 @@ def _summary(
             "client accuracy mean / worst 10% / std",
             f"{final['client_accuracy_mean']:.4f} / {final['client_accuracy_worst10']:.4f} / "
             f"{final['client_accuracy_std']:.4f}",
+        )
+    if "dp_epsilon" in final:
+        table.add_row(
+            "privacy (epsilon, delta)", f"({final['dp_epsilon']:.3f}, {final['dp_delta']:g})"
         )
     table.add_row("rejected updates", str(rejected))
     table.add_row("wall time", f"{wall:.1f} s")

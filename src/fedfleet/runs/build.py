@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -15,12 +16,14 @@ from fedfleet.data.registry import load_task
 from fedfleet.errors import ConfigError
 from fedfleet.models.zoo import build_model
 from fedfleet.params import Layout
+from fedfleet.privacy.accountant import DpAccounting, calibrate_noise_multiplier
 from fedfleet.runs.config import RunConfig
 from fedfleet.sim.clock import ClientClock
 from fedfleet.sim.engine import Simulation
 from fedfleet.sim.fedbuff import FedBuffSimulation, polynomial_staleness
 from fedfleet.sim.federation import Federation
 from fedfleet.strategies.base import Strategy
+from fedfleet.strategies.dpfedavg import AdaptiveClipping, DPFedAvg
 from fedfleet.strategies.fedavg import FedAvg
 from fedfleet.strategies.fednova import FedNova
 from fedfleet.strategies.fedopt import fedadagrad, fedadam, fedyogi
@@ -150,6 +153,8 @@ def build_strategy(config: RunConfig, trainer: Trainer, num_clients: int) -> Str
             local=local,
             stragglers=stragglers,
         )
+    if s.name == "dpfedavg":
+        return _dp_strategy(config, local, num_clients)
     if s.name == "scaffold":
         if c.optimizer != "sgd" or c.momentum or c.weight_decay:
             raise ConfigError(
@@ -192,6 +197,38 @@ def build_strategy(config: RunConfig, trainer: Trainer, num_clients: int) -> Str
             return FedPer(strategy=base, layout=trainer.layout, head=head)
         return FedRep(strategy=base, layout=trainer.layout, head=head, head_epochs=s.head_epochs)
     return base  # fedavg, fedavgm, fedprox
+
+
+def _dp_strategy(config: RunConfig, local: FitInstructions, num_clients: int) -> DPFedAvg:
+    p, s = config.privacy, config.strategy
+    k = s.clients_per_round if s.fraction is None else max(1, round(s.fraction * num_clients))
+    k = min(k or 1, num_clients)
+    accounting = DpAccounting(
+        noise_multiplier=p.noise_multiplier if p.noise_multiplier is not None else 1.0,
+        population=num_clients,
+        sampling=p.sampling,
+        sampling_rate=k / num_clients if p.sampling == "poisson" else None,
+        cohort_size=k if p.sampling == "fixed" else None,
+        delta=p.delta,
+        accountant=p.accountant,
+    )
+    if p.noise_multiplier is None:
+        assert p.target_epsilon is not None  # the config validator guarantees it
+        z = calibrate_noise_multiplier(p.target_epsilon, config.rounds, accounting)
+        accounting = dataclasses.replace(accounting, noise_multiplier=z)
+    return DPFedAvg(
+        accounting=accounting,
+        clip_norm=p.clip_norm,
+        local=local,
+        adaptive=(
+            AdaptiveClipping(target_quantile=p.adaptive_quantile)
+            if p.adaptive_quantile is not None
+            else None
+        ),
+        target_epsilon=p.target_epsilon,
+        noise=p.noise,
+        noise_seed=config.seed,
+    )
 
 
 def build_run(config: RunConfig) -> RunPieces:

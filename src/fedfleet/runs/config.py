@@ -25,6 +25,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "ModelConfig",
+    "PrivacyConfig",
     "RunConfig",
     "StrategyConfig",
     "apply_overrides",
@@ -92,13 +93,15 @@ STRATEGIES = (
     "fedper",
     "fedrep",
     "fedbuff",
+    "dpfedavg",
 )
 
 
 class StrategyConfig(_Section):
     name: Literal[STRATEGIES] = "fedavg"  # type: ignore[valid-type]
     """Federated algorithm: fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, scaffold,
-    fednova, qfedavg, fedper, fedrep (personalised), fedbuff (asynchronous)."""
+    fednova, qfedavg, fedper, fedrep (personalised), fedbuff (asynchronous), dpfedavg
+    (client-level differential privacy, see [privacy])."""
     clients_per_round: int | None = Field(10, ge=1)
     """Clients sampled per round (K); ignored when 'fraction' is set."""
     fraction: float | None = Field(None, gt=0, le=1)
@@ -131,6 +134,26 @@ class StrategyConfig(_Section):
     """fedbuff: clients training at any time."""
     staleness_exponent: float = Field(0.5, ge=0)
     """fedbuff: updates are weighted by 1 / (1 + staleness) ** exponent."""
+
+
+class PrivacyConfig(_Section):
+    noise_multiplier: float | None = Field(None, ge=0)
+    """z: noise std over the clipping norm; None = calibrate it for target_epsilon."""
+    clip_norm: float = Field(1.0, gt=0)
+    """S: L2 bound on each client's delta (initial value with adaptive clipping)."""
+    sampling: Literal["poisson", "fixed"] = "poisson"
+    """'poisson': each client joins with q = clients_per_round / num_clients; 'fixed': exactly
+    clients_per_round clients (accounted with RDP)."""
+    delta: float = Field(1e-5, gt=0, lt=1)
+    """The delta epsilon is reported at."""
+    accountant: Literal["pld", "rdp"] = "pld"
+    """dp-accounting's PLD (tight, Poisson only) or RDP accountant."""
+    target_epsilon: float | None = Field(None, gt=0)
+    """Stop before exceeding this epsilon; required when noise_multiplier is None."""
+    adaptive_quantile: float | None = Field(None, gt=0, lt=1)
+    """Adaptive clipping towards this quantile of client delta norms (None = fixed S)."""
+    noise: Literal["seeded", "secure"] = "seeded"
+    """'seeded' noise is reproducible (simulation); 'secure' draws from the OS CSPRNG."""
 
 
 class ClockConfig(_Section):
@@ -184,6 +207,7 @@ class RunConfig(_Section):
     client: ClientConfig = ClientConfig()
     eval: EvalConfig = EvalConfig()
     clock: ClockConfig = ClockConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -191,6 +215,15 @@ class RunConfig(_Section):
             raise ValueError("model.backend = 'numpy' supports model.name = 'logreg' only")
         if self.strategy.name in ("fedper", "fedrep") and self.model.backend != "torch":
             raise ValueError(f"strategy {self.strategy.name} needs model.backend = 'torch'")
+        p = self.privacy
+        if (
+            self.strategy.name == "dpfedavg"
+            and p.noise_multiplier is None
+            and (p.target_epsilon is None)
+        ):
+            raise ValueError(
+                "dpfedavg needs privacy.noise_multiplier, or privacy.target_epsilon to calibrate it"
+            )
         if self.eval.federated_every and not (
             self.data.client_test_fraction > 0 or self.data.partition == "natural"
         ):
@@ -222,9 +255,10 @@ def _explain(err: ValidationError) -> ConfigError:
             section = loc[0] if len(loc) > 1 else None
             where = f"[{section}]" if section else "the top level"
             lines.append(f"unknown key {key!r}; valid keys in {where}: {_valid_keys(section)}")
-        else:
-            got = e.get("input")
-            lines.append(f"{key}: {e['msg']} (got {got!r})")
+        elif loc:
+            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+        else:  # a rule across sections: the message says it all
+            lines.append(str(e["msg"]).removeprefix("Value error, "))
     return ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
 
 
