@@ -117,5 +117,5 @@ def test_dpfedavg_calibrates_noise_for_a_target_epsilon_and_reports_it():
     history = sim.run(cfg.rounds).history
     assert [h["dp_epsilon"] for h in history] == sorted(h["dp_epsilon"] for h in history)
     assert history[-1]["dp_epsilon"] == pytest.approx(acc.epsilon(4))
-    with pytest.raises(ConfigError, match="needs privacy.noise_multiplier"):
+    with pytest.raises(ConfigError, match=r"needs privacy\.noise_multiplier"):
         load_config(None, ["strategy.name=dpfedavg"])
