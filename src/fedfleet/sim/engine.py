@@ -24,6 +24,7 @@ from fedfleet.client.state_store import ClientStateStore, MemoryStateStore
 from fedfleet.errors import PrivacyBudgetExhausted, UpdateRejected
 from fedfleet.evaluation import fairness_stats
 from fedfleet.params import Layout
+from fedfleet.sim.cohort import ClientJob, CohortExecutor, SequentialExecutor
 from fedfleet.sim.federation import Federation
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
 from fedfleet.validation import validate_update
@@ -81,6 +82,8 @@ class Simulation:
         client_states: where per-client state lives between rounds (in memory by default; a
             :class:`DiskStateStore` for large populations). A client's new state is kept only
             when its update is accepted.
+        executor: how each round's cohort is trained (:mod:`fedfleet.sim.cohort`): one client
+            after another (default) or vectorised through ``trainer.fit_cohort``.
     """
 
     trainer: Trainer
@@ -90,6 +93,7 @@ class Simulation:
     eval_every: int = 1
     federated_eval_every: int = 0
     client_states: ClientStateStore = field(default_factory=MemoryStateStore)
+    executor: CohortExecutor = field(default_factory=SequentialExecutor)
 
     def run(
         self,
@@ -117,33 +121,33 @@ class Simulation:
                 log.warning("stopping before round %d: %s", rnd, stop)
                 break
             selected = {cid for cid, _ in plan}
-            updates: list[ClientUpdate] = []
-            for i, (cid, instructions) in enumerate(plan):
-                data = self.federation.train_data(cid)
-                result = self.strategy.client_fit(
-                    self.trainer,
-                    vector,
-                    data,
+            jobs = [
+                ClientJob(
+                    cid,
+                    self.federation.train_data(cid),
                     instructions,
                     client_seed(self.seed, rnd, cid),
                     self.client_states.get(cid),
                 )
+                for cid, instructions in plan
+            ]
+            results = self.executor.run(self.strategy, self.trainer, vector, jobs, on_client)
+            updates: list[ClientUpdate] = []
+            for job, result in zip(jobs, results, strict=True):
                 fit = result.fit
                 ok = isinstance(fit.vector, np.ndarray) and fit.vector.shape == vector.shape
                 delta = fit.vector - vector if ok else fit.vector  # misshaped: rejected below
                 update = ClientUpdate(
-                    cid, delta, fit.num_samples, fit.num_steps, fit.metrics, result.extras
+                    job.client_id, delta, fit.num_samples, fit.num_steps, fit.metrics, result.extras
                 )
                 try:
-                    validate_update(update, layout, rnd, selected, max_samples=len(data))
+                    validate_update(update, layout, rnd, selected, max_samples=len(job.data))
                     updates.append(update)
                     if result.state is not None:
-                        self.client_states.put(cid, result.state)
+                        self.client_states.put(job.client_id, result.state)
                 except UpdateRejected as err:
                     log.warning("%s", err)
                     rejected.append(err)
-                if on_client is not None:
-                    on_client(i + 1, len(plan))
             vector, state, agg_metrics = self.strategy.aggregate_fit(rnd, vector, state, updates)
             record: dict[str, Any] = {
                 "round": rnd,
