@@ -10,6 +10,7 @@ from collections.abc import Container
 
 import numpy as np
 
+from fedfleet.client.protocol import FitInstructions
 from fedfleet.errors import UpdateRejected
 from fedfleet.params import Layout
 from fedfleet.strategies.base import ClientUpdate
@@ -23,13 +24,14 @@ def validate_update(
     rnd: int,
     expected_clients: Container[int],
     max_samples: int | None = None,
+    instructions: FitInstructions | None = None,
 ) -> None:
     """Raise :class:`UpdateRejected` naming the client and round unless ``update`` is usable.
 
     Checks: the client was asked to train this round; the delta and every extra upload are 1-D
     float32 arrays of the layout's size with only finite values; the sample and step counts are
-    positive integers and the sample count is no larger than what the client is known to hold
-    (``max_samples``); every reported metric is a finite number (a trainer with nothing to report
+    positive integers, the sample count is no larger than what the client is known to hold
+    (``max_samples``) and the step count no larger than its ``instructions`` allow; every reported metric is a finite number (a trainer with nothing to report
     omits the metric rather than sending NaN).
     """
 
@@ -47,7 +49,10 @@ def validate_update(
             f"{layout.fingerprint}; is the client running another model?"
         )
     if delta.dtype != np.float32:
-        raise reject(f"delta has dtype {delta.dtype}, expected float32")
+        raise reject(
+            f"delta has dtype {delta.dtype}, expected float32; cast the trained vector with "
+            ".astype(np.float32) before sending"
+        )
     if not np.isfinite(delta).all():
         bad = int(np.size(delta) - np.isfinite(delta).sum())
         raise reject(f"delta has {bad} non-finite values (NaN or Inf)")
@@ -58,6 +63,14 @@ def validate_update(
         raise reject(f"declared {n} samples but holds only {max_samples}")
     if not isinstance(update.num_steps, int | np.integer) or update.num_steps < 0:
         raise reject(f"num_steps must be a non-negative integer, got {update.num_steps!r}")
+    if instructions is not None:
+        most = instructions.epochs * -(-int(n) // instructions.batch_size)
+        if instructions.max_steps is not None:
+            most = min(most, instructions.max_steps)
+        if update.num_steps > most:
+            raise reject(
+                f"claims {update.num_steps} local steps but its instructions allow at most {most}"
+            )
     for name, value in update.metrics.items():
         if isinstance(value, bool) or not isinstance(value, int | float | np.number):
             raise reject(f"metric {name!r} is {value!r}, expected a number")

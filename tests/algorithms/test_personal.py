@@ -128,7 +128,8 @@ def test_fedrep_trains_the_head_then_the_body(blobs):
     data = fed.train_data(0)
     res = strategy.client_fit(trainer, w0, data, LOCAL, 11, None)
     assert not (res.fit.vector - w0)[mask].any()
-    assert res.fit.num_steps == 3 * 7  # 2 head epochs + 1 body epoch of ceil(100 / 16) steps
+    assert res.fit.num_steps == 7  # the body epoch: ceil(100 / 16) steps
+    assert res.fit.metrics["head_steps"] == 2 * 7  # 2 head epochs, reported, kept local
     assert all(p.requires_grad for p in trainer.model.parameters())  # flags restored
 
     # head phase oracle: the head alone, trained on the frozen body's features

@@ -1,6 +1,8 @@
 """The accountant against the issue's test vectors (delta = 1e-5, Poisson sampling)."""
 
+import dp_accounting as dpa
 import pytest
+from dp_accounting.rdp import rdp_privacy_accountant
 
 from fedfleet.errors import ConfigError
 from fedfleet.privacy import DpAccounting, calibrate_noise_multiplier
@@ -48,6 +50,12 @@ def test_fixed_size_sampling_uses_rdp_with_replace_one():
     )
     assert fixed.expected_cohort == 10
     assert 0 < fixed.epsilon(100) < fixed.epsilon(200)
+    # replace-one: one client moves the clipped sum by 2S against noise z*S, i.e. ratio z/2
+    ref = rdp_privacy_accountant.RdpAccountant(
+        neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE
+    )
+    ref.compose(dpa.SampledWithoutReplacementDpEvent(1000, 10, dpa.GaussianDpEvent(0.5)), 50)
+    assert fixed.epsilon(50) == pytest.approx(ref.get_epsilon(1e-5), rel=1e-9)
     with pytest.raises(ConfigError, match="PLD accounting supports Poisson sampling only"):
         DpAccounting(noise_multiplier=1.0, population=1000, sampling="fixed", cohort_size=10)
 

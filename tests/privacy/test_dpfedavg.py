@@ -61,7 +61,7 @@ def _sim(blobs, strategy, seed=0):
 
 def test_client_deltas_respect_the_bound_and_runs_are_reproducible(blobs):
     acc = DpAccounting(noise_multiplier=0.3, population=20, sampling_rate=0.5, delta=1e-5)
-    strategy = DPFedAvg(accounting=acc, clip_norm=0.5, local=LOCAL)
+    strategy = DPFedAvg(noise_seed=0, accounting=acc, clip_norm=0.5, local=LOCAL)
     a = _sim(blobs, strategy).run(5)
     b = _sim(blobs, strategy).run(5)
     assert np.array_equal(a.vector, b.vector)
@@ -84,10 +84,11 @@ def test_client_deltas_respect_the_bound_and_runs_are_reproducible(blobs):
 def test_budget_refuses_to_start_and_stops_the_run(blobs):
     acc = DpAccounting(noise_multiplier=1.0, population=20, sampling_rate=0.5, delta=1e-5)
     with pytest.raises(ConfigError, match="one round already costs"):
-        DPFedAvg(accounting=acc, clip_norm=1.0, target_epsilon=0.01)
+        DPFedAvg(noise_seed=0, accounting=acc, clip_norm=1.0, target_epsilon=0.01)
     target = acc.epsilon(3) + 1e-9
     result = _sim(
-        blobs, DPFedAvg(accounting=acc, clip_norm=1.0, target_epsilon=target, local=LOCAL)
+        blobs,
+        DPFedAvg(noise_seed=0, accounting=acc, clip_norm=1.0, target_epsilon=target, local=LOCAL),
     ).run(10)
     assert len(result.history) == 3
     assert result.final["dp_epsilon"] <= target
@@ -97,6 +98,7 @@ def test_budget_refuses_to_start_and_stops_the_run(blobs):
 def test_adaptive_clipping_moves_the_norm_towards_the_quantile(blobs):
     acc = DpAccounting(noise_multiplier=1.0, population=20, sampling_rate=0.5, delta=1e-5)
     strategy = DPFedAvg(
+        noise_seed=0,
         accounting=acc,
         clip_norm=100.0,
         local=LOCAL,
@@ -104,10 +106,52 @@ def test_adaptive_clipping_moves_the_norm_towards_the_quantile(blobs):
     )
     norms = [h["dp_clip_norm"] for h in _sim(blobs, strategy).run(8).history]
     assert norms[-1] < norms[0] / 2  # every delta is far below 100: the norm shrinks
-    assert strategy.delta_noise_multiplier > 1.0  # part of the budget went to the count
+    # part of the budget went to the count: z_delta = (1 - (2*1)^-2)^-1/2 = 1/sqrt(0.75)
+    assert strategy.delta_noise_multiplier == pytest.approx(1 / np.sqrt(0.75))
 
 
 def test_learns_with_moderate_noise(blobs):
     acc = DpAccounting(noise_multiplier=0.1, population=20, sampling_rate=0.5, delta=1e-5)
-    result = _sim(blobs, DPFedAvg(accounting=acc, clip_norm=2.0, local=LOCAL)).run(10)
+    result = _sim(blobs, DPFedAvg(noise_seed=0, accounting=acc, clip_norm=2.0, local=LOCAL)).run(10)
     assert result.final["test_accuracy"] > 0.8
+
+
+def test_a_client_cannot_move_the_adaptive_clip_norm_by_lying(blobs):
+    acc = DpAccounting(noise_multiplier=1.0, population=20, sampling_rate=0.5, delta=1e-5)
+    strategy = DPFedAvg(
+        noise_seed=0,
+        accounting=acc,
+        clip_norm=1.0,
+        adaptive=AdaptiveClipping(target_quantile=0.5, learning_rate=0.5, count_noise=1.0),
+    )
+    w = np.zeros(4, np.float32)
+    big = np.array([20.0, 0, 0, 0], np.float32)  # clipped: does not count as unclipped
+    honest = [ClientUpdate(i, big, 5, 1, {"dp_unclipped": 0.0}) for i in range(2)]
+    lying = [ClientUpdate(i, big, 5, 1, {"dp_unclipped": -1e4}) for i in range(2)]
+    _, s1, m1 = strategy.aggregate_fit(1, w, strategy.init(w), honest)
+    _, s2, m2 = strategy.aggregate_fit(1, w, strategy.init(w), lying)
+    assert s1["clip_norm"] == s2["clip_norm"] and m1["dp_unclipped_fraction"] == 0.0
+
+
+def test_budget_stop_evaluates_the_final_model_even_between_evaluations(blobs):
+    acc = DpAccounting(noise_multiplier=1.0, population=20, sampling_rate=0.5, delta=1e-5)
+    strategy = DPFedAvg(
+        noise_seed=0,
+        accounting=acc,
+        clip_norm=1.0,
+        local=LOCAL,
+        target_epsilon=acc.epsilon(3) + 1e-9,
+    )
+    fed = Federation(blobs, [np.arange(i, 400, 20) for i in range(20)])
+    result = Simulation(TorchTrainer(_factory), fed, strategy, seed=0, eval_every=5).run(10)
+    assert len(result.history) == 3 and 0.0 <= result.final["test_accuracy"] <= 1.0
+
+
+def test_seeded_noise_needs_a_seed_and_population_must_match(blobs):
+    acc = DpAccounting(noise_multiplier=1.0, population=20, sampling_rate=0.5, delta=1e-5)
+    with pytest.raises(ConfigError, match="noise_seed"):
+        DPFedAvg(accounting=acc, clip_norm=1.0)
+    DPFedAvg(accounting=acc, clip_norm=1.0, noise="secure")  # no seed needed
+    wrong = DpAccounting(noise_multiplier=1.0, population=50, sampling_rate=0.5, delta=1e-5)
+    with pytest.raises(ConfigError, match="population of 50 clients but 20"):
+        _sim(blobs, DPFedAvg(noise_seed=0, accounting=wrong, clip_norm=1.0)).run(1)

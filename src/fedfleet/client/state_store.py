@@ -38,13 +38,14 @@ class ClientStateStore(Protocol):
 
 
 class MemoryStateStore:
-    """Client state in a dict; copies on the way in so callers cannot alias it."""
+    """Client state in a dict; copies on the way in and out, so callers cannot alias it."""
 
     def __init__(self) -> None:
         self._states: dict[int, dict[str, np.ndarray]] = {}
 
     def get(self, cid: int) -> ClientState | None:
-        return self._states.get(cid)
+        state = self._states.get(cid)
+        return None if state is None else {k: v.copy() for k, v in state.items()}
 
     def put(self, cid: int, state: ClientState) -> None:
         self._states[cid] = {k: np.array(v, dtype=np.float32) for k, v in state.items()}
@@ -78,7 +79,10 @@ class DiskStateStore:
 
     def _check(self, cid: int) -> None:
         if not 0 <= cid < self.num_clients:
-            raise FedfleetError(f"client id {cid} outside 0..{self.num_clients - 1}")
+            raise FedfleetError(
+                f"client id {cid} outside 0..{self.num_clients - 1}; the store was opened for "
+                f"{self.num_clients} clients: open it with the federation's size"
+            )
 
     def get(self, cid: int) -> ClientState | None:
         self._check(cid)

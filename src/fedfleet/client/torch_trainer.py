@@ -87,6 +87,8 @@ class TorchTrainer:
         self._factory = model if not isinstance(model, nn.Module) else None
         module = model if isinstance(model, nn.Module) else model()
         self.device = torch.device(device)
+        # forking the CUDA RNG too keeps training from reseeding the caller's CUDA generator
+        self._rng_devices = [self.device] if self.device.type == "cuda" else []
         self.model = module.to(self.device)
         self._layout = Layout.from_module(self.model)
         self._initial = self._layout.flatten(self.model.state_dict())
@@ -112,7 +114,7 @@ class TorchTrainer:
     def init_vector(self, seed: int) -> np.ndarray:
         if self._factory is None:
             return self._initial.copy()
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=self._rng_devices):
             torch.manual_seed(seed)
             fresh = self._factory()
         return self._layout.flatten(fresh.state_dict())
@@ -152,7 +154,7 @@ class TorchTrainer:
         loss_sum = torch.zeros((), device=self.device)
         steps, seen = 0, 0
         cap = instructions.max_steps
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=self._rng_devices):
             torch.manual_seed(seed)
             for _ in range(instructions.epochs):
                 order = torch.from_numpy(rng.permutation(n)).to(self.device)

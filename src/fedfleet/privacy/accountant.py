@@ -7,7 +7,8 @@ Each round is one subsampled Gaussian mechanism: the clipped sum of the sampled 
   (``PoissonSampledDpEvent``), the setting of DP-FedAvg (McMahan et al. 2018) under add/remove
   adjacency; accounted with PLD (the default, tight) or RDP.
 - ``"fixed"``: exactly K of N clients without replacement (``SampledWithoutReplacementDpEvent``),
-  under replace-one adjacency; only RDP supports it, so it is accounted with RDP.
+  under replace-one adjacency, where one client's change moves the clipped sum by up to 2S (so
+  the event's noise multiplier is z/2); only RDP supports it, so set ``accountant = "rdp"``.
 
 Rounds compose as ``SelfComposedDpEvent(event, rounds)``. PLD uses a value discretisation
 interval of 1e-3 by default: its rounding is pessimistic, so the reported epsilon is an upper
@@ -98,10 +99,13 @@ class DpAccounting:
     def round_event(self, noise_multiplier: float | None = None) -> dpa.DpEvent:
         """The DP event of one round."""
         z = self.noise_multiplier if noise_multiplier is None else noise_multiplier
-        gaussian = dpa.GaussianDpEvent(z)
         if self.sampling == "poisson":
-            return dpa.PoissonSampledDpEvent(self.sampling_rate, gaussian)
-        return dpa.SampledWithoutReplacementDpEvent(self.population, self.cohort_size, gaussian)
+            return dpa.PoissonSampledDpEvent(self.sampling_rate, dpa.GaussianDpEvent(z))
+        # Replace-one neighbours: swapping one client moves the clipped sum by up to 2S while
+        # the noise is z*S, so the mechanism's noise-to-sensitivity ratio is z / 2.
+        return dpa.SampledWithoutReplacementDpEvent(
+            self.population, self.cohort_size, dpa.GaussianDpEvent(z / 2)
+        )
 
     def _new_accountant(self) -> dpa.PrivacyAccountant:
         if self.accountant == "pld":
@@ -122,10 +126,7 @@ class DpAccounting:
         if self.noise_multiplier == 0:
             return float("inf")
         acc = self._new_accountant()
-        if self.sampling == "fixed":  # RDP composes this event directly, not self-composed
-            acc.compose(self.round_event(), rounds)
-        else:
-            acc.compose(dpa.SelfComposedDpEvent(self.round_event(), rounds))
+        acc.compose(dpa.SelfComposedDpEvent(self.round_event(), rounds))
         return float(acc.get_epsilon(self.delta))
 
     def max_rounds(self, target_epsilon: float, upper: int = 100_000) -> int:

@@ -119,7 +119,7 @@ def _last_layer(layout: Layout) -> tuple[str, ...]:
 def build_strategy(config: RunConfig, trainer: Trainer, num_clients: int) -> Strategy:
     """The strategy ``config.strategy`` names, with the client settings as local instructions."""
     s, c = config.strategy, config.client
-    config_extra = {"prox_mu": s.mu} if s.name == "fedprox" else {}
+    config_extra = {"prox_mu": s.mu} if s.name in ("fedprox", "fednova") and s.mu > 0 else {}
     local = FitInstructions(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, config=config_extra)
     k = None if s.fraction is not None else s.clients_per_round
     stragglers = (
@@ -137,6 +137,7 @@ def build_strategy(config: RunConfig, trainer: Trainer, num_clients: int) -> Str
         return fedadagrad(
             server_lr=server_lr,
             tau=s.tau,
+            b1=s.b1,
             clients_per_round=k,
             fraction=s.fraction,
             local=local,

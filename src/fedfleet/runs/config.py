@@ -117,7 +117,7 @@ class StrategyConfig(_Section):
     tau: float = Field(1e-3, gt=0)
     """FedOpt adaptivity constant."""
     mu: float = Field(0.01, ge=0)
-    """FedProx proximal coefficient (also applied by fednova when > 0 there)."""
+    """Proximal coefficient: fedprox (default 0.01); fednova applies it when set > 0 there."""
     q: float = Field(1.0, ge=0)
     """q-FedAvg fairness parameter (0 = plain averaging)."""
     straggler_fraction: float = Field(0.0, ge=0, le=1)
@@ -143,7 +143,7 @@ class PrivacyConfig(_Section):
     """S: L2 bound on each client's delta (initial value with adaptive clipping)."""
     sampling: Literal["poisson", "fixed"] = "poisson"
     """'poisson': each client joins with q = clients_per_round / num_clients; 'fixed': exactly
-    clients_per_round clients (accounted with RDP)."""
+    clients_per_round clients (needs accountant = 'rdp')."""
     delta: float = Field(1e-5, gt=0, lt=1)
     """The delta epsilon is reported at."""
     accountant: Literal["pld", "rdp"] = "pld"
@@ -215,6 +215,16 @@ class RunConfig(_Section):
             raise ValueError("model.backend = 'numpy' supports model.name = 'logreg' only")
         if self.strategy.name in ("fedper", "fedrep") and self.model.backend != "torch":
             raise ValueError(f"strategy {self.strategy.name} needs model.backend = 'torch'")
+        s = self.strategy
+        if s.straggler_fraction > 0 and s.name in ("scaffold", "qfedavg", "dpfedavg", "fedbuff"):
+            raise ValueError(
+                f"strategy.straggler_fraction is not supported by {s.name}; it works with fedavg, "
+                "fedavgm, fedprox, fedadam, fedyogi, fedadagrad, fednova, fedper and fedrep"
+            )
+        if s.server_momentum and s.name not in ("fedavg", "fedavgm", "fednova", "fedper", "fedrep"):
+            raise ValueError(f"strategy.server_momentum has no effect with {s.name}; remove it")
+        if self.model.backend == "numpy" and s.name in ("fednova", "scaffold"):
+            raise ValueError(f"{s.name} needs model.backend = 'torch' (its SGD settings)")
         p = self.privacy
         if (
             self.strategy.name == "dpfedavg"

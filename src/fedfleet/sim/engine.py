@@ -21,7 +21,7 @@ import numpy as np
 
 from fedfleet.client.protocol import Trainer
 from fedfleet.client.state_store import ClientStateStore, MemoryStateStore
-from fedfleet.errors import PrivacyBudgetExhausted, UpdateRejected
+from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted, UpdateRejected
 from fedfleet.evaluation import fairness_stats
 from fedfleet.params import Layout
 from fedfleet.sim.cohort import ClientJob, CohortExecutor, SequentialExecutor
@@ -105,6 +105,12 @@ class Simulation:
         """Run ``rounds`` rounds; ``on_round(record)`` after each, ``on_client(done, total)``
         after each client's local training. ``until(record)`` returning True ends the run
         early (e.g. once a target accuracy is reached)."""
+        if len(self.client_states):
+            raise FedfleetError(
+                f"the client-state store already holds state of {len(self.client_states)} "
+                "clients from an earlier run; a new run needs a fresh store, e.g. "
+                "Simulation(..., client_states=MemoryStateStore())"
+            )
         layout = self.trainer.layout
         vector = self.trainer.init_vector(self.seed)
         state = self.strategy.init(vector)
@@ -141,7 +147,14 @@ class Simulation:
                     job.client_id, delta, fit.num_samples, fit.num_steps, fit.metrics, result.extras
                 )
                 try:
-                    validate_update(update, layout, rnd, selected, max_samples=len(job.data))
+                    validate_update(
+                        update,
+                        layout,
+                        rnd,
+                        selected,
+                        max_samples=len(job.data),
+                        instructions=job.instructions,
+                    )
                     updates.append(update)
                     if result.state is not None:
                         self.client_states.put(job.client_id, result.state)
@@ -170,6 +183,9 @@ class Simulation:
                 on_round(record)
             if until is not None and until(record):
                 break
+        if history and "test_accuracy" not in history[-1]:  # stopped early between evaluations
+            ev = self.trainer.evaluate(vector, self.federation.task.test)
+            history[-1]["test_loss"], history[-1]["test_accuracy"] = ev.loss, ev.accuracy
         return SimulationResult(
             history, vector, layout, state, rejected, _export(self.trainer, vector)
         )

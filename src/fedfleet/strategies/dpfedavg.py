@@ -11,7 +11,8 @@ Each round:
    size (qN or K) - a fixed denominator, so one client changes the sum by at most S;
 4. the noisy mean delta goes through the server transform (``sgd(1.0)`` by default).
 
-Adaptive clipping: clients also report b_i = [||delta_i|| <= S]; the server estimates the
+Adaptive clipping: with b_i = [||delta_i|| <= S] (computed by the server from the delta it
+receives, so a client cannot shift the count by more than one), the server estimates the
 unclipped fraction b = (sum b_i + N(0, sigma_b^2)) / expected cohort and sets
 S <- S * exp(-eta_C (b - gamma)) towards the target quantile gamma. The delta noise then uses
 z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2 so the two releases together cost what z alone would.
@@ -23,6 +24,7 @@ exceed it and stops (``PrivacyBudgetExhausted``) before the round that would.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,7 +44,11 @@ from fedfleet.transforms.base import ServerTransform, sgd
 __all__ = ["AdaptiveClipping", "DPFedAvg"]
 
 UNCLIPPED = "dp_unclipped"
-"""Client metric: 1.0 when the client's delta was within the clipping norm."""
+"""Client metric: 1.0 when the client's delta was within the clipping norm (informational; the
+server recomputes it from the delta)."""
+
+CLIP_NORM = "clip_norm"
+"""``FitInstructions.config`` key carrying the round's clipping norm to the clients."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,7 +77,8 @@ class DPFedAvg:
         adaptive: adaptive clipping, or None for a fixed norm.
         target_epsilon: refuse to start / stop before exceeding this epsilon.
         noise: ``"seeded"`` (simulation, reproducible) or ``"secure"`` (OS CSPRNG).
-        noise_seed: seed of the seeded noise (round r uses spawn key (r,)).
+        noise_seed: seed of the seeded noise (round r uses spawn key (r,)); required with
+            ``noise="seeded"`` (use the run's seed) and ignored with ``"secure"``.
         server_optimizer: transform on the noisy mean pseudo-gradient.
     """
 
@@ -81,10 +88,15 @@ class DPFedAvg:
     adaptive: AdaptiveClipping | None = None
     target_epsilon: float | None = None
     noise: NoiseSource = "seeded"
-    noise_seed: int = 0
+    noise_seed: int | None = None
     server_optimizer: ServerTransform = field(default_factory=sgd)
 
     def __post_init__(self) -> None:
+        if self.noise == "seeded" and self.noise_seed is None:
+            raise ConfigError(
+                "seeded DP noise needs noise_seed (e.g. the run's seed); use noise='secure' for "
+                "noise from the OS CSPRNG"
+            )
         if self.clip_norm <= 0:
             raise ConfigError(f"clip_norm must be > 0, got {self.clip_norm}")
         if self.adaptive is not None and 2 * self.adaptive.count_noise <= (
@@ -127,6 +139,11 @@ class DPFedAvg:
                 f"the target {self.target_epsilon} (delta {self.accounting.delta})"
             )
         acc = self.accounting
+        if len(clients) != acc.population:
+            raise ConfigError(
+                f"DP accounting assumes a population of {acc.population} clients but "
+                f"{len(clients)} are available; set accounting.population to the federation size"
+            )
         if acc.sampling == "poisson":
             assert acc.sampling_rate is not None
             chosen = [
@@ -137,15 +154,8 @@ class DPFedAvg:
         else:
             assert acc.cohort_size is not None
             chosen = sample_clients(clients, acc.cohort_size, rng)
-        config = {**self.local.config, "clip_norm": float(state["clip_norm"])}  # type: ignore[arg-type]
-        instructions = FitInstructions(
-            epochs=self.local.epochs,
-            batch_size=self.local.batch_size,
-            lr=self.local.lr,
-            max_steps=self.local.max_steps,
-            config=config,
-            payload=self.local.payload,
-        )
+        config = {**self.local.config, CLIP_NORM: float(state["clip_norm"])}  # type: ignore[arg-type]
+        instructions = dataclasses.replace(self.local, config=config)
         return [(cid, instructions) for cid in chosen]
 
     def client_fit(
@@ -159,7 +169,12 @@ class DPFedAvg:
     ) -> ClientResult:
         """Train, then clip the delta to the broadcast ``clip_norm`` before it leaves."""
         fit = trainer.fit(vector, data, instructions, seed)
-        bound = float(instructions.config["clip_norm"])
+        if CLIP_NORM not in instructions.config:
+            raise ConfigError(
+                "DP-FedAvg client got no clip_norm in its instructions; is the server running "
+                "another strategy?"
+            )
+        bound = float(instructions.config[CLIP_NORM])
         clipped, norm = clip_by_l2(fit.vector.astype(np.float64) - vector, bound)
         metrics = {**fit.metrics, UNCLIPPED: float(norm <= bound)}
         out = (vector.astype(np.float64) + clipped).astype(np.float32)
@@ -174,11 +189,14 @@ class DPFedAvg:
     ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
         bound = float(state["clip_norm"])  # type: ignore[arg-type]
         total = np.zeros(vector.shape, dtype=np.float64)
+        unclipped = 0
         for u in updates:  # the server clips too: the bound holds whatever a client sent
-            total += clip_by_l2(u.delta, bound)[0]
+            clipped, norm = clip_by_l2(u.delta, bound)
+            total += clipped
+            unclipped += norm <= bound  # counted here, never taken from the client's word
         rng = (
             np.random.default_rng(np.random.SeedSequence(self.noise_seed, spawn_key=(rnd,)))
-            if self.noise == "seeded"
+            if self.noise == "seeded" and self.noise_seed is not None
             else None
         )
         std = self.delta_noise_multiplier * bound
@@ -190,7 +208,6 @@ class DPFedAvg:
             vector,
         )
         new_state: StrategyState = {"server_optimizer": opt_state, "clip_norm": bound}
-        unclipped = sum(u.metrics.get(UNCLIPPED, 0.0) for u in updates)
         metrics = {
             "dp_epsilon": self.accounting.epsilon(rnd),
             "dp_delta": self.accounting.delta,

@@ -212,9 +212,10 @@ class FedRep:
         fit = result.fit
         if isinstance(fit.vector, np.ndarray) and fit.vector.shape == start.shape:
             trained = np.where(self._mask, start, fit.vector)  # head buffers kept too
-            fit = dataclasses.replace(
-                fit, vector=trained, num_steps=fit.num_steps + head_fit.num_steps
-            )
+            # num_steps counts the body phase, the work behind the shared update; the head's
+            # steps stay on the client and are reported as a metric
+            metrics = {**fit.metrics, "head_steps": float(head_fit.num_steps)}
+            fit = dataclasses.replace(fit, vector=trained, metrics=metrics)
         return _upload(vector, dataclasses.replace(result, fit=fit), inner, self._mask)
 
     def aggregate_fit(
