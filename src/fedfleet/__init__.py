@@ -21,6 +21,7 @@ from fedfleet.client import (
     SklearnTrainer,
     TorchTrainer,
     Trainer,
+    VmapTrainer,
 )
 from fedfleet.errors import ConfigError, DatasetError, FedfleetError, LayoutError, UpdateRejected
 from fedfleet.params import Layout, TensorSpec
@@ -77,6 +78,7 @@ __all__ = [
     "TorchTrainer",
     "Trainer",
     "UpdateRejected",
+    "VmapTrainer",
     "__version__",
     "data",
     "fedadagrad",

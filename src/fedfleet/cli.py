@@ -56,7 +56,8 @@ def run(
             f"[bold]fedfleet[/] {cfg.data.name}: {len(pieces.task.train)} train / "
             f"{len(pieces.task.test)} test samples over {sim.federation.num_clients} clients "
             f"({cfg.data.partition}), model {cfg.model.name} "
-            f"({sim.trainer.layout.size:,} params), {cfg.strategy.name}, {cfg.rounds} rounds"
+            f"({sim.trainer.layout.size:,} params), {cfg.strategy.name}, {cfg.rounds} rounds; "
+            f"clients train {pieces.executor}"
         )
         with Progress(
             TextColumn("[progress.description]{task.description}"),

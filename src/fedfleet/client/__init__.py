@@ -17,6 +17,7 @@ from fedfleet.client.state_store import (
     MemoryStateStore,
 )
 from fedfleet.client.torch_trainer import TorchTrainer, optimizer_names, resolve_optimizer
+from fedfleet.client.vmap_trainer import VmapTrainer
 
 __all__ = [
     "GRAD_CORRECTION",
@@ -32,6 +33,7 @@ __all__ = [
     "SklearnTrainer",
     "TorchTrainer",
     "Trainer",
+    "VmapTrainer",
     "gradient_terms",
     "optimizer_names",
     "resolve_optimizer",

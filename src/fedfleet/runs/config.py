@@ -201,6 +201,10 @@ class RunConfig(_Section):
     """Communication rounds."""
     threads: int = Field(1, ge=1)
     """torch intra-op threads for local training (1 is fastest for small models)."""
+    executor: Literal["auto", "sequential", "vectorised"] = "auto"
+    """How a round's clients train: 'vectorised' (all at once with torch.func; SGD, models
+    without BatchNorm/dropout), 'sequential' (one after another; any model and optimizer), or
+    'auto' (vectorised where it wins: MLP-like models with plain-training strategies)."""
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     strategy: StrategyConfig = StrategyConfig()
