@@ -22,17 +22,32 @@ import numpy as np
 
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.strategies.base import ClientUpdate, StrategyState, plain_client_fit
-from fedfleet.strategies.sampling import cohort_size, sample_clients
+from fedfleet.strategies.sampling import cohort_size, default_cohort, sample_clients
 from fedfleet.strategies.stragglers import Stragglers
 from fedfleet.transforms.base import ServerTransform, sgd
 
-__all__ = ["FedAvg", "weighted_mean"]
+__all__ = ["FedAvg", "uniform_plan", "weighted_mean"]
 
 
 def weighted_mean(deltas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """``sum_k w_k d_k / sum_k w_k`` in float64, as one matrix-vector product."""
     w = np.asarray(weights, dtype=np.float64)
     return (w / w.sum()) @ np.stack(deltas).astype(np.float64)
+
+
+def uniform_plan(
+    clients: Sequence[int],
+    rng: np.random.Generator,
+    clients_per_round: int | None,
+    fraction: float | None,
+    local: FitInstructions,
+    stragglers: Stragglers | None = None,
+) -> list[tuple[int, FitInstructions]]:
+    """Sample the cohort uniformly and give every client ``local``; then, if given, let
+    ``stragglers`` cut some clients' work (drawn after sampling: the same cohort either way)."""
+    k = cohort_size(len(clients), clients_per_round, fraction)
+    plan = [(cid, local) for cid in sample_clients(clients, k, rng)]
+    return plan if stragglers is None else stragglers.apply(plan, rng)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,9 +73,7 @@ class FedAvg:
     stragglers: Stragglers | None = None
 
     def __post_init__(self) -> None:
-        if self.clients_per_round is None and self.fraction is None:
-            object.__setattr__(self, "clients_per_round", 10)
-        cohort_size(10**9, self.clients_per_round, self.fraction)  # validates early
+        default_cohort(self)
 
     def init(self, vector: np.ndarray) -> StrategyState:
         return {"server_optimizer": self.server_optimizer.init(vector)}
@@ -73,11 +86,9 @@ class FedAvg:
         clients: Sequence[int],
         rng: np.random.Generator,
     ) -> list[tuple[int, FitInstructions]]:
-        k = cohort_size(len(clients), self.clients_per_round, self.fraction)
-        plan = [(cid, self.local) for cid in sample_clients(clients, k, rng)]
-        if self.stragglers is None:
-            return plan
-        return self.stragglers.apply(plan, rng)  # drawn after sampling: same cohort either way
+        return uniform_plan(
+            clients, rng, self.clients_per_round, self.fraction, self.local, self.stragglers
+        )
 
     client_fit = staticmethod(plain_client_fit)
 

@@ -47,8 +47,8 @@ import numpy as np
 from fedfleet.client.protocol import PROX_MU, FitInstructions
 from fedfleet.errors import ConfigError
 from fedfleet.strategies.base import ClientUpdate, StrategyState, plain_client_fit
-from fedfleet.strategies.fedavg import weighted_mean
-from fedfleet.strategies.sampling import cohort_size, sample_clients
+from fedfleet.strategies.fedavg import uniform_plan, weighted_mean
+from fedfleet.strategies.sampling import default_cohort
 from fedfleet.strategies.stragglers import Stragglers
 from fedfleet.transforms.base import ServerTransform, sgd
 
@@ -102,9 +102,7 @@ class FedNova:
     stragglers: Stragglers | None = None
 
     def __post_init__(self) -> None:
-        if self.clients_per_round is None and self.fraction is None:
-            object.__setattr__(self, "clients_per_round", 10)
-        cohort_size(10**9, self.clients_per_round, self.fraction)  # validates early
+        default_cohort(self)
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"FedNova: momentum must be in [0, 1), got {self.momentum}")
         mu = self._prox_mu
@@ -133,11 +131,9 @@ class FedNova:
         clients: Sequence[int],
         rng: np.random.Generator,
     ) -> list[tuple[int, FitInstructions]]:
-        k = cohort_size(len(clients), self.clients_per_round, self.fraction)
-        plan = [(cid, self.local) for cid in sample_clients(clients, k, rng)]
-        if self.stragglers is None:
-            return plan
-        return self.stragglers.apply(plan, rng)  # drawn after sampling, as in FedAvg
+        return uniform_plan(
+            clients, rng, self.clients_per_round, self.fraction, self.local, self.stragglers
+        )
 
     client_fit = staticmethod(plain_client_fit)
 

@@ -35,7 +35,8 @@ from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, UpdateRejected
 from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState
-from fedfleet.strategies.sampling import cohort_size, sample_clients
+from fedfleet.strategies.fedavg import uniform_plan
+from fedfleet.strategies.sampling import default_cohort
 
 __all__ = ["LOSS_AT_GLOBAL", "QFedAvg"]
 
@@ -85,9 +86,7 @@ class QFedAvg:
     lipschitz: float | None = None
 
     def __post_init__(self) -> None:
-        if self.clients_per_round is None and self.fraction is None:
-            object.__setattr__(self, "clients_per_round", 10)
-        cohort_size(10**9, self.clients_per_round, self.fraction)  # validates early
+        default_cohort(self)
         if not self.q >= 0:
             raise ConfigError(f"QFedAvg: q must be >= 0, got {self.q}")
         if self.lipschitz is not None and not self.lipschitz > 0:
@@ -109,8 +108,7 @@ class QFedAvg:
         clients: Sequence[int],
         rng: np.random.Generator,
     ) -> list[tuple[int, FitInstructions]]:
-        k = cohort_size(len(clients), self.clients_per_round, self.fraction)
-        return [(cid, self.local) for cid in sample_clients(clients, k, rng)]
+        return uniform_plan(clients, rng, self.clients_per_round, self.fraction, self.local)
 
     client_fit = staticmethod(_fit_reporting_loss)
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from fedfleet.errors import ConfigError
 
-__all__ = ["cohort_size", "sample_clients"]
+__all__ = ["cohort_size", "default_cohort", "sample_clients"]
 
 
 def cohort_size(num_available: int, count: int | None = None, fraction: float | None = None) -> int:
@@ -31,3 +31,14 @@ def sample_clients(clients: Sequence[int], k: int, rng: np.random.Generator) -> 
     order keeps aggregation bit-for-bit reproducible)."""
     chosen = rng.choice(np.asarray(clients), size=min(k, len(clients)), replace=False)
     return sorted(int(c) for c in chosen)
+
+
+def default_cohort(strategy: object) -> None:
+    """For a frozen strategy dataclass with ``clients_per_round`` and ``fraction`` fields: default
+    to 10 clients a round when neither is given, and validate the choice before any round."""
+    count = getattr(strategy, "clients_per_round")  # noqa: B009
+    fraction = getattr(strategy, "fraction")  # noqa: B009
+    if count is None and fraction is None:
+        object.__setattr__(strategy, "clients_per_round", 10)
+        count = 10
+    cohort_size(10**9, count, fraction)

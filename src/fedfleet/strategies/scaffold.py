@@ -43,7 +43,7 @@ from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, FedfleetError
 from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState
 from fedfleet.strategies.fedavg import weighted_mean
-from fedfleet.strategies.sampling import cohort_size, sample_clients
+from fedfleet.strategies.sampling import cohort_size, default_cohort, sample_clients
 
 __all__ = ["CONTROL_DELTA", "SERVER_CONTROL", "Scaffold"]
 
@@ -86,9 +86,7 @@ class Scaffold:
             raise ConfigError(f"scaffold: num_clients must be >= 1, got {self.num_clients}")
         if not self.server_lr > 0:
             raise ConfigError(f"scaffold: server_lr must be > 0, got {self.server_lr}")
-        if self.clients_per_round is None and self.fraction is None:
-            object.__setattr__(self, "clients_per_round", 10)
-        cohort_size(10**9, self.clients_per_round, self.fraction)  # validates early
+        default_cohort(self)
 
     def init(self, vector: np.ndarray) -> StrategyState:
         return {"c": np.zeros(vector.shape, dtype=np.float64)}
