@@ -29,7 +29,12 @@ def cohort_size(num_available: int, count: int | None = None, fraction: float | 
 def sample_clients(clients: Sequence[int], k: int, rng: np.random.Generator) -> list[int]:
     """``k`` distinct clients drawn uniformly without replacement, in ascending id order (a fixed
     order keeps aggregation bit-for-bit reproducible)."""
-    chosen = rng.choice(np.asarray(clients), size=min(k, len(clients)), replace=False)
+    size = min(k, len(clients))
+    if isinstance(clients, range):
+        # draw positions, never the population itself: the same draws as choosing from the
+        # materialised array, in O(k) memory for k much smaller than the population
+        return sorted(clients[int(i)] for i in rng.choice(len(clients), size=size, replace=False))
+    chosen = rng.choice(np.asarray(clients), size=size, replace=False)
     return sorted(int(c) for c in chosen)
 
 
