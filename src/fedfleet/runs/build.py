@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
@@ -281,10 +282,10 @@ def choose_executor(
     """Pick how each round's cohort trains, before round 1 and for the whole run (the two paths
     agree to float32 rounding, not bit for bit, so a run never switches).
 
-    ``auto`` vectorises when the strategy's client side is plain local training, the client
-    optimizer is SGD and the model is MLP-like (a stack of Linear/ReLU layers takes the
-    hand-fused path, 2-3x faster than the sequential loop per round on CPU; convolutions under
-    vmap lose to the sequential loop on CPU, see bench/README.md).
+    ``auto`` vectorises when the strategy's client side is plain local training and the client
+    optimizer is SGD: MLP-like models (stacks of Linear/ReLU) take the hand-fused path, 2-6x
+    faster than the sequential loop per round on CPU; other models (convolutions, which lose
+    under vmap on CPU) train two clients at a time, one per core (see bench/README.md).
     """
     if config.executor == "sequential" or config.model.backend != "torch":
         return trainer, SequentialExecutor(), "sequential"
@@ -303,6 +304,19 @@ def choose_executor(
         if config.executor == "vectorised":
             raise
         return trainer, SequentialExecutor(), f"sequential ({err})"
-    if config.executor == "auto" and not vmap.uses_fast_path:
-        return trainer, SequentialExecutor(), "sequential (no fast vectorised path for this model)"
-    return vmap, VectorisedExecutor(), "vectorised (torch.func cohort training)"
+    if vmap.uses_fast_path or config.executor == "vectorised":
+        return vmap, VectorisedExecutor(), "vectorised (torch.func cohort training)"
+    # Convolutions under vmap lose to the sequential loop on CPU; what wins there is two
+    # clients at a time, one per core, on worker threads (bench/README.md, workload c).
+    workers = min(2, os.cpu_count() or 1)
+    if workers < 2:
+        return trainer, SequentialExecutor(), "sequential (one core)"
+    parallel = VmapTrainer(
+        lambda: build_model(m.name, task.input_shape, task.num_classes, hidden=m.hidden),
+        optimizer=c.optimizer,
+        optimizer_args={"momentum": c.momentum, "weight_decay": c.weight_decay},
+        num_threads=1,
+        workers=workers,
+        max_cohort_chunk=1,
+    )
+    return parallel, VectorisedExecutor(), f"vectorised ({workers} clients at a time, one per core)"
