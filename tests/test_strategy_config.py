@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from fedfleet.cli import app
 from fedfleet.errors import ConfigError
+from fedfleet.privacy.secagg.strategy import SecAggFedAvg
 from fedfleet.runs.build import build_run
 from fedfleet.runs.config import STRATEGIES, load_config
 from fedfleet.sim import FedBuffSimulation, Simulation
@@ -30,6 +31,7 @@ EXPECTED = {
     "fedper": FedPer,
     "fedrep": FedRep,
     "dpfedavg": DPFedAvg,
+    "secagg": SecAggFedAvg,
 }
 
 

@@ -25,6 +25,7 @@ from fedfleet.client import (
 )
 from fedfleet.errors import ConfigError, DatasetError, FedfleetError, LayoutError, UpdateRejected
 from fedfleet.params import Layout, TensorSpec
+from fedfleet.privacy.secagg.strategy import SecAggFedAvg
 from fedfleet.runs.config import RunConfig, load_config
 from fedfleet.sim import ClientClock, FedBuffSimulation, Federation, Simulation, SimulationResult
 from fedfleet.strategies import (
@@ -69,6 +70,7 @@ __all__ = [
     "QFedAvg",
     "RunConfig",
     "Scaffold",
+    "SecAggFedAvg",
     "Simulation",
     "SimulationResult",
     "SklearnTrainer",

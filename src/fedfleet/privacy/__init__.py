@@ -1,4 +1,5 @@
-"""Differential privacy: accounting with dp-accounting, clipping and noise mechanisms."""
+"""Privacy: DP accounting (dp-accounting), clipping and noise mechanisms, and secure aggregation
+(:mod:`fedfleet.privacy.secagg`, SecAgg/SecAgg+)."""
 
 from fedfleet.privacy.accountant import DpAccounting, calibrate_noise_multiplier
 from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian, secure_normal

@@ -19,6 +19,7 @@ from fedfleet.errors import ConfigError
 from fedfleet.models.zoo import build_model
 from fedfleet.params import Layout
 from fedfleet.privacy.accountant import DpAccounting, calibrate_noise_multiplier
+from fedfleet.privacy.secagg.strategy import SecAggFedAvg
 from fedfleet.runs.config import RunConfig
 from fedfleet.sim.clock import ClientClock
 from fedfleet.sim.cohort import CohortExecutor, SequentialExecutor, VectorisedExecutor
@@ -162,6 +163,27 @@ def build_strategy(config: RunConfig, trainer: Trainer, num_clients: int) -> Str
         )
     if s.name == "dpfedavg":
         return _dp_strategy(config, local, num_clients)
+    if s.name == "secagg":
+        p = config.privacy
+        dp = None
+        if p.noise_multiplier is not None:
+            q = (k or round((s.fraction or 0.0) * num_clients)) / num_clients
+            dp = DpAccounting(
+                noise_multiplier=p.noise_multiplier,
+                population=num_clients,
+                sampling_rate=min(1.0, q),
+                delta=p.delta,
+                accountant=p.accountant,
+            )
+        return SecAggFedAvg(
+            clip_norm=p.clip_norm,
+            clients_per_round=k,
+            fraction=s.fraction,
+            local=local,
+            dp=dp,
+            noise=p.noise,
+            seed=config.seed,
+        )
     if s.name == "scaffold":
         if c.optimizer != "sgd" or c.momentum or c.weight_decay:
             raise ConfigError(

@@ -94,6 +94,7 @@ STRATEGIES = (
     "fedrep",
     "fedbuff",
     "dpfedavg",
+    "secagg",
 )
 
 
@@ -101,7 +102,8 @@ class StrategyConfig(_Section):
     name: Literal[STRATEGIES] = "fedavg"  # type: ignore[valid-type]
     """Federated algorithm: fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad, scaffold,
     fednova, qfedavg, fedper, fedrep (personalised), fedbuff (asynchronous), dpfedavg
-    (client-level differential privacy, see [privacy])."""
+    (client-level differential privacy, see [privacy]), secagg (SecAgg+ secure aggregation;
+    central DP on the unmasked sum when privacy.noise_multiplier is set)."""
     clients_per_round: int | None = Field(10, ge=1)
     """Clients sampled per round (K); ignored when 'fraction' is set."""
     fraction: float | None = Field(None, gt=0, le=1)
@@ -220,7 +222,8 @@ class RunConfig(_Section):
         if self.strategy.name in ("fedper", "fedrep") and self.model.backend != "torch":
             raise ValueError(f"strategy {self.strategy.name} needs model.backend = 'torch'")
         s = self.strategy
-        if s.straggler_fraction > 0 and s.name in ("scaffold", "qfedavg", "dpfedavg", "fedbuff"):
+        unstraggled = ("scaffold", "qfedavg", "dpfedavg", "fedbuff", "secagg")
+        if s.straggler_fraction > 0 and s.name in unstraggled:
             raise ValueError(
                 f"strategy.straggler_fraction is not supported by {s.name}; it works with fedavg, "
                 "fedavgm, fedprox, fedadam, fedyogi, fedadagrad, fednova, fedper and fedrep"

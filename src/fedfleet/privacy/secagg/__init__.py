@@ -1,0 +1,57 @@
+"""Secure aggregation: SecAgg (Bonawitz et al. 2017) with the SecAgg+ sparse neighbour graph
+(Bell et al. 2020), as transport-agnostic client and server state machines.
+
+Who learns what: the server learns the sum of the quantised updates of the clients that sent a
+masked input, which clients those were, and the public keys; nothing about any single update as
+long as it is semi-honest and colludes with fewer than t clients of any neighbourhood. Clients
+learn nothing about each other's updates. (No consistency-check round: a server that lies about
+dropouts to different clients is out of scope, as in Bonawitz et al.'s semi-honest variant.)
+"""
+
+from fedfleet.privacy.secagg.client import SecAggClient
+from fedfleet.privacy.secagg.config import SecAggConfig, harary_graph, secagg_plus_degree
+from fedfleet.privacy.secagg.errors import STAGE_NAMES, SecAggAborted, SecAggProtocolError
+from fedfleet.privacy.secagg.messages import (
+    AdvertiseKeys,
+    ForwardedShares,
+    MaskedInput,
+    PublicKeys,
+    Setup,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from fedfleet.privacy.secagg.quantize import dequantize, modulus_bits, quantize, to_signed
+from fedfleet.privacy.secagg.server import SecAggResult, SecAggServer
+from fedfleet.privacy.secagg.shamir import reconstruct, share_secret
+from fedfleet.privacy.secagg.simulate import SecAggRun, draw_dropouts, run_secagg, secure_sum
+
+__all__ = [
+    "STAGE_NAMES",
+    "AdvertiseKeys",
+    "ForwardedShares",
+    "MaskedInput",
+    "PublicKeys",
+    "SecAggAborted",
+    "SecAggClient",
+    "SecAggConfig",
+    "SecAggProtocolError",
+    "SecAggResult",
+    "SecAggRun",
+    "SecAggServer",
+    "Setup",
+    "ShareKeys",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "dequantize",
+    "draw_dropouts",
+    "harary_graph",
+    "modulus_bits",
+    "quantize",
+    "reconstruct",
+    "run_secagg",
+    "secagg_plus_degree",
+    "secure_sum",
+    "share_secret",
+    "to_signed",
+]

@@ -1,0 +1,201 @@
+"""SecAggFedAvg: federated averaging in which the server learns only the sum of the clipped
+deltas, through SecAgg+ (see :mod:`fedfleet.privacy.secagg`), optionally with central DP.
+
+Each round:
+
+1. sample clients (uniformly, K or C*N of them; with ``dp``, by its Poisson or fixed-size
+   sampling, as DP-FedAvg does);
+2. each client trains and clips its delta to L2 norm S; its SecAgg client quantises it with
+   clip range S (a clipped delta has every coordinate in [-S, S], so quantising clips nothing
+   more) and sends it masked;
+3. the server runs the protocol and gets sum_{k in U3} q(delta_k) * S / R, where U3 are the
+   clients that sent a masked input (simulated dropouts can shrink it);
+4. without DP the mean delta is that sum / |U3|; with ``dp`` the server adds N(0, (z S)^2) to
+   the unmasked sum and divides by the expected cohort size (the DP-FedAvg estimator), so the
+   released model carries a client-level (epsilon, delta) guarantee reported in every round;
+5. the mean delta goes through the server transform.
+
+The average is unweighted: weighting by n_k would need each client to upload n_k delta_k and
+n_k, both masked (Flower's SecAgg workflows do this), and reveals the total sample count.
+
+Who learns what: the server sees masked vectors and the unmasked sum, never one client's delta;
+with DP the model it publishes is (epsilon, delta)-DP. The server cannot re-clip what it cannot
+see, so the DP guarantee assumes clients run the clipping code (quantisation bounds each
+coordinate by S regardless, so a cheating client moves the sum by at most S sqrt(L)).
+
+In simulation the protocol runs inside ``aggregate_fit`` on the deltas the engine hands it; over
+the network transport the same :class:`SecAggClient` / :class:`SecAggServer` run on each side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
+from fedfleet.client.state_store import ClientState
+from fedfleet.data.base import ArrayDataset
+from fedfleet.errors import ConfigError
+from fedfleet.privacy.accountant import DpAccounting
+from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian
+from fedfleet.privacy.secagg.config import SecAggConfig
+from fedfleet.privacy.secagg.errors import SecAggAborted
+from fedfleet.privacy.secagg.simulate import draw_dropouts, run_secagg
+from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState
+from fedfleet.strategies.sampling import cohort_size, default_cohort, sample_clients
+from fedfleet.transforms.base import ServerTransform, sgd
+
+__all__ = ["SecAggFedAvg"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecAggFedAvg:
+    """Federated averaging over secure aggregation; see the module docstring.
+
+    Attributes:
+        clip_norm: S, the L2 bound every client clips its delta to (and the quantiser's range).
+        clients_per_round: K (or give ``fraction``); ignored when ``dp`` decides the sampling.
+        fraction: C, the share of available clients a round.
+        local: the instructions every sampled client gets.
+        quant_range: R, the quantisation levels per sign (error <= S / (2R) per coordinate).
+        neighbours: SecAgg+ degree k; None: O(log n) default; ``"complete"``: plain SecAgg.
+        threshold: t (int, fraction of k + 1, or None for a strict majority).
+        drop_rates: simulated dropouts, stage (1-4) -> share of the cohort that drops there.
+        dp: client-level central DP (noise multiplier, population, sampling, delta); None: none.
+        noise: ``"seeded"`` (simulation) or ``"secure"`` (OS CSPRNG) DP noise.
+        seed: seeds the neighbour graph, the simulated dropouts (spawn key (round, 0)) and
+            seeded DP noise (spawn key (round, 1)); use the run's seed.
+        server_optimizer: transform applied to the pseudo-gradient ``-mean_delta``.
+
+    Example:
+        >>> strategy = SecAggFedAvg(clip_norm=1.0, clients_per_round=100, seed=0,
+        ...                         drop_rates={3: 0.1})
+    """
+
+    clip_norm: float
+    clients_per_round: int | None = None
+    fraction: float | None = None
+    local: FitInstructions = field(default_factory=FitInstructions)
+    quant_range: int = 2**20
+    neighbours: int | str | None = None
+    threshold: int | float | None = None
+    drop_rates: Mapping[int, float] = field(default_factory=dict)
+    dp: DpAccounting | None = None
+    noise: NoiseSource = "seeded"
+    seed: int = 0
+    server_optimizer: ServerTransform = field(default_factory=sgd)
+
+    def __post_init__(self) -> None:
+        if not self.clip_norm > 0:
+            raise ConfigError(f"clip_norm must be > 0, got {self.clip_norm}")
+        default_cohort(self)
+        SecAggConfig(  # validates the protocol parameters early
+            vector_length=1,
+            clip_range=self.clip_norm,
+            quant_range=self.quant_range,
+            neighbours=self.neighbours,
+            threshold=self.threshold,
+        )
+
+    def init(self, vector: np.ndarray) -> StrategyState:
+        return {"server_optimizer": self.server_optimizer.init(vector)}
+
+    def configure_fit(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        clients: Sequence[int],
+        rng: np.random.Generator,
+    ) -> list[tuple[int, FitInstructions]]:
+        acc = self.dp
+        if acc is None:
+            k = cohort_size(len(clients), self.clients_per_round, self.fraction)
+            chosen = sample_clients(clients, k, rng)
+        elif len(clients) != acc.population:
+            raise ConfigError(
+                f"DP accounting assumes a population of {acc.population} clients but "
+                f"{len(clients)} are available; set dp.population to the federation size"
+            )
+        elif acc.sampling == "poisson":
+            assert acc.sampling_rate is not None
+            draws = rng.random(len(clients))
+            chosen = [int(c) for c, u in zip(clients, draws, strict=True) if u < acc.sampling_rate]
+        else:
+            assert acc.cohort_size is not None
+            chosen = sample_clients(clients, acc.cohort_size, rng)
+        return [(cid, self.local) for cid in chosen]
+
+    def client_fit(
+        self,
+        trainer: Trainer,
+        vector: np.ndarray,
+        data: ArrayDataset,
+        instructions: FitInstructions,
+        seed: int,
+        state: ClientState | None,
+    ) -> ClientResult:
+        """Train, then clip the delta to ``clip_norm`` before it is quantised and masked."""
+        fit = trainer.fit(vector, data, instructions, seed)
+        clipped, _ = clip_by_l2(fit.vector.astype(np.float64) - vector, self.clip_norm)
+        out = (vector.astype(np.float64) + clipped).astype(np.float32)
+        return ClientResult(FitResult(out, fit.num_samples, fit.num_steps, fit.metrics))
+
+    def aggregate_fit(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        updates: Sequence[ClientUpdate],
+    ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
+        metrics: dict[str, float] = {"secagg_aborted": 0.0}
+        total: np.ndarray | None = None
+        included = 0
+        if len(updates) >= 2:
+            ids = [u.client_id for u in updates]
+            config = SecAggConfig(
+                vector_length=vector.size,
+                clip_range=self.clip_norm,
+                quant_range=self.quant_range,
+                neighbours=self.neighbours,
+                threshold=self.threshold,
+                round_id=rnd,
+            )
+            rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(rnd, 0)))
+            drops = draw_dropouts(ids, self.drop_rates, rng) if self.drop_rates else None
+            try:
+                run = run_secagg(
+                    [u.delta for u in updates], config, rng=rng, client_ids=ids, dropouts=drops
+                )
+                total, included = run.result.total, len(run.result.included)
+                metrics["secagg_bytes_per_client"] = float(np.mean(list(run.sent_bytes.values())))
+            except SecAggAborted:
+                metrics["secagg_aborted"] = 1.0
+        metrics["secagg_included"] = float(included)
+        if self.dp is None:
+            if total is None or included == 0:  # nothing securely summed: keep the model
+                return vector, state, {**metrics, "aggregated": 0.0}
+            mean = total / included
+        else:
+            noise_rng = (
+                np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(rnd, 1)))
+                if self.noise == "seeded"
+                else None
+            )
+            std = self.dp.noise_multiplier * self.clip_norm
+            noisy = (np.zeros(vector.size) if total is None else total) + gaussian(
+                vector.size, std, self.noise, noise_rng
+            )
+            mean = noisy / self.dp.expected_cohort
+            metrics.update(
+                dp_epsilon=self.dp.epsilon(rnd), dp_delta=self.dp.delta, dp_noise_std=std
+            )
+        step, opt_state = self.server_optimizer.update(
+            -mean,
+            state["server_optimizer"],  # type: ignore[arg-type]
+            vector,
+        )
+        new = (vector.astype(np.float64) + step).astype(np.float32)
+        return new, {"server_optimizer": opt_state}, {**metrics, "aggregated": float(included)}
