@@ -115,6 +115,8 @@ def _summary(
         table.add_row(
             "privacy (epsilon, delta)", f"({final['dp_epsilon']:.3f}, {final['dp_delta']:g})"
         )
+    if "sim_time_s" in final:
+        table.add_row("simulated time", f"{final['sim_time_s']:.1f} s")
     table.add_row("rejected updates", str(rejected))
     table.add_row("wall time", f"{wall:.1f} s")
     if out is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
@@ -23,10 +24,13 @@ from fedfleet.privacy.secagg.strategy import SecAggFedAvg
 from fedfleet.runs.config import RunConfig
 from fedfleet.sim.clock import ClientClock
 from fedfleet.sim.cohort import CohortExecutor, SequentialExecutor, VectorisedExecutor
+from fedfleet.sim.deadline import DeadlinePolicy, DropLate, OverSelect, PartialWork
 from fedfleet.sim.engine import Simulation
 from fedfleet.sim.fedbuff import FedBuffSimulation, polynomial_staleness
 from fedfleet.sim.federation import Federation
+from fedfleet.sim.profiles import ClientProfiles, Lognormal, ProfileSpec, load_profiles_csv
 from fedfleet.strategies.base import Strategy, plain_client_fit
+from fedfleet.strategies.compensation import Compensation, CompensationRule, MoreEpochs, ScaleLR
 from fedfleet.strategies.dpfedavg import AdaptiveClipping, DPFedAvg
 from fedfleet.strategies.fedavg import FedAvg
 from fedfleet.strategies.fednova import FedNova
@@ -34,12 +38,15 @@ from fedfleet.strategies.fedopt import fedadagrad, fedadam, fedyogi
 from fedfleet.strategies.personal import FedPer, FedRep
 from fedfleet.strategies.qfedavg import QFedAvg
 from fedfleet.strategies.scaffold import Scaffold
+from fedfleet.strategies.selection import OortSelection
 from fedfleet.strategies.stragglers import Stragglers
+from fedfleet.strategies.weighting import Reweighted, by_steps, uniform
 from fedfleet.transforms.base import sgd
 
 __all__ = [
     "RunPieces",
     "build_federation",
+    "build_profiles",
     "build_run",
     "build_strategy",
     "build_trainer",
@@ -285,7 +292,17 @@ def build_run(config: RunConfig) -> RunPieces:
         )
         return RunPieces(task, fedbuff)
     strategy = build_strategy(config, trainer, federation.num_clients)
+    profiles = build_profiles(config, federation.num_clients)
+    strategy = _heterogeneity_wrappers(config, strategy, profiles, trainer, federation)
     trainer, executor, why = choose_executor(config, task, trainer, strategy)
+    d = config.deadline
+    deadline: DeadlinePolicy | None = None
+    if d.policy == "drop" and d.seconds is not None:
+        deadline = DropLate(deadline_s=d.seconds)
+    elif d.policy == "partial" and d.seconds is not None:
+        deadline = PartialWork(deadline_s=d.seconds)
+    elif d.policy == "overselect" and d.keep is not None:
+        deadline = OverSelect(keep=d.keep, deadline_s=d.seconds or math.inf)
     sim = Simulation(
         trainer=trainer,
         federation=federation,
@@ -294,8 +311,77 @@ def build_run(config: RunConfig) -> RunPieces:
         eval_every=config.eval.every,
         federated_eval_every=config.eval.federated_every,
         executor=executor,
+        profiles=profiles,
+        deadline=deadline,
     )
     return RunPieces(task, sim, why)
+
+
+def build_profiles(config: RunConfig, num_clients: int) -> ClientProfiles | None:
+    """The clients' system profiles, or None for a run without a simulated clock."""
+    c = config.clients
+    needed = c.enabled or config.deadline.policy != "none" or config.selection.method == "oort"
+    if not needed:
+        return None
+    if c.profiles_csv is not None:
+        return load_profiles_csv(
+            c.profiles_csv, time_per_step=c.time_per_step, num_clients=num_clients
+        )
+    spec = ProfileSpec(
+        time_per_step=c.time_per_step,
+        speed=Lognormal(median=1.0, spread=c.speed_spread),
+        download=Lognormal(median=c.download_bps or math.inf, spread=c.bandwidth_spread),
+        upload=Lognormal(median=c.upload_bps or math.inf, spread=c.bandwidth_spread),
+        latency=c.latency_s,
+        availability=c.availability,
+    )
+    return spec.sample(num_clients, config.seed)
+
+
+def _heterogeneity_wrappers(
+    config: RunConfig,
+    strategy: Strategy,
+    profiles: ClientProfiles | None,
+    trainer: Trainer,
+    federation: Federation,
+) -> Strategy:
+    """Weighting, compensation and selection wrap the strategy, in that order (innermost
+    first), so selection sees the compensated instructions' costs."""
+    weights = {"steps": by_steps, "uniform": uniform}
+    if config.strategy.weighting in weights:
+        strategy = Reweighted(inner=strategy, weighting=weights[config.strategy.weighting])
+    comp = config.compensation
+    if comp.rule != "none":
+        rule: CompensationRule = (
+            MoreEpochs(
+                factor=comp.factor,
+                profiles=profiles,
+                budget_s=config.deadline.seconds or math.inf,
+                num_bytes=4 * trainer.layout.size,
+            )
+            if comp.rule == "more_epochs"
+            else ScaleLR(factor=comp.factor)
+        )
+        strategy = Compensation(
+            inner=strategy,
+            rule=rule,
+            num_clients=federation.num_clients,
+            threshold=comp.threshold,
+        )
+    sel = config.selection
+    preferred = sel.preferred_s or config.deadline.seconds
+    if sel.method == "oort" and profiles is not None and preferred is not None:
+        s = config.strategy
+        k = s.clients_per_round or max(1, round((s.fraction or 0.1) * federation.num_clients))
+        strategy = OortSelection(
+            inner=strategy,
+            profiles=profiles,
+            clients_per_round=k,
+            preferred_s=preferred,
+            alpha=sel.alpha,
+            epsilon=sel.epsilon,
+        )
+    return strategy
 
 
 def choose_executor(

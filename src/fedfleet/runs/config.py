@@ -21,12 +21,16 @@ from fedfleet.errors import ConfigError
 __all__ = [
     "STRATEGIES",
     "ClientConfig",
+    "ClientsConfig",
     "ClockConfig",
+    "CompensationConfig",
     "DataConfig",
+    "DeadlineConfig",
     "EvalConfig",
     "ModelConfig",
     "PrivacyConfig",
     "RunConfig",
+    "SelectionConfig",
     "StrategyConfig",
     "apply_overrides",
     "dump_config",
@@ -136,6 +140,8 @@ class StrategyConfig(_Section):
     """fedbuff: clients training at any time."""
     staleness_exponent: float = Field(0.5, ge=0)
     """fedbuff: updates are weighted by 1 / (1 + staleness) ** exponent."""
+    weighting: Literal["samples", "steps", "uniform"] = "samples"
+    """Aggregation weights: by sample count (FedAvg), by local steps completed, or uniform."""
 
 
 class PrivacyConfig(_Section):
@@ -156,6 +162,69 @@ class PrivacyConfig(_Section):
     """Adaptive clipping towards this quantile of client delta norms (None = fixed S)."""
     noise: Literal["seeded", "secure"] = "seeded"
     """'seeded' noise is reproducible (simulation); 'secure' draws from the OS CSPRNG."""
+
+
+class ClientsConfig(_Section):
+    """System profiles of the clients for the synchronous engine's simulated clock."""
+
+    profiles_csv: str | None = None
+    """CSV with one row per client (speed, download_bps, upload_bps[, latency_s, availability])."""
+    time_per_step: float = Field(1.0, gt=0)
+    """Simulated seconds of one local step at speed 1."""
+    speed_spread: float = Field(1.0, ge=1)
+    """Lognormal compute speeds whose 95th/5th percentile ratio is this (1 = all equal)."""
+    download_bps: float | None = Field(None, gt=0)
+    """Median download bandwidth in bytes/s (None = instant)."""
+    upload_bps: float | None = Field(None, gt=0)
+    """Median upload bandwidth in bytes/s (None = instant)."""
+    bandwidth_spread: float = Field(1.0, ge=1)
+    """95th/5th percentile ratio of the lognormal bandwidths."""
+    latency_s: float = Field(0.0, ge=0)
+    """Fixed network latency per transfer."""
+    availability: float = Field(1.0, gt=0, le=1)
+    """Probability a client is online in a round."""
+
+    @property
+    def enabled(self) -> bool:
+        return (
+            self.profiles_csv is not None
+            or self.speed_spread > 1
+            or self.download_bps is not None
+            or self.upload_bps is not None
+            or self.latency_s > 0
+            or self.availability < 1
+        )
+
+
+class DeadlineConfig(_Section):
+    policy: Literal["none", "drop", "partial", "overselect"] = "none"
+    """Late clients are dropped, do only the steps that fit (partial work), or the first `keep`
+    to finish are kept (over-selection)."""
+    seconds: float | None = Field(None, gt=0)
+    """The round deadline in simulated seconds (required for drop and partial)."""
+    keep: int | None = Field(None, ge=1)
+    """overselect: how many of the selected clients to keep."""
+
+
+class SelectionConfig(_Section):
+    method: Literal["uniform", "oort"] = "uniform"
+    """Client selection: uniform among online clients, or Oort-style utility x speed penalty."""
+    preferred_s: float | None = Field(None, gt=0)
+    """Oort's preferred round duration T (default: the deadline)."""
+    alpha: float = Field(2.0, ge=0)
+    """Oort's penalty exponent for clients slower than T."""
+    epsilon: float = Field(0.2, ge=0, le=1)
+    """Oort's exploration share."""
+
+
+class CompensationConfig(_Section):
+    rule: Literal["none", "more_epochs", "scale_lr"] = "none"
+    """Adapt lagging clients' next instructions: more local epochs (within the deadline) or a
+    scaled learning rate; off by default."""
+    factor: float = Field(2.0, gt=0)
+    """Epoch multiplier or learning-rate scale for lagging clients."""
+    threshold: float = Field(1.2, gt=0)
+    """A client lags when its recent loss exceeds this multiple of the clients' median."""
 
 
 class ClockConfig(_Section):
@@ -214,6 +283,10 @@ class RunConfig(_Section):
     eval: EvalConfig = EvalConfig()
     clock: ClockConfig = ClockConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    clients: ClientsConfig = ClientsConfig()
+    deadline: DeadlineConfig = DeadlineConfig()
+    selection: SelectionConfig = SelectionConfig()
+    compensation: CompensationConfig = CompensationConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -232,6 +305,17 @@ class RunConfig(_Section):
             raise ValueError(f"strategy.server_momentum has no effect with {s.name}; remove it")
         if self.model.backend == "numpy" and s.name in ("fednova", "scaffold"):
             raise ValueError(f"{s.name} needs model.backend = 'torch' (its SGD settings)")
+        d = self.deadline
+        if d.policy in ("drop", "partial") and d.seconds is None:
+            raise ValueError(f"deadline.policy = '{d.policy}' needs deadline.seconds")
+        if d.policy == "overselect" and d.keep is None:
+            raise ValueError("deadline.policy = 'overselect' needs deadline.keep")
+        if self.selection.method == "oort" and (
+            self.selection.preferred_s is None and d.seconds is None
+        ):
+            raise ValueError("selection.method = 'oort' needs selection.preferred_s or a deadline")
+        if s.name == "fedbuff" and (d.policy != "none" or self.selection.method != "uniform"):
+            raise ValueError("fedbuff runs its own clock: use [clock], not [deadline]/[selection]")
         p = self.privacy
         if (
             self.strategy.name == "dpfedavg"

@@ -9,7 +9,9 @@ simulated seconds. Speeds are lognormal, ``speed_k = exp(sigma * z_k)`` with ``z
 drawn from the run seed (``SeedSequence(seed, spawn_key=(0, 2))``), so ``speed_sigma`` sets the
 spread: sigma = 0.7 puts the 95th percentile speed about 10x above the 5th (``exp(2 * 1.645 *
 0.7)``). Bandwidth is one number for every client or one per client. Fuller system profiles
-(availability, dropout, diurnal patterns) extend :class:`ClientClock` with more fields.
+(separate download and upload bandwidths, latency, availability) are
+:class:`fedfleet.sim.profiles.ClientProfiles`; :meth:`ClientClock.profiles` turns a clock into
+them, so the synchronous engine and FedBuff can run the very same clients.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedfleet.errors import ConfigError
+from fedfleet.sim.profiles import ClientProfiles
 
 __all__ = ["ClientClock", "ClientTimes"]
 
@@ -70,6 +73,19 @@ class ClientClock:
         else:
             bandwidth = np.full(num_clients, float(self.bandwidth))
         return ClientTimes(speed, bandwidth, self.time_per_step)
+
+    def profiles(self, num_clients: int, seed: int) -> ClientProfiles:
+        """The clients of :meth:`sample` as :class:`ClientProfiles` (the bandwidth both ways,
+        no latency, always online), for ``Simulation(..., profiles=...)``."""
+        times = self.sample(num_clients, seed)
+        return ClientProfiles(
+            speed=times.speed,
+            download=times.bandwidth,
+            upload=times.bandwidth.copy(),
+            latency=np.zeros(num_clients),
+            availability=np.ones(num_clients),
+            time_per_step=self.time_per_step,
+        )
 
 
 @dataclass(frozen=True, eq=False)

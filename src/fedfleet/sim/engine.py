@@ -7,6 +7,13 @@ All randomness derives from one seed through NumPy ``SeedSequence`` spawn keys: 
 in round r uses key (r, 0), client c's local training in round r uses key (r, 1, c). Clients
 train in ascending id order and aggregation runs in float64, so the same seed gives a
 bit-identical model and metrics.
+
+Heterogeneous clients (``profiles``, :mod:`fedfleet.sim.profiles`): only the clients online in
+round r (key (r, 4)) are offered to ``configure_fit``; a ``deadline`` policy
+(:mod:`fedfleet.sim.deadline`) may then drop clients or cap their steps; and every record gets
+``sim_round_s`` (the round's simulated duration: the slowest trained client's round trip, or
+longer when the policy made the server wait for a deadline), ``sim_time_s`` (cumulative) and
+``num_online``. Without profiles nothing of this runs and records are as before.
 """
 
 from __future__ import annotations
@@ -25,8 +32,11 @@ from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted, UpdateRejecte
 from fedfleet.evaluation import fairness_stats
 from fedfleet.params import Layout
 from fedfleet.sim.cohort import ClientJob, CohortExecutor, SequentialExecutor
+from fedfleet.sim.deadline import DeadlinePolicy, RoundClock
 from fedfleet.sim.federation import Federation
+from fedfleet.sim.profiles import ClientProfiles
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
+from fedfleet.strategies.stragglers import RoundPlan
 from fedfleet.validation import validate_update
 
 __all__ = ["TIMING_KEYS", "Simulation", "SimulationResult", "client_seed"]
@@ -84,6 +94,9 @@ class Simulation:
             when its update is accepted.
         executor: how each round's cohort is trained (:mod:`fedfleet.sim.cohort`): one client
             after another (default) or vectorised through ``trainer.fit_cohort``.
+        profiles: client system profiles (speed, bandwidth, latency, availability); None runs
+            every client online and records no simulated time.
+        deadline: what to do about clients that would finish late (needs ``profiles``).
     """
 
     trainer: Trainer
@@ -94,6 +107,8 @@ class Simulation:
     federated_eval_every: int = 0
     client_states: ClientStateStore = field(default_factory=MemoryStateStore)
     executor: CohortExecutor = field(default_factory=SequentialExecutor)
+    profiles: ClientProfiles | None = None
+    deadline: DeadlinePolicy | None = None
 
     def run(
         self,
@@ -111,21 +126,29 @@ class Simulation:
                 "clients from an earlier run; a new run needs a fresh store, e.g. "
                 "Simulation(..., client_states=MemoryStateStore())"
             )
+        self._check_profiles()
         layout = self.trainer.layout
         vector = self.trainer.init_vector(self.seed)
         state = self.strategy.init(vector)
         history: list[dict[str, Any]] = []
         rejected: list[UpdateRejected] = []
         start = time.perf_counter()
+        sim_time = 0.0
         for rnd in range(1, rounds + 1):
             t0 = time.perf_counter()
+            clients = self.federation.client_ids
+            if self.profiles is not None:
+                clients = self.profiles.available(clients, rnd, self.seed)
             try:
                 plan = self.strategy.configure_fit(
-                    rnd, vector, state, self.federation.client_ids, _sampling_rng(self.seed, rnd)
+                    rnd, vector, state, clients, _sampling_rng(self.seed, rnd)
                 )
             except PrivacyBudgetExhausted as stop:
                 log.warning("stopping before round %d: %s", rnd, stop)
                 break
+            wait_s = 0.0
+            if self.deadline is not None:
+                plan, wait_s = self._apply_deadline(plan, vector)
             selected = {cid for cid, _ in plan}
             jobs = [
                 ClientJob(
@@ -170,6 +193,12 @@ class Simulation:
             }
             record.update(getattr(plan, "metrics", {}))  # e.g. Stragglers' RoundPlan counts
             record.update({k: v for k, v in agg_metrics.items() if k != "aggregated"})
+            if self.profiles is not None:
+                steps = [r.fit.num_steps for r in results]
+                trained = [j.client_id for j in jobs]
+                sim_round = max(self.profiles.round_time(trained, steps, vector.nbytes), wait_s)
+                sim_time += sim_round
+                record.update(num_online=len(clients), sim_round_s=sim_round, sim_time_s=sim_time)
             last = rnd == rounds
             if last or (self.eval_every and rnd % self.eval_every == 0):
                 ev = self.trainer.evaluate(vector, self.federation.task.test)
@@ -189,6 +218,26 @@ class Simulation:
         return SimulationResult(
             history, vector, layout, state, rejected, _export(self.trainer, vector)
         )
+
+    def _check_profiles(self) -> None:
+        if self.deadline is not None and self.profiles is None:
+            raise FedfleetError(
+                "a deadline policy needs client profiles to predict finish times; "
+                "pass Simulation(..., profiles=ProfileSpec(...).sample(num_clients, seed))"
+            )
+        n = self.federation.num_clients
+        if self.profiles is not None and self.profiles.num_clients != n:
+            raise FedfleetError(
+                f"profiles describe {self.profiles.num_clients} clients but the federation "
+                f"has {n}; give one profile per client"
+            )
+
+    def _apply_deadline(self, plan: list[Any], vector: np.ndarray) -> tuple[RoundPlan, float]:
+        assert self.deadline is not None and self.profiles is not None
+        sizes = [len(p) for p in self.federation.train_parts]
+        clock = RoundClock(self.profiles, vector.nbytes, sizes)
+        kept, wait_s = self.deadline.apply(plan, clock)
+        return RoundPlan(kept, {**getattr(plan, "metrics", {}), **kept.metrics}), wait_s
 
     def _federated_eval(self, vector: np.ndarray) -> dict[str, float]:
         """Evaluate on every client's held-out split: ``client_accuracy_*`` (mean, worst10,
