@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from fedfleet.evaluation import fairness_stats
 from fedfleet.params import Layout
 from fedfleet.sim.cohort import ClientJob, CohortExecutor, SequentialExecutor
 from fedfleet.sim.deadline import DeadlinePolicy, RoundClock
-from fedfleet.sim.federation import Federation
+from fedfleet.sim.federation import ClientPopulation
 from fedfleet.sim.profiles import ClientProfiles
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
 from fedfleet.strategies.stragglers import RoundPlan
@@ -100,7 +100,7 @@ class Simulation:
     """
 
     trainer: Trainer
-    federation: Federation
+    federation: ClientPopulation
     strategy: Strategy
     seed: int = 0
     eval_every: int = 1
@@ -234,7 +234,7 @@ class Simulation:
 
     def _apply_deadline(self, plan: list[Any], vector: np.ndarray) -> tuple[RoundPlan, float]:
         assert self.deadline is not None and self.profiles is not None
-        sizes = [len(p) for p in self.federation.train_parts]
+        sizes = _Sizes(self.federation)
         clock = RoundClock(self.profiles, vector.nbytes, sizes)
         kept, wait_s = self.deadline.apply(plan, clock)
         return RoundPlan(kept, {**getattr(plan, "metrics", {}), **kept.metrics}), wait_s
@@ -275,6 +275,27 @@ class Simulation:
             out.update({f"global_client_accuracy_{k}": v for k, v in stats.items()})
             out["global_client_loss_mean"] = float(np.average(global_losses, weights=counts))
         return out
+
+
+class _Sizes(Sequence[int]):
+    """Clients' sample counts by id, asked of the population only for the clients planned."""
+
+    def __init__(self, population: ClientPopulation) -> None:
+        self._population = population
+
+    def __len__(self) -> int:
+        return self._population.num_clients
+
+    @overload
+    def __getitem__(self, cid: int) -> int: ...
+
+    @overload
+    def __getitem__(self, cid: slice) -> Sequence[int]: ...
+
+    def __getitem__(self, cid: int | slice) -> int | Sequence[int]:
+        if isinstance(cid, slice):
+            return [self._population.num_samples(c) for c in range(len(self))[cid]]
+        return self._population.num_samples(cid)
 
 
 def _weighted_train_loss(updates: list[ClientUpdate]) -> float | None:

@@ -4,12 +4,36 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from fedfleet.data.base import ArrayDataset, TaskData
 
-__all__ = ["Federation"]
+__all__ = ["ClientPopulation", "Federation"]
+
+
+class ClientPopulation(Protocol):
+    """What an engine needs of a set of clients: the task (its test set is the server's), the
+    ids, and each client's data on demand. :class:`Federation` holds index arrays into one
+    task; :class:`fedfleet.sim.SyntheticPopulation` generates clients lazily."""
+
+    @property
+    def task(self) -> TaskData: ...
+
+    @property
+    def num_clients(self) -> int: ...
+
+    @property
+    def client_ids(self) -> Sequence[int]: ...
+
+    def num_samples(self, cid: int) -> int:
+        """Client ``cid``'s training-set size (cheap: no data is built)."""
+        ...
+
+    def train_data(self, cid: int) -> ArrayDataset: ...
+
+    def test_data(self, cid: int) -> ArrayDataset | None: ...
 
 
 @dataclass(frozen=True)
@@ -42,6 +66,9 @@ class Federation:
     @property
     def client_ids(self) -> list[int]:
         return list(range(self.num_clients))
+
+    def num_samples(self, cid: int) -> int:
+        return len(self.train_parts[cid])
 
     def train_data(self, cid: int) -> ArrayDataset:
         return self.task.train.subset(self.train_parts[cid])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedfleet.data.base import ArrayDataset, TaskData
-from fedfleet.data.synthetic import synthetic_device
+from fedfleet.data.synthetic import device_rng, synthetic_device
 from fedfleet.errors import ConfigError
 
 __all__ = ["SyntheticPopulation"]
@@ -74,6 +74,11 @@ class SyntheticPopulation:
     @property
     def client_ids(self) -> range:
         return range(self.num_clients)
+
+    def num_samples(self, cid: int) -> int:
+        # the device generator's first draw is its size (fedfleet.data.synthetic.device_rng)
+        n = int(device_rng(self.seed, cid).lognormal(4.0, 2.0)) + 50
+        return n if self.max_samples is None else min(n, self.max_samples)
 
     def train_data(self, cid: int) -> ArrayDataset:
         if not 0 <= cid < self.num_clients:

@@ -13,6 +13,7 @@ from fedfleet.strategies.base import (
     StrategyState,
     plain_client_fit,
 )
+from fedfleet.strategies.compensation import Compensation, MoreEpochs, ScaleLR
 from fedfleet.strategies.dpfedavg import AdaptiveClipping, DPFedAvg
 from fedfleet.strategies.fedavg import FedAvg, weighted_mean
 from fedfleet.strategies.fednova import FedNova
@@ -22,22 +23,32 @@ from fedfleet.strategies.personal import FedPer, FedRep, head_mask
 from fedfleet.strategies.qfedavg import QFedAvg
 from fedfleet.strategies.sampling import cohort_size, sample_clients
 from fedfleet.strategies.scaffold import Scaffold
+from fedfleet.strategies.selection import AvailableOnly, OortSelection
 from fedfleet.strategies.stragglers import Stragglers
+from fedfleet.strategies.weighting import Reweighted, by_samples, by_steps, uniform
 
 __all__ = [
     "AdaptiveClipping",
+    "AvailableOnly",
     "ClientResult",
     "ClientUpdate",
+    "Compensation",
     "DPFedAvg",
     "FedAvg",
     "FedNova",
     "FedPer",
     "FedRep",
+    "MoreEpochs",
+    "OortSelection",
     "QFedAvg",
+    "Reweighted",
     "Scaffold",
+    "ScaleLR",
     "Stragglers",
     "Strategy",
     "StrategyState",
+    "by_samples",
+    "by_steps",
     "cohort_size",
     "fedadagrad",
     "fedadam",
@@ -47,5 +58,6 @@ __all__ = [
     "head_mask",
     "plain_client_fit",
     "sample_clients",
+    "uniform",
     "weighted_mean",
 ]
