@@ -31,8 +31,9 @@ def validate_update(
     Checks: the client was asked to train this round; the delta and every extra upload are 1-D
     float32 arrays of the layout's size with only finite values; the sample and step counts are
     positive integers, the sample count is no larger than what the client is known to hold
-    (``max_samples``) and the step count no larger than its ``instructions`` allow; every reported metric is a finite number (a trainer with nothing to report
-    omits the metric rather than sending NaN).
+    (``max_samples``) and the step count no larger than its ``instructions`` allow; every
+    reported metric is a finite number (a trainer with nothing to report omits the metric
+    rather than sending NaN).
     """
 
     def reject(reason: str) -> UpdateRejected:

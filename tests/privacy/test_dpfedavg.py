@@ -129,7 +129,7 @@ def test_a_client_cannot_move_the_adaptive_clip_norm_by_lying(blobs):
     honest = [ClientUpdate(i, big, 5, 1, {"dp_unclipped": 0.0}) for i in range(2)]
     lying = [ClientUpdate(i, big, 5, 1, {"dp_unclipped": -1e4}) for i in range(2)]
     _, s1, m1 = strategy.aggregate_fit(1, w, strategy.init(w), honest)
-    _, s2, m2 = strategy.aggregate_fit(1, w, strategy.init(w), lying)
+    _, s2, _ = strategy.aggregate_fit(1, w, strategy.init(w), lying)
     assert s1["clip_norm"] == s2["clip_norm"] and m1["dp_unclipped_fraction"] == 0.0
 
 
