@@ -121,3 +121,18 @@ def test_dpfedavg_calibrates_noise_for_a_target_epsilon_and_reports_it():
     assert history[-1]["dp_epsilon"] == pytest.approx(acc.epsilon(4))
     with pytest.raises(ConfigError, match=r"needs privacy\.noise_multiplier"):
         load_config(None, ["strategy.name=dpfedavg"])
+
+
+def test_local_dp_and_dp_sgd_from_the_config():
+    from fedfleet.privacy import DPSGDTrainer, LocalDP
+    from fedfleet.sim.cohort import SequentialExecutor
+
+    local = build_run(load_config(None, ["privacy.local_noise_multiplier=0.1", "rounds=2"]))
+    assert isinstance(local.simulation.strategy, LocalDP)
+    history = local.simulation.run(2).history
+    assert history[-1]["ldp_epsilon"] > 0
+    dpsgd = build_run(load_config(None, ["privacy.sgd_noise_multiplier=0.5", "rounds=2"]))
+    assert isinstance(dpsgd.simulation.trainer, DPSGDTrainer)  # never swapped for vmap
+    assert isinstance(dpsgd.simulation.executor, SequentialExecutor)
+    with pytest.raises(ConfigError, match="local DP"):
+        load_config(None, ["privacy.local_noise_multiplier=0.1", "strategy.name=scaffold"])

@@ -1,14 +1,35 @@
-"""Privacy: DP accounting (dp-accounting), clipping and noise mechanisms, and secure aggregation
+"""Privacy: DP accounting (dp-accounting), clipping and noise mechanisms, local DP, sample-level
+DP-SGD, homomorphic-encryption aggregation, and secure aggregation
 (:mod:`fedfleet.privacy.secagg`, SecAgg/SecAgg+)."""
 
 from fedfleet.privacy.accountant import DpAccounting, calibrate_noise_multiplier
+from fedfleet.privacy.dpsgd import DPSGDTrainer, dpsgd_epsilon
+from fedfleet.privacy.he import (
+    CkksKeyHolder,
+    CkksPublic,
+    EncryptedVector,
+    HEError,
+    PaillierKeyHolder,
+    PaillierPublic,
+)
+from fedfleet.privacy.local_dp import LocalDP, local_epsilon
 from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian, secure_normal
 
 __all__ = [
+    "CkksKeyHolder",
+    "CkksPublic",
+    "DPSGDTrainer",
     "DpAccounting",
+    "EncryptedVector",
+    "HEError",
+    "LocalDP",
     "NoiseSource",
+    "PaillierKeyHolder",
+    "PaillierPublic",
     "calibrate_noise_multiplier",
     "clip_by_l2",
+    "dpsgd_epsilon",
     "gaussian",
+    "local_epsilon",
     "secure_normal",
 ]

@@ -20,6 +20,8 @@ from fedfleet.errors import ConfigError
 from fedfleet.models.zoo import build_model
 from fedfleet.params import Layout
 from fedfleet.privacy.accountant import DpAccounting, calibrate_noise_multiplier
+from fedfleet.privacy.dpsgd import DPSGDTrainer
+from fedfleet.privacy.local_dp import LocalDP
 from fedfleet.privacy.secagg.strategy import SecAggFedAvg
 from fedfleet.runs.config import RunConfig
 from fedfleet.sim.clock import ClientClock
@@ -111,9 +113,17 @@ def build_federation(config: RunConfig, task: TaskData) -> Federation:
 
 
 def build_trainer(config: RunConfig, task: TaskData) -> Trainer:
-    m, c = config.model, config.client
+    m, c, p = config.model, config.client, config.privacy
     if m.backend == "numpy":
         return NumpyLogisticRegression(task.input_shape, task.num_classes)
+    if p.sgd_noise_multiplier is not None:
+        return DPSGDTrainer(
+            lambda: build_model(m.name, task.input_shape, task.num_classes, hidden=m.hidden),
+            clip_norm=p.sgd_clip_norm,
+            noise_multiplier=p.sgd_noise_multiplier,
+            noise=p.noise,
+            delta=p.delta,
+        )
     args: dict[str, float] = {"weight_decay": c.weight_decay}
     if c.optimizer in _OPTIMIZERS_WITH_MOMENTUM:
         args["momentum"] = c.momentum
@@ -292,6 +302,15 @@ def build_run(config: RunConfig) -> RunPieces:
         )
         return RunPieces(task, fedbuff)
     strategy = build_strategy(config, trainer, federation.num_clients)
+    p = config.privacy
+    if p.local_noise_multiplier is not None:
+        strategy = LocalDP(
+            strategy=strategy,
+            clip_norm=p.clip_norm,
+            noise_multiplier=p.local_noise_multiplier,
+            noise=p.noise,
+            delta=p.delta,
+        )
     profiles = build_profiles(config, federation.num_clients)
     strategy = _heterogeneity_wrappers(config, strategy, profiles, trainer, federation)
     trainer, executor, why = choose_executor(config, task, trainer, strategy)
@@ -395,6 +414,10 @@ def choose_executor(
     faster than the sequential loop per round on CPU; other models (convolutions, which lose
     under vmap on CPU) train two clients at a time, one per core (see bench/README.md).
     """
+    if config.privacy.sgd_noise_multiplier is not None:
+        if config.executor == "vectorised":
+            raise ConfigError("DP-SGD trains client by client; set executor = 'sequential'")
+        return trainer, SequentialExecutor(), "sequential (DP-SGD per-sample clipping)"
     if config.executor == "sequential" or config.model.backend != "torch":
         return trainer, SequentialExecutor(), "sequential"
     plain = getattr(strategy, "client_fit", None) is plain_client_fit

@@ -162,6 +162,12 @@ class PrivacyConfig(_Section):
     """Adaptive clipping towards this quantile of client delta norms (None = fixed S)."""
     noise: Literal["seeded", "secure"] = "seeded"
     """'seeded' noise is reproducible (simulation); 'secure' draws from the OS CSPRNG."""
+    local_noise_multiplier: float | None = Field(None, gt=0)
+    """Local DP: each client clips its delta to clip_norm and adds N(0, (z S)^2) before upload."""
+    sgd_noise_multiplier: float | None = Field(None, ge=0)
+    """Sample-level DP-SGD in local training: per-sample clipping to sgd_clip_norm plus noise."""
+    sgd_clip_norm: float = Field(1.0, gt=0)
+    """DP-SGD's per-sample gradient clipping norm C."""
 
 
 class ClientsConfig(_Section):
@@ -317,6 +323,23 @@ class RunConfig(_Section):
         if s.name == "fedbuff" and (d.policy != "none" or self.selection.method != "uniform"):
             raise ValueError("fedbuff runs its own clock: use [clock], not [deadline]/[selection]")
         p = self.privacy
+        if p.local_noise_multiplier is not None and s.name not in (
+            "fedavg",
+            "fedavgm",
+            "fedprox",
+            "fedadam",
+            "fedyogi",
+            "fedadagrad",
+            "fednova",
+        ):
+            raise ValueError(
+                "privacy.local_noise_multiplier (local DP) needs a strategy that uploads only "
+                "its delta: fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad or fednova"
+            )
+        if p.sgd_noise_multiplier is not None and (
+            self.model.backend != "torch" or self.client.optimizer != "sgd"
+        ):
+            raise ValueError("DP-SGD needs model.backend = 'torch' and client.optimizer = 'sgd'")
         if (
             self.strategy.name == "dpfedavg"
             and p.noise_multiplier is None

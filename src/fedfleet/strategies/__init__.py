@@ -19,6 +19,7 @@ from fedfleet.strategies.fedavg import FedAvg, weighted_mean
 from fedfleet.strategies.fednova import FedNova
 from fedfleet.strategies.fedopt import fedadagrad, fedadam, fedavgm, fedyogi
 from fedfleet.strategies.fedprox import fedprox
+from fedfleet.strategies.he_fedavg import HEFedAvg, decrypt_aggregate, run_he_fedavg
 from fedfleet.strategies.personal import FedPer, FedRep, head_mask
 from fedfleet.strategies.qfedavg import QFedAvg
 from fedfleet.strategies.sampling import cohort_size, sample_clients
@@ -38,6 +39,7 @@ __all__ = [
     "FedNova",
     "FedPer",
     "FedRep",
+    "HEFedAvg",
     "MoreEpochs",
     "OortSelection",
     "QFedAvg",
@@ -50,6 +52,7 @@ __all__ = [
     "by_samples",
     "by_steps",
     "cohort_size",
+    "decrypt_aggregate",
     "fedadagrad",
     "fedadam",
     "fedavgm",
@@ -57,6 +60,7 @@ __all__ = [
     "fedyogi",
     "head_mask",
     "plain_client_fit",
+    "run_he_fedavg",
     "sample_clients",
     "uniform",
     "weighted_mean",
