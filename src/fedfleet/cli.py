@@ -137,6 +137,16 @@ def datasets() -> None:
     Console().print(table)
 
 
+def _register_deployment() -> None:
+    """``fedfleet server``, ``fedfleet client`` and ``fedfleet certs`` (the gRPC deployment)."""
+    from fedfleet.net.cli import app as net_app
+
+    app.add_typer(net_app)
+
+
+_register_deployment()
+
+
 def main() -> None:
     logging.basicConfig(
         level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=console)]

@@ -1,0 +1,155 @@
+"""Network-layer cost of one round: 20 clients, a 10M-parameter model, loopback gRPC.
+
+    python bench/net_bandwidth.py [--clients 20] [--params 10000000] [--rounds 2] [--tls]
+
+Training is replaced by a trainer that returns the global vector unchanged, so a round's time is
+the network layer alone: long-poll, chunked broadcast to every client, chunked upload, decoding
+and validate_update, aggregation. Clients are threads of this process (they share the GIL with
+the server, which makes this an upper bound). The reference is the time to push the same bytes
+(download + upload for every client) through one loopback TCP socket. Bytes on the wire are the
+serialized protobuf messages plus gRPC's 5-byte message prefix (HTTP/2 and TLS framing not
+counted) against the raw float32 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult
+from fedfleet.data.base import ArrayDataset
+from fedfleet.net import fedfleet_pb2 as pb
+from fedfleet.net.certs import create_test_federation
+from fedfleet.net.client import ClientSettings, FederatedClient
+from fedfleet.net.server import FederatedServer, ServerSettings
+from fedfleet.net.wire import chunk_messages
+from fedfleet.params import Layout
+from fedfleet.runs.config import validate_config
+from fedfleet.strategies.fedavg import FedAvg
+
+
+class NullTrainer:
+    """Returns the global vector unchanged: isolates the network layer."""
+
+    def __init__(self, size: int) -> None:
+        self._layout = Layout.from_shapes({"w": (size,)})
+
+    @property
+    def layout(self) -> Layout:
+        return self._layout
+
+    def init_vector(self, seed: int) -> np.ndarray:
+        return np.random.default_rng(seed).standard_normal(self._layout.size, dtype=np.float32)
+
+    def fit(self, vector, data, instructions, seed) -> FitResult:
+        return FitResult(vector.copy(), len(data), 1, {})
+
+    def evaluate(self, vector, data) -> EvalResult:
+        return EvalResult(0.0, 0.0, len(data))
+
+
+def socket_copy_seconds(nbytes: int, times: int) -> float:
+    """Seconds to send ``nbytes`` ``times`` times through a loopback TCP socket."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    payload = np.random.default_rng(0).bytes(nbytes)
+
+    def sink() -> None:
+        conn, _ = srv.accept()
+        buf = bytearray(1 << 20)
+        left = nbytes * times
+        while left:
+            left -= conn.recv_into(buf)
+        conn.sendall(b"k")
+        conn.close()
+
+    t = threading.Thread(target=sink)
+    t.start()
+    c = socket.create_connection(("127.0.0.1", port))
+    t0 = time.perf_counter()
+    for _ in range(times):
+        c.sendall(payload)
+    c.recv(1)
+    dt = time.perf_counter() - t0
+    c.close()
+    t.join()
+    srv.close()
+    return dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--params", type=int, default=10_000_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--chunk-size", type=int, default=1 << 20)
+    ap.add_argument("--tls", action="store_true")
+    args = ap.parse_args()
+    n, size = args.clients, args.params
+    cfg = validate_config(
+        {"rounds": args.rounds, "data": {"num_clients": n}, "eval": {"every": 0},
+         "strategy": {"clients_per_round": n}}
+    )  # fmt: skip
+    local = FitInstructions(epochs=1, batch_size=10, lr=0.1)
+    certs = create_test_federation(tempfile.mkdtemp(), n) if args.tls else None
+    trainer = NullTrainer(size)
+    settings = ServerSettings(
+        insecure=not args.tls, certs_dir=str(certs) if certs else None, min_clients=n,
+        min_accept=n, chunk_size=args.chunk_size, poll_wait_s=0.5, max_workers=2 * n + 4,
+    )  # fmt: skip
+    server = FederatedServer(
+        cfg, settings, trainer=trainer, strategy=FedAvg(local=local, clients_per_round=n)
+    )
+    port = server.start()
+    data = ArrayDataset(np.zeros((10, 1), np.float32), np.zeros(10, np.int64))
+    clients = [
+        FederatedClient(
+            cfg,
+            ClientSettings(
+                server=f"127.0.0.1:{port}",
+                insecure=not args.tls,
+                certs_dir=str(certs) if certs else None,
+                chunk_size=args.chunk_size,
+            ),
+            cid,
+            data=data,
+            trainer=trainer,
+            strategy=server.strategy,
+        )
+        for cid in range(n)
+    ]
+    threads = [threading.Thread(target=c.run, daemon=True) for c in clients]
+    for t in threads:
+        t.start()
+    result = server.run()
+    server.stop(linger_s=5)
+    # round 1 also waits for the clients to start and connect
+    times = [r["round_time_s"] for r in result["history"]][1:] or [
+        result["history"][0]["round_time_s"]
+    ]
+    raw = size * 4
+    msgs = [
+        pb.TaskMessage(chunk=c) for c in chunk_messages([trainer.init_vector(0)], args.chunk_size)
+    ]
+    wire = sum(m.ByteSize() + 5 for m in msgs)
+    copy_s = socket_copy_seconds(raw, 2 * n)
+    print(f"clients {n}, params {size:,} ({raw / 2**20:.1f} MiB), chunk {args.chunk_size}, "
+          f"{'TLS' if args.tls else 'plaintext'}")  # fmt: skip
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| network-layer time per round (median of {len(times)}) | {np.median(times):.2f} s |")
+    print(
+        f"| same bytes ({2 * n} x {raw / 2**20:.0f} MiB) through one loopback socket "
+        f"| {copy_s:.2f} s |"
+    )
+    print(f"| ratio | {np.median(times) / copy_s:.1f}x |")
+    print(f"| bytes on the wire per model transfer / raw float32 bytes | {wire / raw:.5f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Deployment over gRPC: a server process and client processes that reuse the simulation's
+strategies, trainers and validation; only broadcast and upload travel over the network.
+
+- :mod:`fedfleet.net.wire`: arrays <-> chunked protobuf messages (no pickle).
+- :mod:`fedfleet.net.server`: :class:`FederatedServer`, the round loop over live clients.
+- :mod:`fedfleet.net.client`: :class:`FederatedClient`, polls for tasks, trains, uploads.
+- :mod:`fedfleet.net.certs`: a local CA, server and per-client certificates for mutual TLS.
+- :mod:`fedfleet.net.checkpoint`: atomic per-round server checkpoints (safetensors + JSON).
+"""
+
+from fedfleet.net.certs import create_test_federation
+from fedfleet.net.client import ClientSettings, FederatedClient
+from fedfleet.net.server import FederatedServer, ServerSettings
+
+__all__ = [
+    "ClientSettings",
+    "FederatedClient",
+    "FederatedServer",
+    "ServerSettings",
+    "create_test_federation",
+]

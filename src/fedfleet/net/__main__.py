@@ -1,0 +1,5 @@
+"""``python -m fedfleet.net server|client|certs``."""
+
+from fedfleet.net.cli import app
+
+app()

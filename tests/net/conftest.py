@@ -1,0 +1,145 @@
+"""Process fixtures for the network tests: real subprocesses on 127.0.0.1, always cleaned up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedfleet.net.certs import create_test_federation
+from fedfleet.net.cli import read_config
+from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
+from fedfleet.sim.engine import Simulation
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "net_worker.py"
+
+RUN_TOML = """\
+seed = 3
+rounds = {rounds}
+[data]
+num_clients = 3
+[model]
+hidden = [{hidden}]
+[strategy]
+clients_per_round = 2
+[client]
+epochs = 1
+batch_size = 32
+lr = 0.1
+"""
+
+
+def write_config(path: Path, rounds: int = 3, hidden: int = 32) -> Path:
+    path.write_text(RUN_TOML.format(rounds=rounds, hidden=hidden))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def simulate(config_path: Path) -> np.ndarray:
+    """The reference: the in-memory engine (sequential executor) on the same config."""
+    cfg, _ = read_config(config_path)
+    task = load_task_for(cfg)
+    fed = build_federation(cfg, task)
+    trainer = build_trainer(cfg, task)
+    sim = Simulation(trainer, fed, build_strategy(cfg, trainer, fed.num_clients), seed=cfg.seed)
+    return sim.run(cfg.rounds).vector
+
+
+def wait_for(pred, timeout: float, what: str, alive: tuple = ()) -> None:
+    """Poll ``pred`` until true; fail after ``timeout`` s or as soon as a process in ``alive``
+    has exited."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        for p in alive:
+            if p.poll() is not None:
+                raise AssertionError(
+                    f"{p.name} exited with {p.returncode} while waiting for {what}"
+                )
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Procs:
+    """Starts processes with logs in ``tmp``; kills every one of them at teardown."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = (self.tmp / f"{name}.log").open("wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        p = subprocess.Popen(
+            [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp, env=env
+        )
+        p.name = name  # type: ignore[attr-defined]
+        self.procs.append(p)
+        return p
+
+    def cli(self, name: str, *args: str) -> subprocess.Popen:
+        return self.start(name, "-m", "fedfleet.net", *args)
+
+    def worker(self, name: str, *args: str) -> subprocess.Popen:
+        return self.start(name, str(WORKER), *args)
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def wait(self, p: subprocess.Popen, timeout: float) -> int:
+        try:
+            return p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{p.name} still running after {timeout} s; log:\n{self.log(p.name)[-3000:]}"  # type: ignore[attr-defined]
+            ) from None
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.kill_all()
+
+
+@pytest.fixture(scope="session")
+def certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return create_test_federation(tmp_path_factory.mktemp("certs"), 4)
+
+
+def start_server(procs: Procs, config: Path, *extra: str, name: str = "server") -> int:
+    """Start ``fedfleet.net server`` on a free port; returns the port once it listens."""
+    port_file = procs.tmp / f"{name}.port"
+    port_file.unlink(missing_ok=True)
+    p = procs.cli(name, "server", "--config", str(config), "--port-file", str(port_file), *extra)
+    wait_for(lambda: port_file.exists() or p.poll() is not None, 60, f"{name} to listen")
+    if not port_file.exists():
+        raise AssertionError(f"{name} exited early:\n{procs.log(name)}")
+    return int(port_file.read_text())

@@ -1,0 +1,127 @@
+"""End to end over real sockets: bit-identical to simulation; client and server crashes."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from conftest import free_port, simulate, start_server, wait_for, write_config
+from fedfleet.net.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from fedfleet.net.cli import read_config
+from fedfleet.runs.build import build_trainer, load_task_for
+from fedfleet.runs.rundir import load_model_vector
+
+
+def _final_vector(run_dir: Path, config: Path) -> np.ndarray:
+    cfg, _ = read_config(config)
+    layout = build_trainer(cfg, load_task_for(cfg)).layout
+    return load_model_vector(run_dir / "model.safetensors", layout)
+
+
+def test_tls_server_and_three_clients_match_simulation_bit_for_bit(procs, certs_dir):
+    config = write_config(procs.tmp / "run.toml", rounds=3)
+    run_dir = procs.tmp / "run"
+    port = start_server(
+        procs, config, "--certs-dir", str(certs_dir), "--out", str(run_dir),
+        "--min-clients", "3", "--round-timeout", "60",
+    )  # fmt: skip
+    clients = [
+        procs.cli(f"client{c}", "client", "--server", f"127.0.0.1:{port}", "--config",
+                  str(config), "--client-id", str(c), "--certs-dir", str(certs_dir))
+        for c in range(3)
+    ]  # fmt: skip
+    reference = simulate(config)
+    assert procs.wait(procs.procs[0], 60) == 0, procs.log("server")
+    for p in clients:
+        assert procs.wait(p, 20) == 0, procs.log(p.name)
+    got = _final_vector(run_dir, config)
+    assert got.dtype == np.float32 and got.shape == reference.shape
+    assert np.array_equal(got, reference), f"max diff {np.abs(got - reference).max()}"
+    assert load_checkpoint(run_dir).round == 3
+
+
+def test_client_killed_mid_round_is_left_out_and_run_finishes(procs):
+    config = write_config(procs.tmp / "run.toml", rounds=2)
+    text = config.read_text().replace("clients_per_round = 2", "clients_per_round = 3")
+    config.write_text(text + "[deploy]\nheartbeat_timeout_s = 2.0\npoll_wait_s = 0.5\n")
+    port = start_server(
+        procs, config, "--insecure", "--min-clients", "2", "--min-accept", "1",
+        "--round-timeout", "4",
+    )  # fmt: skip
+    addr = f"127.0.0.1:{port}"
+    marker = procs.tmp / "slow.marker"
+    slow = procs.worker("slow", str(config), addr, "0", "--insecure", "--slow-file", str(marker))
+    wait_for(
+        lambda: "client 0 registered" in procs.log("server"), 60, "client 0 to register", (slow,)
+    )
+    others = [procs.worker(f"w{c}", str(config), addr, str(c), "--insecure") for c in (1, 2)]
+    wait_for(marker.exists, 60, "client 0 to start training", (slow,))
+    slow.send_signal(signal.SIGKILL)
+    assert procs.wait(procs.procs[0], 60) == 0, procs.log("server")
+    log = procs.log("server")
+    assert "no update from clients [0]" in log
+    assert "done: 2 rounds" in log
+    for p in others:
+        assert procs.wait(p, 20) == 0
+
+
+def test_server_killed_after_round_resumes_to_identical_model(procs):
+    config = write_config(procs.tmp / "run.toml", rounds=4)
+    reference = simulate(config)
+    run_dir = procs.tmp / "run"
+    port = free_port()
+    common = ["--insecure", "--min-clients", "3", "--round-timeout", "60", "--port", str(port)]
+    server = procs.cli("server1", "server", "--config", str(config), "--out", str(run_dir), *common)
+    addr = f"127.0.0.1:{port}"
+    clients = [procs.worker(f"w{c}", str(config), addr, str(c), "--insecure") for c in range(3)]
+
+    def checkpoint_round() -> int:
+        try:
+            with safe_open(str(run_dir / CHECKPOINT_NAME), framework="np") as f:
+                return int(
+                    '"round": ' in f.metadata()["fedfleet.checkpoint"]
+                    and load_checkpoint(run_dir).round
+                )
+        except Exception:
+            return 0
+
+    wait_for(lambda: checkpoint_round() >= 2 or server.poll() is not None, 60, "round 2")
+    server.send_signal(signal.SIGKILL)
+    server.wait(10)
+    done = checkpoint_round()
+    assert 2 <= done < 4, f"server finished {done} rounds before the kill; slow it down"
+    resumed = procs.cli("server2", "server", "--resume", str(run_dir), *common)
+    assert procs.wait(resumed, 60) == 0, procs.log("server2")
+    assert f"resuming after round {done}" in procs.log("server2")
+    for p in clients:
+        assert procs.wait(p, 20) == 0, procs.log(p.name)
+    got = _final_vector(run_dir, config)
+    assert np.array_equal(got, reference), f"max diff {np.abs(got - reference).max()}"
+
+
+def test_checkpoint_round_trips_state_and_survives_a_torn_write(tmp_path):
+    vec = np.arange(5, dtype=np.float32)
+    state = {"momentum": np.ones(5), "step": 3, "lr": 0.1, "nested": {"norm": 1.5, "tag": "x"}}
+    save_checkpoint(tmp_path, 2, 7, "abc", vec, state, [{"round": 1, "loss": float("nan")}])
+    # a crash while writing the next checkpoint leaves a partial temporary file behind
+    (tmp_path / (CHECKPOINT_NAME + ".tmp")).write_bytes(b"\x00garbage")
+    ck = load_checkpoint(tmp_path)
+    assert ck.round == 2 and ck.seed == 7 and ck.fingerprint == "abc"
+    assert np.array_equal(ck.vector, vec)
+    assert np.array_equal(ck.state["momentum"], state["momentum"])
+    assert ck.state["step"] == 3 and isinstance(ck.state["step"], int)
+    assert ck.state["lr"] == 0.1 and ck.state["nested"] == {"norm": 1.5, "tag": "x"}
+    assert ck.history == [{"round": 1, "loss": None}]
+    save_checkpoint(tmp_path, 3, 7, "abc", vec, state, [])
+    assert load_checkpoint(tmp_path).round == 3
+
+
+@pytest.mark.parametrize("bad", [b"", b"not a safetensors file"])
+def test_unreadable_checkpoint_says_how_to_recover(tmp_path, bad):
+    (tmp_path / CHECKPOINT_NAME).write_bytes(bad)
+    with pytest.raises(Exception, match="without --resume"):
+        load_checkpoint(tmp_path)
