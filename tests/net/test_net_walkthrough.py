@@ -9,6 +9,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from fedfleet.data.arrays import load_arrays, save_arrays
+from fedfleet.errors import DatasetError
+from fedfleet.net.cli import read_config
+from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
+from fedfleet.runs.rundir import load_model_vector
+from fedfleet.sim.engine import Simulation
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "deploy"
 
 
@@ -16,7 +26,9 @@ def _fedfleet(*args: str) -> list[str]:
     return [sys.executable, "-m", "fedfleet", *args]
 
 
-def test_three_terminal_walkthrough(tmp_path):
+def _walkthrough(tmp_path, client_args=None):
+    """certs, a server and two clients as in examples/deploy/README.md; the server's output."""
+    client_args = client_args or {}
     for name in ("server.toml", "client.toml"):
         shutil.copy(EXAMPLE / name, tmp_path / name)
     certs = subprocess.run(
@@ -64,9 +76,59 @@ def test_three_terminal_walkthrough(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    run_dir = tmp_path / "runs" / "deploy"
+    return tmp_path / "runs" / "deploy"
+
+
+def test_three_terminal_walkthrough(tmp_path):
+    run_dir = _walkthrough(tmp_path)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3, 4, 5]
     assert rows[-1]["test_accuracy"] > 0.5
     assert (run_dir / "model.safetensors").exists()
     assert (run_dir / "checkpoint.safetensors").exists()
+
+
+def test_a_client_with_its_own_data_file_trains_the_same_model(tmp_path):
+    """Client 1 brings its data as a file (exactly its partition): the result is the
+    simulation's model, bit for bit."""
+    cfg, _ = read_config(EXAMPLE / "server.toml")
+    task = load_task_for(cfg)
+    fed = build_federation(cfg, task)
+    save_arrays(tmp_path / "mine.npz", fed.train_data(1))
+    run_dir = _walkthrough(tmp_path, {"1": ["--data", str(tmp_path / "mine.npz")]})
+    trainer = build_trainer(cfg, task)
+    got = load_model_vector(run_dir / "model.safetensors", trainer.layout)
+    sim = Simulation(trainer, fed, build_strategy(cfg, trainer, fed.num_clients), seed=cfg.seed)
+    assert np.array_equal(got, sim.run(cfg.rounds).vector)
+
+
+def test_bad_client_data_files_are_refused_with_the_reason(tmp_path):
+    cfg, _ = read_config(EXAMPLE / "client.toml")
+    task = load_task_for(cfg)
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((3, 5), np.float32), y=np.zeros(3, np.int64))
+    with pytest.raises(DatasetError, match=r"samples of shape \(5,\).*takes \(1, 8, 8\)"):
+        load_arrays(tmp_path / "wrong.npz", task)
+    np.savez(tmp_path / "nolabels.npz", x=np.zeros((3, 1, 8, 8), np.float32))
+    with pytest.raises(DatasetError, match="lacks y"):
+        load_arrays(tmp_path / "nolabels.npz", task)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DatasetError, match="cannot read client data file"):
+        load_arrays(tmp_path / "junk.npz", task)
+    proc = subprocess.run(
+        _fedfleet(
+            "client",
+            "--config",
+            str(EXAMPLE / "client.toml"),
+            "--client-id",
+            "0",
+            "--server",
+            "127.0.0.1:1",
+            "--insecure",
+            "--data",
+            str(tmp_path / "wrong.npz"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and "samples of shape (5,)" in proc.stderr

@@ -6,6 +6,7 @@ has them); :mod:`fedfleet.data.partition` splits the train pool across clients; 
 """
 
 from fedfleet.data import partition
+from fedfleet.data.arrays import load_arrays, save_arrays
 from fedfleet.data.base import ArrayDataset, TaskData
 from fedfleet.data.digits import load_digits
 from fedfleet.data.idx import fashion_mnist, load_idx, mnist
@@ -21,12 +22,14 @@ __all__ = [
     "TaskData",
     "fashion_mnist",
     "femnist",
+    "load_arrays",
     "load_digits",
     "load_idx",
     "load_leaf",
     "load_task",
     "mnist",
     "partition",
+    "save_arrays",
     "synthetic",
     "synthetic_device",
 ]

@@ -151,6 +151,13 @@ def client(
     cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM).")] = None,
     key: Annotated[Path | None, typer.Option(help="Client private key (PEM).")] = None,
     insecure: Annotated[bool, typer.Option(help="Plaintext, no authentication.")] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="This client's own data (.npz or .safetensors with x and y); default: its "
+            "partition of the config's dataset."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose/--quiet")] = True,
 ) -> None:
     """Join a federation: train on local data whenever the server asks."""
@@ -186,7 +193,13 @@ def client(
         if "server" not in deploy:
             raise FedfleetError("pass --server HOST:PORT or set server in [deploy]")
         torch.set_num_threads(cfg.threads)
-        fc = FederatedClient(cfg, ClientSettings(**deploy), int(cid))
+        local = None
+        if data is not None:
+            from fedfleet.data.arrays import load_arrays
+            from fedfleet.runs.build import load_task_for
+
+            local = load_arrays(data, load_task_for(cfg))
+        fc = FederatedClient(cfg, ClientSettings(**deploy), int(cid), data=local)
         rounds = fc.run()
         typer.echo(f"client {cid} done: trained in rounds {rounds}")
     except FedfleetError as e:
