@@ -403,38 +403,6 @@ def test_seeded_entropy_is_reproducible():
     assert not np.array_equal(masked(1)[0], masked(2)[0])
 
 
-def test_public_api_is_pinned():
-    assert set(secagg.__all__) == {
-        "STAGE_NAMES",
-        "AdvertiseKeys",
-        "ForwardedShares",
-        "MaskedInput",
-        "PublicKeys",
-        "SecAggAborted",
-        "SecAggClient",
-        "SecAggConfig",
-        "SecAggProtocolError",
-        "SecAggResult",
-        "SecAggRun",
-        "SecAggServer",
-        "Setup",
-        "ShareKeys",
-        "UnmaskRequest",
-        "UnmaskResponse",
-        "dequantize",
-        "draw_dropouts",
-        "harary_graph",
-        "modulus_bits",
-        "quantize",
-        "reconstruct",
-        "run_secagg",
-        "secagg_plus_degree",
-        "secure_sum",
-        "share_secret",
-        "to_signed",
-    }
-
-
 def test_any_client_ids_work():
     rng = np.random.default_rng(8)
     ids = [3, 977, 12, 40_000, 5, 61]

@@ -22,10 +22,12 @@ evaluation scores each client on its own model (global body + its head).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import final
 
 import numpy as np
 from torch import nn
@@ -70,19 +72,10 @@ def head_mask(layout: Layout, prefixes: Sequence[str]) -> np.ndarray:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FedPer:
-    """FedPer: a federated body, personal heads trained jointly with it on each client.
-
-    Attributes:
-        strategy: the base strategy: client selection, the client-side training, aggregation.
-        layout: the model's layout (``trainer.layout``).
-        head: name prefixes of the personal entries, e.g. ``("2.",)`` for the last Linear of
-            ``nn.Sequential(Linear, ReLU, Linear)``.
-
-    Example:
-        >>> strategy = FedPer(strategy=FedAvg(clients_per_round=10), layout=trainer.layout,
-        ...                   head=("2.",))
-    """
+class _PersonalHead(abc.ABC):
+    """The server side every personal-head strategy shares: selection and aggregation by the
+    base strategy, with the head's coordinates kept at their global values; subclasses say what
+    a client does."""
 
     strategy: Strategy = field(default_factory=FedAvg)
     layout: Layout
@@ -106,6 +99,7 @@ class FedPer:
     ) -> list[tuple[int, FitInstructions]]:
         return self.strategy.configure_fit(rnd, vector, state, clients, rng)
 
+    @abc.abstractmethod
     def client_fit(
         self,
         trainer: Trainer,
@@ -114,12 +108,7 @@ class FedPer:
         instructions: FitInstructions,
         seed: int,
         state: ClientState | None,
-    ) -> ClientResult:
-        _check_layout(trainer, self.layout)
-        inner = _inner_state(state)
-        start = _personalize(vector, state, self._mask)
-        result = self.strategy.client_fit(trainer, start, data, instructions, seed, inner)
-        return _upload(vector, result, inner, self._mask)
+    ) -> ClientResult: ...
 
     def aggregate_fit(
         self,
@@ -137,8 +126,41 @@ class FedPer:
         return _personalize(vector, client_state, self._mask)
 
 
+@final
 @dataclass(frozen=True, kw_only=True)
-class FedRep:
+class FedPer(_PersonalHead):
+    """FedPer: a federated body, personal heads trained jointly with it on each client.
+
+    Attributes:
+        strategy: the base strategy: client selection, the client-side training, aggregation.
+        layout: the model's layout (``trainer.layout``).
+        head: name prefixes of the personal entries, e.g. ``("2.",)`` for the last Linear of
+            ``nn.Sequential(Linear, ReLU, Linear)``.
+
+    Example:
+        >>> strategy = FedPer(strategy=FedAvg(clients_per_round=10), layout=trainer.layout,
+        ...                   head=("2.",))
+    """
+
+    def client_fit(
+        self,
+        trainer: Trainer,
+        vector: np.ndarray,
+        data: ArrayDataset,
+        instructions: FitInstructions,
+        seed: int,
+        state: ClientState | None,
+    ) -> ClientResult:
+        _check_layout(trainer, self.layout)
+        inner = _inner_state(state)
+        start = _personalize(vector, state, self._mask)
+        result = self.strategy.client_fit(trainer, start, data, instructions, seed, inner)
+        return _upload(vector, result, inner, self._mask)
+
+
+@final
+@dataclass(frozen=True, kw_only=True)
+class FedRep(_PersonalHead):
     """FedRep: personal heads trained first with the body frozen, then the body with the head
     frozen.
 
@@ -157,11 +179,7 @@ class FedRep:
     included) are restored after each phase.
     """
 
-    strategy: Strategy = field(default_factory=FedAvg)
-    layout: Layout
-    head: tuple[str, ...]
     head_epochs: int = 1
-    _mask: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.head_epochs < 1:
@@ -169,21 +187,7 @@ class FedRep:
                 f"FedRep: head_epochs must be >= 1 (the head trains only in its phase), got "
                 f"{self.head_epochs}"
             )
-        object.__setattr__(self, "_mask", head_mask(self.layout, self.head))
-        object.__setattr__(self, "head", tuple(self.head))
-
-    def init(self, vector: np.ndarray) -> StrategyState:
-        return self.strategy.init(vector)
-
-    def configure_fit(
-        self,
-        rnd: int,
-        vector: np.ndarray,
-        state: StrategyState,
-        clients: Sequence[int],
-        rng: np.random.Generator,
-    ) -> list[tuple[int, FitInstructions]]:
-        return self.strategy.configure_fit(rnd, vector, state, clients, rng)
+        super().__post_init__()
 
     def client_fit(
         self,
@@ -217,21 +221,6 @@ class FedRep:
             metrics = {**fit.metrics, "head_steps": float(head_fit.num_steps)}
             fit = dataclasses.replace(fit, vector=trained, metrics=metrics)
         return _upload(vector, dataclasses.replace(result, fit=fit), inner, self._mask)
-
-    def aggregate_fit(
-        self,
-        rnd: int,
-        vector: np.ndarray,
-        state: StrategyState,
-        updates: Sequence[ClientUpdate],
-    ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
-        new, state, metrics = self.strategy.aggregate_fit(rnd, vector, state, updates)
-        return np.where(self._mask, vector, new), state, metrics
-
-    def personalize(self, vector: np.ndarray, client_state: ClientState | None) -> np.ndarray:
-        """Client's own model: the global body with its head from ``client_state`` (the global
-        vector itself while the client has no head yet)."""
-        return _personalize(vector, client_state, self._mask)
 
 
 def _check_layout(trainer: Trainer, layout: Layout) -> None:
