@@ -19,25 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from fedfleet.client.protocol import FitInstructions, Trainer
-from fedfleet.client.state_store import ClientState
-from fedfleet.data.base import ArrayDataset
+from fedfleet.client.protocol import FitInstructions
 from fedfleet.errors import ConfigError
 from fedfleet.sim.profiles import ClientProfiles
-from fedfleet.strategies.base import ClientResult, ClientUpdate, Strategy, StrategyState
+from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
 from fedfleet.strategies.stragglers import RoundPlan
+from fedfleet.strategies.wrapper import ClientFit, Wrapper
 
 __all__ = ["ClientFit", "Compensation", "CompensationRule", "MoreEpochs", "ScaleLR"]
-
-ClientFit = Callable[
-    [Trainer, np.ndarray, ArrayDataset, FitInstructions, int, "ClientState | None"], ClientResult
-]
 
 
 class CompensationRule(Protocol):
@@ -87,7 +82,7 @@ class ScaleLR:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Compensation:
+class Compensation(Wrapper):
     """Wrap ``inner`` so lagging clients get instructions rewritten by ``rule``.
 
     Attributes:
@@ -146,11 +141,6 @@ class Compensation:
         changed = float(sum(c in lag for c, _ in plan))
         metrics = {**getattr(plan, "metrics", {}), "compensated": changed}
         return RoundPlan(out, metrics)
-
-    @property
-    def client_fit(self) -> ClientFit:
-        """The wrapped strategy's client side, unchanged."""
-        return self.inner.client_fit
 
     def aggregate_fit(
         self,

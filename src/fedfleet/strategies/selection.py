@@ -33,7 +33,7 @@ from fedfleet.client.protocol import FitInstructions
 from fedfleet.errors import ConfigError
 from fedfleet.sim.profiles import ClientProfiles
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
-from fedfleet.strategies.compensation import ClientFit
+from fedfleet.strategies.wrapper import Wrapper
 
 __all__ = ["AvailableOnly", "OortSelection", "oort_penalty", "oort_utility"]
 
@@ -49,7 +49,7 @@ def oort_penalty(duration_s: float, preferred_s: float, alpha: float) -> float:
 
 
 @dataclass(frozen=True, kw_only=True)
-class OortSelection:
+class OortSelection(Wrapper):
     """Select ``clients_per_round`` clients by Oort utility with epsilon-greedy exploration.
 
     Attributes:
@@ -132,11 +132,6 @@ class OortSelection:
         chosen = self.select(state, clients, vector.nbytes, rng)
         return self.inner.configure_fit(rnd, vector, state["inner"], chosen, rng)  # type: ignore[arg-type]
 
-    @property
-    def client_fit(self) -> ClientFit:
-        """The wrapped strategy's client side, unchanged (so vectorised cohorts still apply)."""
-        return self.inner.client_fit
-
     def aggregate_fit(
         self,
         rnd: int,
@@ -162,7 +157,7 @@ class OortSelection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AvailableOnly:
+class AvailableOnly(Wrapper):
     """Offer the wrapped strategy only the clients online in the round (profiles' availability,
     the same draw as the engine's, key ``(rnd, 4)`` of ``seed``), then sample uniformly as it
     does. For engines that do not filter by availability themselves; :class:`Simulation` with
@@ -171,9 +166,6 @@ class AvailableOnly:
     inner: Strategy
     profiles: ClientProfiles
     seed: int
-
-    def init(self, vector: np.ndarray) -> StrategyState:
-        return self.inner.init(vector)
 
     def configure_fit(
         self,
@@ -185,17 +177,3 @@ class AvailableOnly:
     ) -> list[tuple[int, FitInstructions]]:
         online = self.profiles.available(clients, rnd, self.seed)
         return self.inner.configure_fit(rnd, vector, state, online, rng)
-
-    @property
-    def client_fit(self) -> ClientFit:
-        """The wrapped strategy's client side, unchanged (so vectorised cohorts still apply)."""
-        return self.inner.client_fit
-
-    def aggregate_fit(
-        self,
-        rnd: int,
-        vector: np.ndarray,
-        state: StrategyState,
-        updates: Sequence[ClientUpdate],
-    ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
-        return self.inner.aggregate_fit(rnd, vector, state, updates)

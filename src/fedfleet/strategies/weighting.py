@@ -25,10 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedfleet.client.protocol import FitInstructions
 from fedfleet.errors import ConfigError
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
-from fedfleet.strategies.compensation import ClientFit
+from fedfleet.strategies.wrapper import Wrapper
 
 __all__ = [
     "Reweighted",
@@ -81,7 +80,7 @@ def aggregation_weights(
 
 
 @dataclass(frozen=True, kw_only=True)
-class Reweighted:
+class Reweighted(Wrapper):
     """Aggregate ``inner`` with weights from ``weighting`` instead of sample counts.
 
     Example:
@@ -90,24 +89,6 @@ class Reweighted:
 
     inner: Strategy
     weighting: Weighting = by_samples
-
-    def init(self, vector: np.ndarray) -> StrategyState:
-        return self.inner.init(vector)
-
-    def configure_fit(
-        self,
-        rnd: int,
-        vector: np.ndarray,
-        state: StrategyState,
-        clients: Sequence[int],
-        rng: np.random.Generator,
-    ) -> list[tuple[int, FitInstructions]]:
-        return self.inner.configure_fit(rnd, vector, state, clients, rng)
-
-    @property
-    def client_fit(self) -> ClientFit:
-        """The wrapped strategy's client side, unchanged."""
-        return self.inner.client_fit
 
     def aggregate_fit(
         self,
