@@ -139,6 +139,7 @@ PUBLIC = {
     "fedfleet.privacy": [
         "CkksKeyHolder",
         "CkksPublic",
+        "DPSGDLedger",
         "DPSGDTrainer",
         "DpAccounting",
         "EncryptedVector",

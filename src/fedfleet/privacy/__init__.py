@@ -4,6 +4,7 @@ DP-SGD, homomorphic-encryption aggregation, and secure aggregation
 
 from fedfleet.privacy.accountant import DpAccounting, calibrate_noise_multiplier
 from fedfleet.privacy.dpsgd import DPSGDTrainer, dpsgd_epsilon
+from fedfleet.privacy.dpsgd_ledger import DPSGDLedger
 from fedfleet.privacy.he import (
     CkksKeyHolder,
     CkksPublic,
@@ -18,6 +19,7 @@ from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian, secur
 __all__ = [
     "CkksKeyHolder",
     "CkksPublic",
+    "DPSGDLedger",
     "DPSGDTrainer",
     "DpAccounting",
     "EncryptedVector",

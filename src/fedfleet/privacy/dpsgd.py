@@ -18,11 +18,12 @@ Accounting (:func:`dpsgd_epsilon`): T steps compose T subsampled Gaussian mechan
 batches are accounted under add/remove adjacency with PLD (default) or RDP, fixed-size batches
 under replace-one with RDP (sensitivity 2C, noise multiplier sigma / 2), exactly like the
 client-level :class:`fedfleet.privacy.DpAccounting`, which does the work. Each fit reports
-``dpsgd_epsilon``: the epsilon of *that fit's* steps at ``delta`` for the client's records. A
-client that trains in R rounds with T_r steps each has spent ``dpsgd_epsilon(sigma, q,
-sum_r T_r, delta)`` (same q every round); tracking that sum needs client state and is left to
-the caller. Models with float buffers (BatchNorm statistics) are refused: batch statistics
-mix samples, so per-sample clipping would not bound one sample's influence.
+``dpsgd_epsilon``: the epsilon of *that fit's* steps at ``delta`` for the client's records, and
+``dpsgd_sample_rate`` (q). A client that trains in R rounds with T_r steps each has spent
+``dpsgd_epsilon(sigma, q, sum_r T_r, delta)`` (same q every round);
+:class:`fedfleet.privacy.dpsgd_ledger.DPSGDLedger` tracks that sum for every client of a run.
+Models with float buffers (BatchNorm statistics) are refused: batch statistics mix samples, so
+per-sample clipping would not bound one sample's influence.
 """
 
 from __future__ import annotations
@@ -263,7 +264,10 @@ class DPSGDTrainer:
             if corr is not None:
                 step += corr
             w = w - instructions.lr * step
-        metrics: dict[str, float] = {"dpsgd_clipped_fraction": clipped / seen if seen else 0.0}
+        metrics: dict[str, float] = {
+            "dpsgd_clipped_fraction": clipped / seen if seen else 0.0,
+            "dpsgd_sample_rate": min(1.0, b / n),  # for the cumulative DPSGDLedger
+        }
         if seen:
             metrics["train_loss"] = loss_sum / seen
         if self.noise_multiplier > 0:  # metrics must be finite: no epsilon without noise
