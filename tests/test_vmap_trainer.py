@@ -339,3 +339,23 @@ def test_mismatched_cohorts_are_refused_with_who_and_what():
     odd = _datasets([8, 8]) + _datasets([8], dim=10, shape=(2, 5))
     with pytest.raises(DatasetError, match=r"client 2's samples have shape \(2, 5\)"):
         vm.fit_cohort(w0, odd, [FitInstructions()] * 3, [0, 1, 2])
+
+
+def test_batches_staged_a_window_at_a_time_give_the_same_bits(monkeypatch):
+    """Clients with more steps than a staging window (a Synthetic(1,1) device can have 47,000)
+    are staged window by window; the arithmetic is the same as staging every step at once."""
+    import fedfleet.client.vmap_trainer as vmap_module
+
+    sizes = [50, 37, 8, 21, 64, 13]
+    instr = [FitInstructions(epochs=2, batch_size=4, lr=0.05)] * len(sizes)
+    seeds = list(range(len(sizes)))
+    trainer = VmapTrainer(_mlp)
+    w0 = trainer.init_vector(2)
+    whole = [r.vector.copy() for r in trainer.fit_cohort(w0, _datasets(sizes), instr, seeds)]
+    assert max(r.num_steps for r in trainer.fit_cohort(w0, _datasets(sizes), instr, seeds)) == 32
+    monkeypatch.setattr(vmap_module, "STAGE_STEPS", 3)  # 11 windows for the longest client
+    got = VmapTrainer(_mlp).fit_cohort(w0, _datasets(sizes), instr, seeds)
+    for g, v in zip(got, whole, strict=True):
+        assert np.array_equal(g.vector, v)
+    want = _sequential(TorchTrainer(_mlp), w0, _datasets(sizes), instr, seeds)
+    _assert_same(got, want)

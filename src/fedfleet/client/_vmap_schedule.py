@@ -21,8 +21,10 @@ from fedfleet.client.protocol import FitInstructions
 from fedfleet.data.base import ArrayDataset
 
 __all__ = [
+    "STAGE_STEPS",
     "Client",
     "Hyper",
+    "Staged",
     "Workspace",
     "activation_floats",
     "batch_table",
@@ -31,6 +33,11 @@ __all__ = [
 ]
 
 Tensors = dict[str, torch.Tensor]
+
+STAGE_STEPS = 128
+"""Steps of batches staged at a time: one client with 47,000 steps (a Synthetic(1,1) device with
+23,000 samples at E=20, B=10) would otherwise stage all of them, padding every other client of its
+chunk to as many, or force chunks of one client."""
 
 
 @dataclass(frozen=True)
@@ -178,3 +185,44 @@ class Workspace:
         if buf is None or buf.shape[0] < shape[0]:
             buf = spaces[name] = torch.empty(shape, device=self.device)
         return buf[: shape[0]]
+
+
+class Staged:
+    """A chunk's batches, ``STAGE_STEPS`` steps at a time, as ``[steps, clients, width, ...]``
+    blocks: step ``t`` of the window is one contiguous block, the clients sorted by step count
+    (descending) so the ones still training are a prefix. Padding samples read a real sample
+    and get weight 0 (``real`` False)."""
+
+    def __init__(
+        self, workspace: Workspace, clients: list[Client], width: int, window: int
+    ) -> None:
+        first = clients[0].data
+        k = len(clients)
+        self.clients = clients
+        self.span = window
+        self.xs = workspace.array("x", (window, k, width, *first.x.shape[1:]), first.x.dtype)
+        self.ys = workspace.array("y", (window, k, width), first.y.dtype)
+        self.real = workspace.array("r", (window, k, width), np.bool_)
+        self.sizes = np.zeros((window, k), dtype=np.int64)
+
+    def load(
+        self, t0: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+        """Stage steps ``t0 .. t0 + span - 1``: ``(x, y, sizes, real)``, indexed by ``t - t0``;
+        ``sizes[i, row]`` is the true batch size, ``real`` marks the samples that are not
+        padding. Rows of clients that finished before a step hold stale values there."""
+        for row, c in enumerate(self.clients):
+            n = min(c.steps - t0, self.span)
+            if n <= 0:
+                break  # sorted by steps: the rest are done too
+            batches = c.batches[t0 : t0 + n]
+            size = batches.shape[1]
+            self.xs[:n, row, :size] = c.data.x[batches]  # -1 (padding) reads a real sample
+            self.xs[:n, row, size:] = 0
+            self.ys[:n, row, :size] = c.data.y[batches]
+            self.ys[:n, row, size:] = 0
+            self.real[:n, row, :size] = batches >= 0
+            self.real[:n, row, size:] = False
+            self.sizes[:n, row] = self.real[:n, row].sum(axis=1)
+        xs = torch.from_numpy(self.xs).to(device)
+        return xs, torch.from_numpy(self.ys).to(device), self.sizes, self.real

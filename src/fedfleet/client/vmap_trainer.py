@@ -3,7 +3,7 @@
 :class:`VmapTrainer` is a :class:`~fedfleet.client.Trainer` whose extra method
 :meth:`VmapTrainer.fit_cohort` runs local SGD for a whole cohort in one loop over steps. At step
 ``t`` every client still training takes one step on its own mini-batch: the clients' batches
-are staged once per cohort as ``[steps, K, B, ...]`` (step ``t`` is one block), and the
+are staged 128 steps at a time as ``[steps, K, B, ...]`` (step ``t`` is one block), and the
 gradients of all clients come from one call of ``vmap(grad(functional_call(model, ...)))``
 (torch.func), so a linear layer becomes one batched matrix product instead of K small ones.
 
@@ -51,20 +51,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
 from fedfleet.client._vmap_checks import check_static_buffers, refuse_unsupported
 from fedfleet.client._vmap_mlp import mlp_layers
 from fedfleet.client._vmap_schedule import (
+    STAGE_STEPS,
     Client,
     Hyper,
+    Staged,
     Workspace,
     activation_floats,
     batch_table,
     step_widths,
     torch_threads,
 )
+from fedfleet.client._vmap_sgd import StackedSGD, per_client_grads
 from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult, gradient_terms
 from fedfleet.client.torch_trainer import TorchTrainer
 from fedfleet.data.base import ArrayDataset
@@ -152,6 +154,7 @@ class VmapTrainer:
         self.dampening = float(args.get("dampening", 0.0))
         self.nesterov = bool(args.get("nesterov", False))
         self.weight_decay = float(args.get("weight_decay", 0.0))
+        self._sgd = StackedSGD(self.momentum, self.dampening, self.nesterov, self.weight_decay)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ConfigError(
                 f"nesterov momentum requires momentum > 0 and dampening = 0 (as in "
@@ -321,7 +324,7 @@ class VmapTrainer:
         sample = clients[0].data.x[:1]
         if self._activation_floats is None:
             self._activation_floats = activation_floats(self._modules[0], sample, self.device)
-        staged = max(c.steps for c in clients) * width * (sample.nbytes + 8)
+        staged = min(max(c.steps for c in clients), STAGE_STEPS) * width * (sample.nbytes + 9)
         return 4 * (params * copies + 3 * width * self._activation_floats) + staged
 
     def _ensure_workers(self, count: int) -> None:
@@ -351,24 +354,11 @@ class VmapTrainer:
         k = len(clients)
         steps = [c.steps for c in clients]
         width = max(int(widths.max()), *(c.batches.shape[1] for c in clients))
-        # every client's batches in step order, [steps, clients, width, ...]: one copy of the
-        # data, and each step's batches are one block; padding is zeros weighted 0
-        first = clients[0].data
-        xs = self._workspaces[worker].array(
-            "x", (steps[0], k, width, *first.x.shape[1:]), first.x.dtype
-        )
-        ys = np.zeros((steps[0], k, width), dtype=first.y.dtype)
-        real = np.zeros((steps[0], k, width), dtype=bool)
-        for row, c in enumerate(clients):
-            size = c.batches.shape[1]
-            xs[: c.steps, row, :size] = c.data.x[c.batches]  # -1 (padding) reads a real sample
-            xs[: c.steps, row, size:] = 0
-            ys[: c.steps, row, :size] = c.data.y[c.batches]
-            real[: c.steps, row, :size] = c.batches >= 0
-        sizes = real.sum(axis=2)  # [T, k] true batch sizes
-        x_all, y_all = torch.from_numpy(xs).to(dev), torch.from_numpy(ys).to(dev)
+        active = k - np.cumsum(np.bincount(steps, minlength=steps[0] + 1))  # [t]: steps > t
+        staged = Staged(self._workspaces[worker], clients, width, min(steps[0], STAGE_STEPS))
         if not self._checked_buffers:
-            check_static_buffers(self._modules[worker], self._globals(w), x_all[0, 0, :2])
+            x0 = torch.from_numpy(clients[0].data.x[:2]).to(dev)
+            check_static_buffers(self._modules[worker], self._globals(w), x0)
             self._checked_buffers = True
         stack = self._workspaces[worker].array("c", (k, self.layout.size), np.float32)
         hyper = Hyper.of(clients, self._trainable, stack, dev)
@@ -387,24 +377,31 @@ class VmapTrainer:
                 s.name: self._workspaces[worker].tensor(f"p:{s.name}", (k, *s.shape))
                 for s in self._trainable
             }
-        loss_sum = torch.zeros(k, dtype=torch.float32, device=dev)
+        loss_sum = np.zeros(k)
+        losses = torch.zeros((staged.span, k), dtype=torch.float32, device=dev)
         bufs: Tensors = {}
-        for t in range(steps[0]):
-            a = sum(1 for s in steps if s > t)
-            size_t = sizes[t, :a]
-            b = int(widths[t])
-            x, y = x_all[t, :a, :b], y_all[t, :a, :b]
-            weight = None
-            if weighted[t]:
-                weight = torch.from_numpy((real[t, :a, :b] / size_t[:, None]).astype(np.float32))
-                weight = weight.to(dev)
-            loss = self._step(worker, t, a, glob, params, bufs, hyper, x, y, weight)
-            loss_sum[:a] += loss.detach() * torch.from_numpy(size_t.astype(np.float32)).to(dev)
+        for start in range(0, steps[0], staged.span):
+            x_all, y_all, sizes, real = staged.load(start, dev)
+            stop = min(start + staged.span, steps[0])
+            losses.zero_()
+            for t in range(start, stop):
+                a, i, b = int(active[t]), t - start, int(widths[t])
+                x, y = x_all[i, :a, :b], y_all[i, :a, :b]
+                weight = None
+                if weighted[t]:
+                    share = real[i, :a, :b] / sizes[i, :a, None]
+                    weight = torch.from_numpy(share.astype(np.float32)).to(dev)
+                loss = self._step(worker, t, a, glob, params, bufs, hyper, x, y, weight)
+                losses[i, :a] = loss.detach()
+            # each batch's mean loss times its size, summed step after step per client (NumPy's
+            # column sums: the same order whatever the chunk's width)
+            window = losses[: stop - start].cpu().numpy().astype(np.float64)
+            loss_sum += (window * sizes[: stop - start]).sum(axis=0)
         for s in [] if direct else self._trainable:
             out[:, s.offset : s.offset + s.numel].copy_(params[s.name].view(k, -1))
         for s in self._constant:
             out[:, s.offset : s.offset + s.numel].copy_(w[s.offset : s.offset + s.numel])
-        return loss_sum.cpu().numpy().astype(np.float64)
+        return loss_sum
 
     def _results(self, k: int) -> np.ndarray:
         """The ``[k, params]`` array the result vectors are rows of.
@@ -462,83 +459,13 @@ class VmapTrainer:
             }
             loss = mlp.step(src, x, y, weight, first, None, grads)
         else:
-            grads, loss = self._autograd(worker, first, src, glob, x, y, weight)
-        for s in self._trainable:
-            self._update(worker, s.name, t, a, glob[s.name], params[s.name], bufs, hyper, grads)
-        return loss
-
-    def _autograd(
-        self,
-        worker: int,
-        first: bool,
-        src: Tensors,
-        glob: Tensors,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        weight: torch.Tensor | None,
-    ) -> tuple[Tensors, torch.Tensor]:
-        """Per-client gradients from ``vmap(grad(functional_call(model, ...)))``."""
-        module = self._modules[worker]
-        module.train()
-        constants = {s.name: glob[s.name] for s in self._constant}
-        loss_fn = self.loss_fn
-
-        def loss(train: Tensors, xb: torch.Tensor, yb: torch.Tensor, wb: Any) -> torch.Tensor:
-            out = functional_call(module, {**train, **constants}, (xb,))
-            if wb is None:
-                return loss_fn(out, yb)
-            return (_per_sample_loss(loss_fn, out, yb) * wb).sum()
-
-        train = {s.name: src[s.name] for s in self._trainable}
-        dims = (None if first else 0, 0, 0, None if weight is None else 0)
-        grads, value = vmap(grad_and_value(loss), in_dims=dims)(train, x, y, weight)
-        return grads, value
-
-    def _update(
-        self,
-        worker: int,
-        name: str,
-        t: int,
-        a: int,
-        w0: torch.Tensor,
-        param: torch.Tensor,
-        bufs: Tensors,
-        hyper: Hyper,
-        grads: Tensors,
-    ) -> None:
-        """``torch.optim.SGD``'s step for the first ``a`` rows of ``param``, in place (at
-        ``t == 0`` the rows start from the global tensor ``w0``); ``grads[name]`` is
-        overwritten, and kept as the momentum buffer after the first step."""
-        g = grads[name]
-        p = w0 if t == 0 else param[:a]
-        if hyper.any_mu and t > 0:  # at t == 0, w - w0 is zero
-            diff = torch.sub(
-                p, w0, out=self._workspaces[worker].tensor(f"d:{name}", tuple(p.shape))
+            constants = {s.name: glob[s.name] for s in self._constant}
+            train = {s.name: src[s.name] for s in self._trainable}
+            module = self._modules[worker]
+            grads, loss = per_client_grads(
+                module, self.loss_fn, first, train, constants, x, y, weight
             )
-            if hyper.uniform_mu:
-                g.add_(diff, alpha=hyper.mu0)
-            else:
-                g.addcmul_(diff, hyper.mu(a, g.dim()))
-        if hyper.correction is not None:
-            g.add_(hyper.correction[name][:a])
-        if self.weight_decay:
-            g.add_(p, alpha=self.weight_decay)
-        d = g
-        if self.momentum:
-            if t == 0:
-                buf = bufs[name] = g
-                d = g.add(buf, alpha=self.momentum) if self.nesterov else buf
-            else:
-                buf = bufs[name][:a]
-                buf.mul_(self.momentum).add_(g, alpha=1 - self.dampening)
-                d = g.add_(buf, alpha=self.momentum) if self.nesterov else buf
-        if hyper.uniform_lr:
-            torch.add(p, d, alpha=-hyper.lr0, out=param[:a])
-        else:
-            torch.addcmul(p, d, hyper.neg_lr(a, d.dim()), out=param[:a])
-
-
-def _per_sample_loss(loss_fn: LossFn, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if loss_fn is F.cross_entropy:
-        return F.cross_entropy(out, y, reduction="none")
-    return vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(out, y)
+        space = self._workspaces[worker]
+        for s in self._trainable:
+            self._sgd.update(space, s.name, t, a, glob[s.name], params[s.name], bufs, hyper, grads)
+        return loss
