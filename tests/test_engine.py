@@ -166,3 +166,84 @@ def test_fraction_sampling_selects_c_times_n(blobs):
     fed = Federation(blobs, _parts(len(blobs.train), 20))
     sim = Simulation(TorchTrainer(_factory), fed, FedAvg(fraction=0.25, local=LOCAL), seed=0)
     assert sim.run(1).history[0]["num_clients"] == 5
+
+
+def test_a_bad_update_between_good_ones_is_left_out_of_the_aggregate(blobs):
+    """The accepted deltas are packed into consecutive rows as they pass validation: a rejected
+    client in the middle must not leave its values, or a gap, in the aggregate."""
+    clean = _sim(blobs, seed=4)
+    plan = clean.strategy.configure_fit(
+        1,
+        None,
+        {},
+        clean.federation.client_ids,
+        np.random.default_rng(np.random.SeedSequence(4, spawn_key=(1, 0))),
+    )
+    ids = [cid for cid, _ in plan]
+    faulty = _Faulty(
+        TorchTrainer(_factory),
+        nan_clients={client_seed(4, 1, ids[1])},
+        short_clients={client_seed(4, 1, ids[3])},
+    )
+    result = _sim(blobs, seed=4, trainer=faulty).run(1)
+    assert [e.client_id for e in result.rejected] == [ids[1], ids[3]]
+    assert "round 1" in str(result.rejected[0]) and str(ids[1]) in str(result.rejected[0])
+    trainer = TorchTrainer(_factory)
+    w0 = trainer.init_vector(4)
+    fits = [
+        trainer.fit(w0, clean.federation.train_data(c), LOCAL, client_seed(4, 1, c))
+        for c in (ids[0], ids[2])
+    ]
+    expected = w0 + weighted_mean([f.vector - w0 for f in fits], [f.num_samples for f in fits])
+    np.testing.assert_allclose(result.vector, expected, atol=1e-7)
+
+
+@dataclasses.dataclass
+class _Keeper:
+    """FedAvg that keeps every delta it is given (and a copy of its values at the time)."""
+
+    inner: FedAvg
+    kept: list = dataclasses.field(default_factory=list)
+
+    def init(self, vector):
+        return self.inner.init(vector)
+
+    def configure_fit(self, rnd, vector, state, clients, rng):
+        return self.inner.configure_fit(rnd, vector, state, clients, rng)
+
+    def client_fit(self, *args):
+        return self.inner.client_fit(*args)
+
+    def aggregate_fit(self, rnd, vector, state, updates):
+        self.kept += [(u.delta, u.delta.copy()) for u in updates]
+        return self.inner.aggregate_fit(rnd, vector, state, updates)
+
+
+def test_deltas_a_strategy_keeps_are_never_overwritten_by_later_rounds(blobs):
+    fed = Federation(blobs, _parts(len(blobs.train), 8))
+    keeper = _Keeper(FedAvg(clients_per_round=4, local=LOCAL))
+    result = Simulation(TorchTrainer(_factory), fed, keeper, seed=3).run(3)
+    assert len(keeper.kept) == 12
+    for delta, values in keeper.kept:
+        assert np.array_equal(delta, values)
+    plain = _sim(blobs, seed=3).run(3)  # keeping deltas changes nothing in the run
+    assert np.array_equal(result.vector, plain.vector)
+
+
+def test_weighted_mean_is_the_same_bits_from_one_matrix_or_separate_vectors():
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(6, 1001)).astype(np.float32)
+    weights = [3, 1, 4, 1, 5, 9]
+    rows = list(m)  # views: consecutive rows of one array, read in place
+    got = weighted_mean(rows, weights)
+    assert got.dtype == np.float64
+    assert np.array_equal(got, weighted_mean([r.copy() for r in rows], weights))
+    ref = sum(w * r.astype(np.float64) for w, r in zip(weights, rows, strict=True)) / 23
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    picked = [m[0], m[2], m[5]]  # not consecutive: stacked instead
+    want = (m[0].astype(np.float64) + m[2] + 2.0 * m[5]) / 4
+    np.testing.assert_allclose(weighted_mean(picked, [1, 1, 2]), want, rtol=1e-12, atol=1e-12)
+    reversed_rows = rows[::-1]
+    np.testing.assert_allclose(
+        weighted_mean(reversed_rows, weights[::-1]), ref, rtol=1e-12, atol=1e-12
+    )

@@ -19,6 +19,7 @@ longer when the policy made the server wait for a deadline), ``sim_time_s`` (cum
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from fedfleet.client.protocol import Trainer
+from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientStateStore, MemoryStateStore
 from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted, UpdateRejected
 from fedfleet.evaluation import fairness_stats
@@ -109,6 +110,7 @@ class Simulation:
     executor: CohortExecutor = field(default_factory=SequentialExecutor)
     profiles: ClientProfiles | None = None
     deadline: DeadlinePolicy | None = None
+    _delta_rows: _RowBuffer = field(default_factory=lambda: _RowBuffer(), init=False, repr=False)
 
     def run(
         self,
@@ -149,53 +151,21 @@ class Simulation:
             wait_s = 0.0
             if self.deadline is not None:
                 plan, wait_s = self._apply_deadline(plan, vector)
-            selected = {cid for cid, _ in plan}
-            jobs = [
-                ClientJob(
-                    cid,
-                    self.federation.train_data(cid),
-                    instructions,
-                    client_seed(self.seed, rnd, cid),
-                    self.client_states.get(cid),
-                )
-                for cid, instructions in plan
-            ]
-            results = self.executor.run(self.strategy, self.trainer, vector, jobs, on_client)
-            updates: list[ClientUpdate] = []
-            for job, result in zip(jobs, results, strict=True):
-                fit = result.fit
-                ok = isinstance(fit.vector, np.ndarray) and fit.vector.shape == vector.shape
-                delta = fit.vector - vector if ok else fit.vector  # misshaped: rejected below
-                update = ClientUpdate(
-                    job.client_id, delta, fit.num_samples, fit.num_steps, fit.metrics, result.extras
-                )
-                try:
-                    validate_update(
-                        update,
-                        layout,
-                        rnd,
-                        selected,
-                        max_samples=len(job.data),
-                        instructions=job.instructions,
-                    )
-                    updates.append(update)
-                    if result.state is not None:
-                        self.client_states.put(job.client_id, result.state)
-                except UpdateRejected as err:
-                    log.warning("%s", err)
-                    rejected.append(err)
+            updates, steps = self._updates(rnd, vector, plan, on_client, rejected)
             vector, state, agg_metrics = self.strategy.aggregate_fit(rnd, vector, state, updates)
+            num_accepted = len(updates)
+            train_loss = _weighted_train_loss(updates)
+            del updates  # frees this round's delta rows for the next round
             record: dict[str, Any] = {
                 "round": rnd,
-                "num_clients": len(updates),
-                "num_rejected": len(plan) - len(updates),
-                "train_loss": _weighted_train_loss(updates),
+                "num_clients": num_accepted,
+                "num_rejected": len(plan) - num_accepted,
+                "train_loss": train_loss,
             }
             record.update(getattr(plan, "metrics", {}))  # e.g. Stragglers' RoundPlan counts
             record.update({k: v for k, v in agg_metrics.items() if k != "aggregated"})
             if self.profiles is not None:
-                steps = [r.fit.num_steps for r in results]
-                trained = [j.client_id for j in jobs]
+                trained = [cid for cid, _ in plan]
                 sim_round = max(self.profiles.round_time(trained, steps, vector.nbytes), wait_s)
                 sim_time += sim_round
                 record.update(num_online=len(clients), sim_round_s=sim_round, sim_time_s=sim_time)
@@ -218,6 +188,69 @@ class Simulation:
         return SimulationResult(
             history, vector, layout, state, rejected, _export(self.trainer, vector)
         )
+
+    def _updates(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        plan: Sequence[tuple[int, FitInstructions]],
+        on_client: ClientCallback | None,
+        rejected: list[UpdateRejected],
+    ) -> tuple[list[ClientUpdate], list[int]]:
+        """Train the planned clients and return the accepted updates (and every client's step
+        count, for the simulated clock).
+
+        The accepted deltas are consecutive rows of one reused ``[K, P]`` float32 array, filled
+        in plan order as each update passes validation (a rejected client's row is taken by the
+        next one), so aggregation reads one matrix and no round pays for K fresh vectors.
+        """
+        selected = {cid for cid, _ in plan}
+        jobs = [
+            ClientJob(
+                cid,
+                self.federation.train_data(cid),
+                instructions,
+                client_seed(self.seed, rnd, cid),
+                self.client_states.get(cid),
+            )
+            for cid, instructions in plan
+        ]
+        results = self.executor.run(self.strategy, self.trainer, vector, jobs, on_client)
+        rows = self._delta_rows.take(len(jobs), vector.shape[0])
+        updates: list[ClientUpdate] = []
+        for job, result in zip(jobs, results, strict=True):
+            fit = result.fit
+            trained = fit.vector
+            if (
+                isinstance(trained, np.ndarray)
+                and trained.shape == vector.shape
+                and trained.dtype == vector.dtype
+            ):
+                delta = np.subtract(trained, vector, out=rows[len(updates)])
+            elif isinstance(trained, np.ndarray) and trained.shape == vector.shape:
+                delta = trained - vector  # wrong dtype: validation says so
+            else:
+                delta = trained  # misshaped: rejected below
+            update = ClientUpdate(
+                job.client_id, delta, fit.num_samples, fit.num_steps, fit.metrics, result.extras
+            )
+            try:
+                validate_update(
+                    update,
+                    self.trainer.layout,
+                    rnd,
+                    selected,
+                    max_samples=len(job.data),
+                    instructions=job.instructions,
+                )
+            except UpdateRejected as err:
+                log.warning("%s", err)
+                rejected.append(err.with_traceback(None))  # a traceback would pin this frame
+                continue
+            updates.append(update)
+            if result.state is not None:
+                self.client_states.put(job.client_id, result.state)
+        return updates, [r.fit.num_steps for r in results]
 
     def _check_profiles(self) -> None:
         if self.deadline is not None and self.profiles is None:
@@ -275,6 +308,25 @@ class Simulation:
             out.update({f"global_client_accuracy_{k}": v for k, v in stats.items()})
             out["global_client_loss_mean"] = float(np.average(global_losses, weights=counts))
         return out
+
+
+class _RowBuffer:
+    """One ``[rows, size]`` float32 array handed out again each round once nothing else refers
+    to it (every row view holds a reference): a fresh 40 MB array per round costs as much in
+    page faults as the arithmetic that fills it. A strategy that keeps a delta makes the next
+    round allocate anew, so kept deltas are never overwritten."""
+
+    def __init__(self) -> None:
+        self._array: np.ndarray | None = None
+
+    def take(self, rows: int, size: int) -> np.ndarray:
+        array = self._array
+        # three references: the attribute, ``array`` and getrefcount's argument
+        if array is not None and array.shape[0] >= rows and array.shape[1] == size:
+            if sys.getrefcount(array) <= 3:
+                return array[:rows]
+        self._array = np.empty((rows, size), dtype=np.float32)
+        return self._array
 
 
 class _Sizes(Sequence[int]):

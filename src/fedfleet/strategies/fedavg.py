@@ -30,9 +30,51 @@ __all__ = ["FedAvg", "uniform_plan", "weighted_mean"]
 
 
 def weighted_mean(deltas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """``sum_k w_k d_k / sum_k w_k`` in float64, as one matrix-vector product."""
+    """``sum_k w_k d_k / sum_k w_k`` in float64, as one matrix-vector product.
+
+    The deltas are read as one ``[K, P]`` matrix: when they are consecutive rows of one array
+    (the engine hands them over that way) the array itself, else a stacked copy. ``np.einsum``
+    widens the float32 values to float64 block by block as it goes; a whole float64 copy of the
+    matrix would cost more than the product (measured 140 ms against 17 ms for 100 x 101,770).
+    The same inputs give the same bits, whichever way they are held.
+    """
     w = np.asarray(weights, dtype=np.float64)
-    return (w / w.sum()) @ np.stack(deltas).astype(np.float64)
+    matrix = _shared_rows(deltas)
+    if matrix is None:
+        matrix = np.stack(deltas)
+    return np.einsum("k,kp->p", w / w.sum(), matrix, dtype=np.float64)
+
+
+def _shared_rows(vectors: Sequence[np.ndarray]) -> np.ndarray | None:
+    """The ``[K, P]`` block of one array whose rows are ``vectors`` in order, if there is one."""
+    if not vectors or not isinstance(vectors[0], np.ndarray):
+        return None
+    first = vectors[0]
+    base = first.base
+    if (
+        not isinstance(base, np.ndarray)
+        or base.ndim != 2
+        or not base.flags.c_contiguous
+        or first.ndim != 1
+        or first.dtype != base.dtype
+        or first.shape[0] != base.shape[1]
+        or first.strides != (base.itemsize,)
+    ):
+        return None
+    pitch = base.strides[0]
+    start, rest = divmod(first.ctypes.data - base.ctypes.data, pitch)
+    if rest or start + len(vectors) > base.shape[0]:
+        return None
+    for i, v in enumerate(vectors):
+        if (
+            not isinstance(v, np.ndarray)
+            or v.base is not base
+            or v.shape != first.shape
+            or v.strides != first.strides
+            or v.ctypes.data != first.ctypes.data + i * pitch
+        ):
+            return None
+    return base[start : start + len(vectors)]
 
 
 def uniform_plan(
