@@ -63,6 +63,11 @@ def test_unknown_top_level_key_and_section():
         ("client.optimizer=sgdd", "unknown optimizer 'sgdd'; valid: "),
         ("rounds=0", "rounds: Input should be greater than or equal to 1"),
         ("eval.federated_every=1", "needs held-out client data"),
+        ("executor=threads", "executor: Input should be 'auto', 'sequential', 'vectorised', "),
+        ("workers=0", "workers: Input should be greater than or equal to 1"),
+        ("device=tpu", "device: Input should be 'cpu' or 'cuda'"),
+        ("worker_executor=ray", "worker_executor: Input should be 'auto', 'sequential' or"),
+        ("data.max_samples=0", "data.max_samples: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_values_say_what_is_valid(override, fragment):
@@ -88,3 +93,28 @@ def test_dumped_config_loads_back_identically(tmp_path):
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
     assert isinstance(cfg, RunConfig)
+
+
+def test_executor_keys_round_trip_and_are_listed(tmp_path):
+    sets = ["executor=ray", "workers=4", "ray_address=10.0.0.1:6379", "worker_executor=sequential"]
+    cfg = load_config(None, sets)
+    assert (cfg.executor, cfg.workers, cfg.ray_address) == ("ray", 4, "10.0.0.1:6379")
+    path = tmp_path / "config.toml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+    with pytest.raises(ConfigError, match=r"valid keys in the top level: .*workers, .*device"):
+        load_config(None, ["worker=2"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["device=cuda", "executor=process"], "CUDA does not survive the fork"),
+        (["device=cuda", "model.name=logreg", "model.backend=numpy"], "model.backend = 'torch'"),
+        (["executor=process", "strategy.name=fedbuff"], "fedbuff runs its own asynchronous"),
+    ],
+)
+def test_executor_and_device_combinations_refused(overrides, fragment):
+    with pytest.raises(ConfigError, match="invalid configuration") as info:
+        load_config(None, overrides)
+    assert fragment in str(info.value)

@@ -29,7 +29,9 @@ from fedfleet.sim.cohort import CohortExecutor, SequentialExecutor, VectorisedEx
 from fedfleet.sim.deadline import DeadlinePolicy, DropLate, OverSelect, PartialWork
 from fedfleet.sim.engine import Simulation
 from fedfleet.sim.fedbuff import FedBuffSimulation, polynomial_staleness
-from fedfleet.sim.federation import Federation
+from fedfleet.sim.federation import ClientPopulation, Federation
+from fedfleet.sim.population import SyntheticPopulation
+from fedfleet.sim.procpool import Inner, ProcessExecutor
 from fedfleet.sim.profiles import ClientProfiles, Lognormal, ProfileSpec, load_profiles_csv
 from fedfleet.strategies.base import Strategy, plain_client_fit
 from fedfleet.strategies.compensation import Compensation, CompensationRule, MoreEpochs, ScaleLR
@@ -48,10 +50,12 @@ from fedfleet.transforms.base import sgd
 __all__ = [
     "RunPieces",
     "build_federation",
+    "build_population",
     "build_profiles",
     "build_run",
     "build_strategy",
     "build_trainer",
+    "check_device",
     "choose_executor",
     "load_task_for",
 ]
@@ -71,6 +75,8 @@ class RunPieces:
 
 def load_task_for(config: RunConfig) -> TaskData:
     d = config.data
+    if d.name == "synthetic-population":
+        return build_population(config).task
     if d.name == "digits":
         return load_task("digits", test_fraction=d.test_fraction, seed=config.seed)
     if d.name in ("synthetic", "synthetic-iid"):
@@ -85,8 +91,26 @@ def load_task_for(config: RunConfig) -> TaskData:
     return load_task(d.name, path=d.path)
 
 
+def build_population(config: RunConfig) -> SyntheticPopulation:
+    """``data.name = 'synthetic-population'``: ``data.num_clients`` lazily generated
+    Synthetic(alpha, beta) devices; the server's test set is 50 further devices."""
+    d = config.data
+    return SyntheticPopulation(
+        num_clients=d.num_clients,
+        alpha=d.synthetic_alpha,
+        beta=d.synthetic_beta,
+        seed=config.seed,
+        max_samples=d.max_samples,
+    )
+
+
 def build_federation(config: RunConfig, task: TaskData) -> Federation:
     d, seed = config.data, config.seed
+    if d.name == "synthetic-population":
+        raise ConfigError(
+            "data.name = 'synthetic-population' is a lazily generated population, not a "
+            "partitioned dataset; build it with build_population(config)"
+        )
     n = len(task.train)
     if d.partition == "natural":
         parts = part.natural(task)
@@ -123,6 +147,7 @@ def build_trainer(config: RunConfig, task: TaskData) -> Trainer:
             noise_multiplier=p.sgd_noise_multiplier,
             noise=p.noise,
             delta=p.delta,
+            device=config.device,
         )
     args: dict[str, float] = {"weight_decay": c.weight_decay}
     if c.optimizer in _OPTIMIZERS_WITH_MOMENTUM:
@@ -131,7 +156,19 @@ def build_trainer(config: RunConfig, task: TaskData) -> Trainer:
         lambda: build_model(m.name, task.input_shape, task.num_classes, hidden=m.hidden),
         optimizer=c.optimizer,
         optimizer_args=args,
+        device=config.device,
     )
+
+
+def check_device(config: RunConfig) -> None:
+    """Refuse ``device = 'cuda'`` where torch sees no CUDA device, before anything loads."""
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device = 'cuda' but no CUDA device is visible to torch (torch.cuda.is_available() "
+            f"is False; torch {torch.__version__}, CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); use device = 'cpu', or "
+            "install a CUDA build of torch on a machine with a GPU"
+        )
 
 
 def _last_layer(layout: Layout) -> tuple[str, ...]:
@@ -280,12 +317,19 @@ def _dp_strategy(config: RunConfig, local: FitInstructions, num_clients: int) ->
 def build_run(config: RunConfig) -> RunPieces:
     """Load the data and assemble a ready-to-run simulation (synchronous, or FedBuff's
     asynchronous engine for ``strategy.name = 'fedbuff'``)."""
+    check_device(config)
     torch.set_num_threads(config.threads)
-    task = load_task_for(config)
-    federation = build_federation(config, task)
+    federation: ClientPopulation
+    if config.data.name == "synthetic-population":
+        federation = build_population(config)
+        task = federation.task
+    else:
+        task = load_task_for(config)
+        federation = build_federation(config, task)
     trainer = build_trainer(config, task)
     s, c = config.strategy, config.client
     if s.name == "fedbuff":
+        assert isinstance(federation, Federation)  # the config validator guarantees it
         fedbuff = FedBuffSimulation(
             trainer,
             federation,
@@ -313,7 +357,7 @@ def build_run(config: RunConfig) -> RunPieces:
         )
     profiles = build_profiles(config, federation.num_clients)
     strategy = _heterogeneity_wrappers(config, strategy, profiles, trainer, federation)
-    trainer, executor, why = choose_executor(config, task, trainer, strategy)
+    trainer, executor, why = choose_executor(config, task, trainer, strategy, federation)
     d = config.deadline
     deadline: DeadlinePolicy | None = None
     if d.policy == "drop" and d.seconds is not None:
@@ -362,7 +406,7 @@ def _heterogeneity_wrappers(
     strategy: Strategy,
     profiles: ClientProfiles | None,
     trainer: Trainer,
-    federation: Federation,
+    federation: ClientPopulation,
 ) -> Strategy:
     """Weighting, compensation and selection wrap the strategy, in that order (innermost
     first), so selection sees the compensated instructions' costs."""
@@ -404,7 +448,11 @@ def _heterogeneity_wrappers(
 
 
 def choose_executor(
-    config: RunConfig, task: TaskData, trainer: Trainer, strategy: Strategy
+    config: RunConfig,
+    task: TaskData,
+    trainer: Trainer,
+    strategy: Strategy,
+    population: ClientPopulation | None = None,
 ) -> tuple[Trainer, CohortExecutor, str]:
     """Pick how each round's cohort trains, before round 1 and for the whole run (the two paths
     agree to float32 rounding, not bit for bit, so a run never switches).
@@ -412,8 +460,14 @@ def choose_executor(
     ``auto`` vectorises when the strategy's client side is plain local training and the client
     optimizer is SGD: MLP-like models (stacks of Linear/ReLU) take the hand-fused path, 2-6x
     faster than the sequential loop per round on CPU; other models (convolutions, which lose
-    under vmap on CPU) train two clients at a time, one per core (see bench/README.md).
+    under vmap on CPU) train two clients at a time, one per core (see bench/README.md); with
+    ``device = 'cuda'`` every such model takes the vmap path on the GPU. ``process`` and
+    ``ray`` split the cohort into ``workers`` chunks, each trained by the in-process executor
+    ``worker_executor`` names (see :func:`_chunked_executor`); ``population`` is handed to
+    process workers so they read clients' data themselves.
     """
+    if config.executor in ("process", "ray"):
+        return _chunked_executor(config, task, trainer, strategy, population)
     if config.privacy.sgd_noise_multiplier is not None:
         if config.executor == "vectorised":
             raise ConfigError("DP-SGD trains client by client; set executor = 'sequential'")
@@ -430,12 +484,13 @@ def choose_executor(
             optimizer=c.optimizer,
             optimizer_args={"momentum": c.momentum, "weight_decay": c.weight_decay},
             num_threads=config.threads,
+            device=config.device,
         )
     except ConfigError as err:
         if config.executor == "vectorised":
             raise
         return trainer, SequentialExecutor(), f"sequential ({err})"
-    if vmap.uses_fast_path or config.executor == "vectorised":
+    if vmap.uses_fast_path or config.executor == "vectorised" or config.device == "cuda":
         return vmap, VectorisedExecutor(), "vectorised (torch.func cohort training)"
     # Convolutions under vmap lose to the sequential loop on CPU; what wins there is two
     # clients at a time, one per core, on worker threads (bench/README.md, workload c).
@@ -451,3 +506,45 @@ def choose_executor(
         max_cohort_chunk=1,
     )
     return parallel, VectorisedExecutor(), f"vectorised ({workers} clients at a time, one per core)"
+
+
+def _chunked_executor(
+    config: RunConfig,
+    task: TaskData,
+    trainer: Trainer,
+    strategy: Strategy,
+    population: ClientPopulation | None,
+) -> tuple[Trainer, CohortExecutor, str]:
+    """``process`` / ``ray``: the inner executor is ``worker_executor``, where ``auto`` means
+    vectorised only on the fused MLP path (the two-clients-at-a-time thread path would fight
+    the worker processes for the same cores), else sequential. The driver's trainer is built
+    exactly as a Ray worker builds its own (``executor = inner``), so both train alike."""
+    mode = config.worker_executor
+    if mode == "auto":
+        local, _, _ = choose_executor(
+            config.model_copy(update={"executor": "auto"}), task, trainer, strategy
+        )
+        fast = isinstance(local, VmapTrainer) and local.uses_fast_path and local.workers == 1
+        mode = "vectorised" if fast else "sequential"
+    inner: Inner = mode
+    n = config.workers
+    if config.executor == "process":
+        # forked workers must train on one torch thread (see fedfleet.sim.procpool); `threads`
+        # still applies to the driver's evaluation
+        one = config.model_copy(update={"executor": inner, "threads": 1})
+        trainer, _, _ = choose_executor(one, task, trainer, strategy)
+        executor: CohortExecutor = ProcessExecutor(workers=n, inner=inner, population=population)
+        return trainer, executor, f"process ({n} workers x 1 torch thread, {inner} in each)"
+    inner_config = config.model_copy(update={"executor": inner})
+    trainer, _, _ = choose_executor(inner_config, task, trainer, strategy)
+    from fedfleet.sim.ray_executor import RayExecutor
+
+    executor = RayExecutor(
+        inner_config,
+        address=config.ray_address,
+        num_tasks=n,
+        inner=inner,
+        num_gpus_per_task=1.0 / n if config.device == "cuda" else 0.0,
+    )
+    where = config.ray_address or os.environ.get("RAY_ADDRESS") or "a local Ray instance"
+    return trainer, executor, f"ray ({n} tasks a round on {where}, {inner} in each)"

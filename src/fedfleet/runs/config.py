@@ -44,9 +44,18 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     name: Literal[
-        "digits", "mnist", "fashion-mnist", "femnist", "leaf", "synthetic", "synthetic-iid"
+        "digits",
+        "mnist",
+        "fashion-mnist",
+        "femnist",
+        "leaf",
+        "synthetic",
+        "synthetic-iid",
+        "synthetic-population",
     ] = "digits"
-    """Dataset; see ``fedfleet datasets``."""
+    """Dataset; see ``fedfleet datasets``. 'synthetic-population' registers num_clients
+    Synthetic(synthetic_alpha, synthetic_beta) devices whose data are generated only when
+    sampled (memory grows with the cohort, not the population; a million clients work)."""
     path: str | None = None
     """Directory of the files (mnist, fashion-mnist, femnist, leaf); default $FEDFLEET_DATA."""
     num_clients: int = Field(20, ge=1)
@@ -73,6 +82,8 @@ class DataConfig(_Section):
     """Synthetic(alpha, beta): data heterogeneity across devices."""
     num_devices: int = Field(30, ge=1)
     """Number of Synthetic devices."""
+    max_samples: int | None = Field(None, ge=1)
+    """synthetic-population: cap on a device's sample count (its sizes have a long tail)."""
 
 
 class ModelConfig(_Section):
@@ -278,10 +289,20 @@ class RunConfig(_Section):
     """Communication rounds."""
     threads: int = Field(1, ge=1)
     """torch intra-op threads for local training (1 is fastest for small models)."""
-    executor: Literal["auto", "sequential", "vectorised"] = "auto"
+    executor: Literal["auto", "sequential", "vectorised", "process", "ray"] = "auto"
     """How a round's clients train: 'vectorised' (all at once with torch.func; SGD, models
-    without BatchNorm/dropout), 'sequential' (one after another; any model and optimizer), or
-    'auto' (vectorised where it wins: MLP-like models with plain-training strategies)."""
+    without BatchNorm/dropout), 'sequential' (one after another; any model and optimizer),
+    'auto' (vectorised where it wins: MLP-like models with plain-training strategies),
+    'process' (contiguous chunks over `workers` forked processes, one torch thread each) or
+    'ray' (chunks over `workers` Ray tasks on the cluster at `ray_address`)."""
+    workers: int = Field(2, ge=1)
+    """Worker processes ('process') or Ray tasks per round ('ray')."""
+    worker_executor: Literal["auto", "sequential", "vectorised"] = "auto"
+    """How each process or Ray task trains its chunk ('auto' as for `executor`)."""
+    ray_address: str | None = None
+    """The Ray cluster, e.g. 'HEAD:6379'; unset uses $RAY_ADDRESS, else a local Ray instance."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Where local training and evaluation run; 'cuda' needs a visible CUDA device."""
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     strategy: StrategyConfig = StrategyConfig()
@@ -347,6 +368,23 @@ class RunConfig(_Section):
         ):
             raise ValueError(
                 "dpfedavg needs privacy.noise_multiplier, or privacy.target_epsilon to calibrate it"
+            )
+        if self.device == "cuda" and (self.model.backend != "torch" or self.executor == "process"):
+            raise ValueError(
+                "device = 'cuda' needs model.backend = 'torch' and an in-process or Ray "
+                "executor (CUDA does not survive the fork of executor = 'process')"
+            )
+        if self.executor in ("process", "ray") and s.name == "fedbuff":
+            raise ValueError(
+                f"executor = '{self.executor}' splits a synchronous round's cohort; fedbuff "
+                "runs its own asynchronous loop: use executor = 'auto' with fedbuff"
+            )
+        if self.data.name == "synthetic-population" and (
+            s.name == "fedbuff" or self.data.client_test_fraction > 0
+        ):
+            raise ValueError(
+                "data.name = 'synthetic-population' runs the synchronous engine without held-out "
+                "client data: use another strategy than fedbuff and data.client_test_fraction = 0"
             )
         if self.eval.federated_every and not (
             self.data.client_test_fraction > 0 or self.data.partition == "natural"

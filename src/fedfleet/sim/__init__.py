@@ -1,4 +1,5 @@
-"""Simulation engines: the synchronous round loop and FedBuff's asynchronous one."""
+"""Simulation engines: the synchronous round loop and FedBuff's asynchronous one, and the
+cohort executors that train a round's clients in-process, over forked processes, or on Ray."""
 
 from fedfleet.sim.clock import ClientClock, ClientTimes
 from fedfleet.sim.cohort import SequentialExecutor, VectorisedExecutor
@@ -7,7 +8,9 @@ from fedfleet.sim.engine import TIMING_KEYS, Simulation, SimulationResult, clien
 from fedfleet.sim.fedbuff import FedBuffSimulation, polynomial_staleness
 from fedfleet.sim.federation import Federation
 from fedfleet.sim.population import SyntheticPopulation
+from fedfleet.sim.procpool import ProcessExecutor
 from fedfleet.sim.profiles import ClientProfiles, Lognormal, ProfileSpec, load_profiles_csv
+from fedfleet.sim.ray_executor import RayExecutor
 
 __all__ = [
     "TIMING_KEYS",
@@ -20,7 +23,9 @@ __all__ = [
     "Lognormal",
     "OverSelect",
     "PartialWork",
+    "ProcessExecutor",
     "ProfileSpec",
+    "RayExecutor",
     "SequentialExecutor",
     "Simulation",
     "SimulationResult",
