@@ -17,7 +17,7 @@ import pytest
 from fedfleet.net.certs import create_test_federation
 from fedfleet.net.cli import read_config
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
-from fedfleet.sim.engine import Simulation
+from fedfleet.sim.engine import Simulation, SimulationResult
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "net_worker.py"
@@ -51,12 +51,23 @@ def free_port() -> int:
 
 def simulate(config_path: Path) -> np.ndarray:
     """The reference: the in-memory engine (sequential executor) on the same config."""
+    return simulate_run(config_path).vector
+
+
+def simulate_run(config_path: Path) -> SimulationResult:
     cfg, _ = read_config(config_path)
     task = load_task_for(cfg)
     fed = build_federation(cfg, task)
     trainer = build_trainer(cfg, task)
-    sim = Simulation(trainer, fed, build_strategy(cfg, trainer, fed.num_clients), seed=cfg.seed)
-    return sim.run(cfg.rounds).vector
+    sim = Simulation(
+        trainer,
+        fed,
+        build_strategy(cfg, trainer, fed.num_clients),
+        seed=cfg.seed,
+        eval_every=cfg.eval.every,
+        federated_eval_every=cfg.eval.federated_every,
+    )
+    return sim.run(cfg.rounds)
 
 
 def wait_for(pred, timeout: float, what: str, alive: tuple = ()) -> None:
@@ -82,9 +93,9 @@ class Procs:
         self.tmp = tmp
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = (self.tmp / f"{name}.log").open("wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
         p = subprocess.Popen(
             [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp, env=env
         )
@@ -92,8 +103,8 @@ class Procs:
         self.procs.append(p)
         return p
 
-    def cli(self, name: str, *args: str) -> subprocess.Popen:
-        return self.start(name, "-m", "fedfleet.net", *args)
+    def cli(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        return self.start(name, "-m", "fedfleet.net", *args, env=env)
 
     def worker(self, name: str, *args: str) -> subprocess.Popen:
         return self.start(name, str(WORKER), *args)

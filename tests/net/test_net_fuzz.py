@@ -25,7 +25,7 @@ from fedfleet.net.server import FederatedServer, ServerSettings
 from fedfleet.net.wire import chunk_messages, tensor_infos
 from fedfleet.validation import validate_update
 
-METHODS = ("Register", "GetTask", "SubmitUpdate")
+METHODS = ("Register", "GetTask", "SubmitUpdate", "SubmitEvaluation")
 SAMPLES = 100
 
 
@@ -73,6 +73,7 @@ def test_fuzzed_server_never_crashes_and_aggregates_only_valid_updates(tmp_path)
         "Register": channel.unary_unary("/fedfleet.net.FedFleet/Register"),
         "GetTask": channel.unary_stream("/fedfleet.net.FedFleet/GetTask"),
         "SubmitUpdate": channel.stream_unary("/fedfleet.net.FedFleet/SubmitUpdate"),
+        "SubmitEvaluation": channel.unary_unary("/fedfleet.net.FedFleet/SubmitEvaluation"),
     }
     sent = 0
     outcomes: dict[str, int] = {}
@@ -89,7 +90,7 @@ def test_fuzzed_server_never_crashes_and_aggregates_only_valid_updates(tmp_path)
 
     def random_bytes() -> None:
         nonlocal sent
-        method = METHODS[rng.integers(3)]
+        method = METHODS[rng.integers(len(METHODS))]
         blobs = [rng.bytes(int(rng.integers(0, 300))) for _ in range(int(rng.integers(1, 120)))]
         if method == "SubmitUpdate":
             call(raw[method], iter(blobs))

@@ -7,10 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors import safe_open
 
 from conftest import free_port, simulate, start_server, wait_for, write_config
-from fedfleet.net.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from fedfleet.net.checkpoint import (
+    CHECKPOINT_NAME,
+    PAUSE_ENV,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fedfleet.net.cli import read_config
 from fedfleet.runs.build import build_trainer, load_task_for
 from fedfleet.runs.rundir import load_model_vector
@@ -69,38 +73,42 @@ def test_client_killed_mid_round_is_left_out_and_run_finishes(procs):
         assert procs.wait(p, 20) == 0
 
 
-def test_server_killed_after_round_resumes_to_identical_model(procs):
+def test_server_killed_while_writing_a_checkpoint_resumes_to_identical_model(procs):
+    """SIGKILL between writing round 3's checkpoint and committing it (the test hook pauses
+    there): --resume must start from round 2's complete checkpoint, never a torn mix, and end
+    on the uninterrupted run's model bit for bit."""
     config = write_config(procs.tmp / "run.toml", rounds=4)
     reference = simulate(config)
     run_dir = procs.tmp / "run"
     port = free_port()
     common = ["--insecure", "--min-clients", "3", "--round-timeout", "60", "--port", str(port)]
-    server = procs.cli("server1", "server", "--config", str(config), "--out", str(run_dir), *common)
+    server = procs.cli(
+        "server1", "server", "--config", str(config), "--out", str(run_dir), *common,
+        env={PAUSE_ENV: "3"},
+    )  # fmt: skip
     addr = f"127.0.0.1:{port}"
     clients = [procs.worker(f"w{c}", str(config), addr, str(c), "--insecure") for c in range(3)]
-
-    def checkpoint_round() -> int:
-        try:
-            with safe_open(str(run_dir / CHECKPOINT_NAME), framework="np") as f:
-                return int(
-                    '"round": ' in f.metadata()["fedfleet.checkpoint"]
-                    and load_checkpoint(run_dir).round
-                )
-        except Exception:
-            return 0
-
-    wait_for(lambda: checkpoint_round() >= 2 or server.poll() is not None, 60, "round 2")
+    wait_for(
+        lambda: "round 3 written to" in procs.log("server1"), 90, "round 3's commit", (server,)
+    )
     server.send_signal(signal.SIGKILL)
     server.wait(10)
-    done = checkpoint_round()
-    assert 2 <= done < 4, f"server finished {done} rounds before the kill; slow it down"
+    tmp = run_dir / (CHECKPOINT_NAME + ".tmp")
+    assert tmp.exists(), "the kill should leave round 3's uncommitted file behind"
+    before = load_checkpoint(run_dir)
+    assert before.round == 2 and [r["round"] for r in before.history] == [1, 2]
+    records = before.server["clients"]
+    assert sorted(records) == ["0", "1", "2"]
+    assert all(r["num_samples"] > 0 and r["applied_round"] in (1, 2) for r in records.values())
     resumed = procs.cli("server2", "server", "--resume", str(run_dir), *common)
     assert procs.wait(resumed, 60) == 0, procs.log("server2")
-    assert f"resuming after round {done}" in procs.log("server2")
+    assert "resuming after round 2" in procs.log("server2")
     for p in clients:
         assert procs.wait(p, 20) == 0, procs.log(p.name)
     got = _final_vector(run_dir, config)
     assert np.array_equal(got, reference), f"max diff {np.abs(got - reference).max()}"
+    after = load_checkpoint(run_dir)
+    assert after.round == 4 and [r["round"] for r in after.history] == [1, 2, 3, 4]
 
 
 def test_checkpoint_round_trips_state_and_survives_a_torn_write(tmp_path):

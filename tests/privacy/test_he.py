@@ -194,3 +194,21 @@ def test_ckks_fedavg_runs_within_tolerance(blobs, ckks):
         2
     )
     np.testing.assert_allclose(he.vector, plain.vector, atol=2 * CKKS_TOLERANCE)
+
+
+def test_secret_key_files_round_trip_and_refuse_other_bytes(paillier, ckks):
+    from fedfleet.net.secure.he_keys import load_key_holder, load_public
+    from fedfleet.privacy.he import HEError
+
+    x = np.linspace(-1, 1, 300)
+    for holder in (paillier, ckks):
+        again = load_key_holder(holder.secret_bytes())
+        public = load_public(holder.public.to_bytes())
+        assert public.key_id == holder.public.key_id == again.public.key_id
+        aggregate = public.sum([public.encrypt(x, 2), public.encrypt(-x / 2, 1)])
+        np.testing.assert_allclose(again.decrypt_mean(aggregate), x / 2, atol=CKKS_TOLERANCE)
+    assert b"FFPS" not in paillier.public.to_bytes()
+    with pytest.raises(HEError, match="not a fedfleet HE secret key file"):
+        load_key_holder(paillier.public.to_bytes())
+    with pytest.raises(HEError, match="bad magic or length"):
+        load_key_holder(paillier.secret_bytes()[:-1])

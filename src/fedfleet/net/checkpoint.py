@@ -3,15 +3,25 @@
 ``RUN_DIR/checkpoint.safetensors`` holds the global vector (``vector``) and every array of the
 strategy state (``state/<path>``); its metadata holds, as JSON, the round just completed, the
 seed (all sampling and client seeds derive from seed and round, so no RNG state needs saving),
-the layout fingerprint, the metrics history and the strategy state's structure with its scalars.
-The file is written to a temporary name, fsynced and renamed, so a crash at any moment leaves
-either the previous round's checkpoint or the new one.
+the layout fingerprint, the metrics history, the strategy state's structure with its scalars,
+and the server's own per-client records (``clients``: sample counts and the last round whose
+update from each client was aggregated; ``rejected``: the log of refused uploads).
+
+Everything is in that one file, so there is no multi-file state to tear: it is written to a
+temporary name, fsynced, renamed over the old one and the directory fsynced. A crash at any
+moment leaves either the previous round's complete checkpoint or the new one (a SIGKILL between
+the write and the rename is tested with the ``FEDFLEET_TEST_PAUSE_BEFORE_COMMIT`` hook).
+
+Clients' private state (SCAFFOLD control variates, FedPer heads) is *not* here: it stays with
+each client (:mod:`fedfleet.net.client_state`); the server never holds it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +37,11 @@ __all__ = ["CHECKPOINT_NAME", "Checkpoint", "load_checkpoint", "save_checkpoint"
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 _META = "fedfleet.checkpoint"
+PAUSE_ENV = "FEDFLEET_TEST_PAUSE_BEFORE_COMMIT"
+"""Test hook: ``"<round>"`` makes saving that round's checkpoint stop for good between writing
+the temporary file and the rename, after logging it, so a test can SIGKILL the server there."""
+
+log = logging.getLogger("fedfleet.net.checkpoint")
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,8 @@ class Checkpoint:
     vector: np.ndarray
     state: dict[str, Any]
     history: list[dict[str, Any]]
+    server: dict[str, Any]
+    """The server's per-client records (JSON): ``clients`` and ``rejected``."""
 
 
 def _split(state: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
@@ -87,8 +104,11 @@ def save_checkpoint(
     vector: np.ndarray,
     state: dict[str, Any],
     history: list[dict[str, Any]],
+    server: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the checkpoint after round ``rnd`` atomically; returns its path."""
+    """Write the checkpoint after round ``rnd`` atomically; returns its path.
+
+    ``server`` is JSON-able server bookkeeping stored in the metadata as is."""
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {"vector": np.ascontiguousarray(vector)}
@@ -99,12 +119,16 @@ def save_checkpoint(
         "fingerprint": fingerprint,
         "state": structure,
         "history": [{k: _jsonable(v) for k, v in r.items()} for r in history],
+        "server": server or {},
     }
     path = out / CHECKPOINT_NAME
     tmp = out / (CHECKPOINT_NAME + ".tmp")
     save_file(arrays, str(tmp), metadata={_META: json.dumps(meta)})
     with tmp.open("rb") as f:
         os.fsync(f.fileno())
+    if os.environ.get(PAUSE_ENV) == str(rnd):
+        log.warning("checkpoint of round %d written to %s; pausing before commit", rnd, tmp.name)
+        time.sleep(3600)
     os.replace(tmp, path)
     dir_fd = os.open(out, os.O_RDONLY)
     try:
@@ -131,4 +155,5 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         vector=arrays["vector"],
         state=_join(meta["state"], arrays),
         history=list(meta["history"]),
+        server=dict(meta.get("server", {})),
     )

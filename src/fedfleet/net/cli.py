@@ -32,6 +32,7 @@ SERVER_KEYS = {
 CLIENT_KEYS = {
     "server", "client_id", "certs_dir", "cert", "key", "ca", "insecure", "server_name",
     "chunk_size", "max_message_bytes", "backoff_initial_s", "backoff_max_s", "give_up_after_s",
+    "state_dir",
 }  # fmt: skip
 
 
@@ -158,6 +159,19 @@ def client(
             "partition of the config's dataset."
         ),
     ] = None,
+    test_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="This client's held-out data for federated evaluation (same format as --data)."
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep this client's private state (control variates, personal heads) here, "
+            "so a restarted client continues with it."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose/--quiet")] = True,
 ) -> None:
     """Join a federation: train on local data whenever the server asks."""
@@ -174,6 +188,7 @@ def client(
             "certs_dir": str(certs_dir) if certs_dir else None,
             "cert": str(cert) if cert else None,
             "key": str(key) if key else None,
+            "state_dir": str(state_dir) if state_dir else None,
         }
         deploy.update({k: v for k, v in given.items() if v is not None})
         if insecure:
@@ -193,13 +208,17 @@ def client(
         if "server" not in deploy:
             raise FedfleetError("pass --server HOST:PORT or set server in [deploy]")
         torch.set_num_threads(cfg.threads)
-        local = None
-        if data is not None:
+        local = local_test = None
+        if data is not None or test_data is not None:
             from fedfleet.data.arrays import load_arrays
             from fedfleet.runs.build import load_task_for
 
-            local = load_arrays(data, load_task_for(cfg))
-        fc = FederatedClient(cfg, ClientSettings(**deploy), int(cid), data=local)
+            task = load_task_for(cfg)
+            local = load_arrays(data, task) if data is not None else None
+            local_test = load_arrays(test_data, task) if test_data is not None else None
+        fc = FederatedClient(
+            cfg, ClientSettings(**deploy), int(cid), data=local, test_data=local_test
+        )
         rounds = fc.run()
         typer.echo(f"client {cid} done: trained in rounds {rounds}")
     except FedfleetError as e:

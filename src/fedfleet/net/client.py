@@ -3,8 +3,12 @@
 Only outgoing calls. For each TRAIN task the client downloads the global model (and any strategy
 payload) in chunks, runs ``strategy.client_fit(trainer, vector, data, instructions, seed, state)``
 with the seed the server sent (``client_seed(seed, rnd, cid)``, as in simulation), uploads the
-trained vector in chunks, and keeps its new private state only if the server accepted the update.
-When the connection drops it reconnects with exponential backoff and registers again.
+trained vector in chunks. Its new private state takes effect only once the server reports that
+it aggregated that update (two-phase, see :mod:`fedfleet.net.client_state`); with
+``state_dir`` that state is on disk, so a killed and restarted client continues with it.
+For each EVALUATE task it evaluates the model on its held-out split (for personalising
+strategies its own model too) and reports through ``SubmitEvaluation``. When the connection
+drops it reconnects with exponential backoff and registers again.
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ import grpc
 import numpy as np
 
 from fedfleet.client.protocol import Trainer
-from fedfleet.client.state_store import ClientStateStore, MemoryStateStore
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import FedfleetError
 from fedfleet.net import fedfleet_pb2 as pb
 from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
+from fedfleet.net.client_state import ClientStateFile
 from fedfleet.net.server import grpc_options, instructions_from_header
 from fedfleet.net.wire import TensorReceiver, chunk_messages, tensor_infos
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
@@ -68,20 +72,25 @@ class ClientSettings:
     """Plaintext, no authentication (testing only; logs a warning)."""
     server_name: str | None = None
     """Override the TLS host name checked against the server certificate."""
-    chunk_size: int = 1 << 20
-    max_message_bytes: int = 4 << 20
+    chunk_size: int = 4 << 20
+    max_message_bytes: int = 8 << 20
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 10.0
     give_up_after_s: float | None = None
     """Stop reconnecting after this long without reaching the server (None = never)."""
     rpc_timeout_s: float = 600.0
+    state_dir: str | None = None
+    """Keep this client's private state (control variates, personal heads) in
+    ``state_dir/client-<id>.safetensors`` so it survives a restart (None = in memory only)."""
 
 
 class FederatedClient:
     """One client process of a federation.
 
     ``data`` defaults to partition ``client_id`` of the config's federation, the same split the
-    simulation uses, so a network run can be checked against ``Simulation`` bit for bit.
+    simulation uses, so a network run can be checked against ``Simulation`` bit for bit;
+    ``test_data`` (for federated evaluation) to that client's held-out split, if the config
+    has one.
     """
 
     def __init__(
@@ -93,17 +102,21 @@ class FederatedClient:
         data: ArrayDataset | None = None,
         trainer: Trainer | None = None,
         strategy: Strategy | None = None,
-        states: ClientStateStore | None = None,
+        test_data: ArrayDataset | None = None,
     ) -> None:
         self.config, self.settings, self.client_id = config, settings, client_id
         if data is None or trainer is None or strategy is None:
             task = load_task_for(config)
             federation = build_federation(config, task)
-            data = data if data is not None else federation.train_data(client_id)
+            if data is None:
+                data = federation.train_data(client_id)
+                test_data = federation.test_data(client_id) if test_data is None else test_data
             trainer = trainer or build_trainer(config, task)
             strategy = strategy or build_strategy(config, trainer, federation.num_clients)
         self.data, self.trainer, self.strategy = data, trainer, strategy
-        self.states = states if states is not None else MemoryStateStore()
+        self.test_data = test_data
+        self.states = ClientStateFile(client_id, settings.state_dir)
+        """This client's private state: committed, and pending until the server applies it."""
         self.rounds_done: list[int] = []
         if settings.insecure:
             log.warning(
@@ -181,6 +194,7 @@ class FederatedClient:
                 client_id=self.client_id,
                 layout_fingerprint=self.trainer.layout.fingerprint,
                 num_samples=len(self.data),
+                num_test_samples=0 if self.test_data is None else len(self.test_data),
             ),
             timeout=self.settings.rpc_timeout_s,
         )
@@ -199,49 +213,90 @@ class FederatedClient:
             if first is None or first.WhichOneof("body") != "header":
                 continue
             h = first.header
+            if h.kind == pb.TaskHeader.WAIT:
+                continue
+            self.states.resolve(int(h.applied_round))
             if h.kind == pb.TaskHeader.DONE:
                 log.info("client %d: the server finished the run", self.client_id)
                 return True
-            if h.kind == pb.TaskHeader.WAIT:
-                continue
             receiver = TensorReceiver(h.tensors, layout.size)
             for msg in stream:
                 receiver.add(msg.chunk)
             arrays = receiver.finish()
             vector = arrays.pop("vector")
-            instructions = instructions_from_header(h, arrays)
-            result = self.strategy.client_fit(
-                self.trainer,
-                vector,
-                self.data,
-                instructions,
-                int(h.seed),
-                self.states.get(self.client_id),
-            )
-            fit = result.fit
-            uploads = {"vector": np.asarray(fit.vector, dtype=np.float32), **dict(result.extras)}
-            header = pb.UpdateHeader(
-                client_id=self.client_id,
-                round=h.round,
-                task_id=h.task_id,
-                layout_fingerprint=layout.fingerprint,
-                num_samples=int(fit.num_samples),
-                num_steps=int(fit.num_steps),
-                metrics={k: float(v) for k, v in fit.metrics.items()},
-                tensors=tensor_infos(uploads),
-            )
-            reply = stub.SubmitUpdate(
-                _update_stream(header, list(uploads.values()), self.settings.chunk_size),
-                timeout=self.settings.rpc_timeout_s,
-            )
-            if reply.accepted:
-                self.rounds_done.append(int(h.round))
-                if result.state is not None:
-                    self.states.put(self.client_id, result.state)
+            if h.kind == pb.TaskHeader.EVALUATE:
+                self._evaluate(stub, h, vector)
             else:
-                log.warning(
-                    "client %d: round %d update rejected: %s", self.client_id, h.round, reply.reason
-                )
+                self._train(stub, h, vector, arrays)
+
+    def _train(
+        self,
+        stub: pb_grpc.FedFleetStub,
+        h: pb.TaskHeader,
+        vector: np.ndarray,
+        payload: dict[str, np.ndarray],
+    ) -> None:
+        instructions = instructions_from_header(h, payload)
+        result = self.strategy.client_fit(
+            self.trainer,
+            vector,
+            self.data,
+            instructions,
+            int(h.seed),
+            self.states.get(self.client_id),
+        )
+        from fedfleet.net.secure import secure_upload_for  # secure aggregation hook
+
+        secure_upload = secure_upload_for(self.strategy)
+        if secure_upload is not None:  # SecAgg / HE: masked or encrypted, through their protocol
+            if secure_upload(self, h, vector, result):
+                self.rounds_done.append(int(h.round))
+            return
+        if result.state is not None:  # before the upload: the server may apply it at once
+            self.states.stage(int(h.round), result.state)
+        fit = result.fit
+        uploads = {"vector": np.asarray(fit.vector, dtype=np.float32), **dict(result.extras)}
+        header = pb.UpdateHeader(
+            client_id=self.client_id,
+            round=h.round,
+            task_id=h.task_id,
+            layout_fingerprint=self.trainer.layout.fingerprint,
+            num_samples=int(fit.num_samples),
+            num_steps=int(fit.num_steps),
+            metrics={k: float(v) for k, v in fit.metrics.items()},
+            tensors=tensor_infos(uploads),
+        )
+        reply = stub.SubmitUpdate(
+            _update_stream(header, list(uploads.values()), self.settings.chunk_size),
+            timeout=self.settings.rpc_timeout_s,
+        )
+        if reply.accepted:
+            self.rounds_done.append(int(h.round))
+        else:
+            self.states.resolve(-1)  # refused: it will never be aggregated
+            log.warning(
+                "client %d: round %d update rejected: %s", self.client_id, h.round, reply.reason
+            )
+
+    def _evaluate(self, stub: pb_grpc.FedFleetStub, h: pb.TaskHeader, vector: np.ndarray) -> None:
+        """Evaluate the global model (and, for FedPer/FedRep, this client's own) locally."""
+        report = pb.EvaluationResult(client_id=self.client_id, round=h.round, task_id=h.task_id)
+        data = self.test_data
+        if data is not None and len(data) > 0:
+            ev = self.trainer.evaluate(vector, data)
+            personalize = getattr(self.strategy, "personalize", None)
+            if personalize is not None:
+                report.personalized = True
+                report.global_loss, report.global_accuracy = ev.loss, ev.accuracy
+                own = personalize(vector, self.states.get(self.client_id))
+                ev = self.trainer.evaluate(own, data)
+            report.num_samples = int(ev.num_samples)
+            report.loss, report.accuracy = float(ev.loss), float(ev.accuracy)
+        reply = stub.SubmitEvaluation(report, timeout=self.settings.rpc_timeout_s)
+        if not reply.accepted:
+            log.warning(
+                "client %d: round %d evaluation refused: %s", self.client_id, h.round, reply.reason
+            )
 
 
 def _update_stream(header: pb.UpdateHeader, arrays: list[Any], chunk_size: int) -> Iterator[Any]:

@@ -40,14 +40,16 @@ class Scalar(_message.Message):
     def __init__(self, f: _Optional[float] = ..., i: _Optional[int] = ..., s: _Optional[str] = ..., b: _Optional[bool] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("client_id", "layout_fingerprint", "num_samples")
+    __slots__ = ("client_id", "layout_fingerprint", "num_samples", "num_test_samples")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NUM_TEST_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     layout_fingerprint: str
     num_samples: int
-    def __init__(self, client_id: _Optional[int] = ..., layout_fingerprint: _Optional[str] = ..., num_samples: _Optional[int] = ...) -> None: ...
+    num_test_samples: int
+    def __init__(self, client_id: _Optional[int] = ..., layout_fingerprint: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_test_samples: _Optional[int] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("ok", "message", "layout_fingerprint", "client_id")
@@ -68,15 +70,17 @@ class TaskRequest(_message.Message):
     def __init__(self, client_id: _Optional[int] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
-    __slots__ = ("kind", "round", "seed", "task_id", "layout_fingerprint", "epochs", "batch_size", "lr", "max_steps", "config", "tensors", "message")
+    __slots__ = ("kind", "round", "seed", "task_id", "layout_fingerprint", "epochs", "batch_size", "lr", "max_steps", "config", "tensors", "message", "applied_round")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         WAIT: _ClassVar[TaskHeader.Kind]
         TRAIN: _ClassVar[TaskHeader.Kind]
         DONE: _ClassVar[TaskHeader.Kind]
+        EVALUATE: _ClassVar[TaskHeader.Kind]
     WAIT: TaskHeader.Kind
     TRAIN: TaskHeader.Kind
     DONE: TaskHeader.Kind
+    EVALUATE: TaskHeader.Kind
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +100,7 @@ class TaskHeader(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_ROUND_FIELD_NUMBER: _ClassVar[int]
     kind: TaskHeader.Kind
     round: int
     seed: int
@@ -108,7 +113,8 @@ class TaskHeader(_message.Message):
     config: _containers.MessageMap[str, Scalar]
     tensors: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     message: str
-    def __init__(self, kind: _Optional[_Union[TaskHeader.Kind, str]] = ..., round: _Optional[int] = ..., seed: _Optional[int] = ..., task_id: _Optional[str] = ..., layout_fingerprint: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., max_steps: _Optional[int] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
+    applied_round: int
+    def __init__(self, kind: _Optional[_Union[TaskHeader.Kind, str]] = ..., round: _Optional[int] = ..., seed: _Optional[int] = ..., task_id: _Optional[str] = ..., layout_fingerprint: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., max_steps: _Optional[int] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., message: _Optional[str] = ..., applied_round: _Optional[int] = ...) -> None: ...
 
 class TaskMessage(_message.Message):
     __slots__ = ("header", "chunk")
@@ -154,6 +160,36 @@ class UpdateMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class UpdateReply(_message.Message):
+    __slots__ = ("accepted", "reason")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    reason: str
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class EvaluationResult(_message.Message):
+    __slots__ = ("client_id", "round", "task_id", "num_samples", "loss", "accuracy", "personalized", "global_loss", "global_accuracy")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    PERSONALIZED_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    round: int
+    task_id: str
+    num_samples: int
+    loss: float
+    accuracy: float
+    personalized: bool
+    global_loss: float
+    global_accuracy: float
+    def __init__(self, client_id: _Optional[int] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., num_samples: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., personalized: _Optional[bool] = ..., global_loss: _Optional[float] = ..., global_accuracy: _Optional[float] = ...) -> None: ...
+
+class EvaluationReply(_message.Message):
     __slots__ = ("accepted", "reason")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]

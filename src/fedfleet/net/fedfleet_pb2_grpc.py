@@ -49,6 +49,11 @@ class FedFleetStub:
                 request_serializer=fedfleet_dot_net_dot_fedfleet__pb2.UpdateMessage.SerializeToString,
                 response_deserializer=fedfleet_dot_net_dot_fedfleet__pb2.UpdateReply.FromString,
                 _registered_method=True)
+        self.SubmitEvaluation = channel.unary_unary(
+                '/fedfleet.net.FedFleet/SubmitEvaluation',
+                request_serializer=fedfleet_dot_net_dot_fedfleet__pb2.EvaluationResult.SerializeToString,
+                response_deserializer=fedfleet_dot_net_dot_fedfleet__pb2.EvaluationReply.FromString,
+                _registered_method=True)
 
 
 class FedFleetServicer:
@@ -72,6 +77,12 @@ class FedFleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitEvaluation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FedFleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +100,11 @@ def add_FedFleetServicer_to_server(servicer, server):
                     servicer.SubmitUpdate,
                     request_deserializer=fedfleet_dot_net_dot_fedfleet__pb2.UpdateMessage.FromString,
                     response_serializer=fedfleet_dot_net_dot_fedfleet__pb2.UpdateReply.SerializeToString,
+            ),
+            'SubmitEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitEvaluation,
+                    request_deserializer=fedfleet_dot_net_dot_fedfleet__pb2.EvaluationResult.FromString,
+                    response_serializer=fedfleet_dot_net_dot_fedfleet__pb2.EvaluationReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +188,33 @@ class FedFleet:
             '/fedfleet.net.FedFleet/SubmitUpdate',
             fedfleet_dot_net_dot_fedfleet__pb2.UpdateMessage.SerializeToString,
             fedfleet_dot_net_dot_fedfleet__pb2.UpdateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedfleet.net.FedFleet/SubmitEvaluation',
+            fedfleet_dot_net_dot_fedfleet__pb2.EvaluationResult.SerializeToString,
+            fedfleet_dot_net_dot_fedfleet__pb2.EvaluationReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,8 @@ root with::
 
     .venv/bin/python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src \
         --grpc_python_out=src src/fedfleet/net/fedfleet.proto
+
+(run from the repository root, the generated modules import each other package-relatively).
 """
 
 from __future__ import annotations
@@ -46,12 +48,15 @@ def tensor_infos(arrays: Mapping[str, np.ndarray]) -> list[pb.TensorInfo]:
     return [pb.TensorInfo(name=k, shape=list(v.shape), dtype=DTYPE) for k, v in arrays.items()]
 
 
-def chunk_messages(arrays: Sequence[np.ndarray], chunk_size: int) -> Iterator[pb.Chunk]:
-    """Each array's little-endian float32 bytes as chunks of at most ``chunk_size`` bytes."""
-    for i, arr in enumerate(arrays):
-        data = np.ascontiguousarray(arr, dtype=DTYPE).view(np.uint8)
+def chunk_messages(
+    arrays: Sequence[np.ndarray], chunk_size: int, start: int = 0
+) -> Iterator[pb.Chunk]:
+    """Each array's little-endian float32 bytes as chunks of at most ``chunk_size`` bytes;
+    the first array is tensor ``start``."""
+    for i, arr in enumerate(arrays, start=start):
+        data = np.ascontiguousarray(arr, dtype=DTYPE).data.cast("B")
         for off in range(0, len(data), chunk_size):
-            yield pb.Chunk(tensor=i, offset=off, data=data[off : off + chunk_size].tobytes())
+            yield pb.Chunk(tensor=i, offset=off, data=bytes(data[off : off + chunk_size]))
 
 
 class TensorReceiver:
@@ -59,10 +64,16 @@ class TensorReceiver:
 
     ``expected_size`` is the only length a tensor may have (the layout's size): a header that
     declares another shape, another dtype or more than ``1 + MAX_EXTRAS`` tensors is refused
-    before any memory is allocated.
+    before any memory is allocated. ``out`` may give the float32 array a tensor is written into
+    (the server passes a row of its round's update matrix, so aggregation needs no copy).
     """
 
-    def __init__(self, infos: Sequence[Any], expected_size: int) -> None:
+    def __init__(
+        self,
+        infos: Sequence[Any],
+        expected_size: int,
+        out: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         if not infos:
             raise WireError("the header declares no tensors")
         if len(infos) > 1 + MAX_EXTRAS:
@@ -82,7 +93,17 @@ class TensorReceiver:
                 )
         self.names = names
         self._nbytes = expected_size * 4
-        self._bufs = [bytearray(self._nbytes) for _ in infos]
+        # chunks are copied once, straight into the arrays finish() returns
+        out = out or {}
+        self._arrays = [
+            out[n] if n in out else np.empty(expected_size, dtype=np.float32) for n in names
+        ]
+        for n, a in zip(names, self._arrays, strict=True):
+            if a.shape != (expected_size,) or a.dtype != np.float32 or not a.flags.c_contiguous:
+                raise ValueError(
+                    f"destination of {n!r} must be contiguous float32 ({expected_size},)"
+                )
+        self._bufs = [a.data.cast("B") for a in self._arrays]
         self._filled = [0] * len(infos)
 
     def add(self, chunk: Any) -> None:
@@ -110,10 +131,9 @@ class TensorReceiver:
                 raise WireError(
                     f"stream ended after {filled} of {self._nbytes} bytes of tensor {name!r}"
                 )
-        return {
-            name: np.frombuffer(buf, dtype=DTYPE).astype(np.float32)
-            for name, buf in zip(self.names, self._bufs, strict=True)
-        }
+        if np.dtype(DTYPE) != np.dtype(np.float32):  # a big-endian host
+            self._arrays = [a.view(DTYPE).astype(np.float32) for a in self._arrays]
+        return dict(zip(self.names, self._arrays, strict=True))
 
 
 def scalar_to_pb(value: float | int | str | bool) -> pb.Scalar:

@@ -64,6 +64,8 @@ _SCHEME_CODE = {"paillier": 1, "ckks": 2}
 _MAGIC = b"FFHE"
 _HEADER = struct.Struct(">4sBB16sQQI")  # magic, version, scheme, key id, length, weight, chunks
 _VERSION = 1
+PAILLIER_SECRET_MAGIC = b"FFPS"
+CKKS_SECRET_MAGIC = b"FFCS"  # key holders' files (fedfleet.net.secure.he_keys reads them)
 
 CKKS_TOLERANCE = 1e-5
 """Absolute per-coordinate error bound of a CKKS-aggregated mean delta (defaults, |n_k d_k| <=
@@ -329,6 +331,16 @@ class PaillierKeyHolder:
         _, sk = phe.generate_paillier_keypair(n_length=key_bits)
         return cls(sk, fixed_point or FixedPoint())
 
+    def secret_bytes(self) -> bytes:
+        """Secret key (p, q) and fixed-point format for the key holders' own files (never the
+        server's); raw integers, read by ``fedfleet.net.secure.he_keys.load_key_holder``."""
+        fp, sk = self.public.fixed_point, self._sk
+        p, q = int(sk.p), int(sk.q)
+        width = (max(p, q).bit_length() + 7) // 8
+        head = struct.pack(">4sIIIH", PAILLIER_SECRET_MAGIC, fp.frac_bits, fp.value_bits,
+                           fp.max_weight.bit_length(), width)  # fmt: skip
+        return head + p.to_bytes(width, "big") + q.to_bytes(width, "big")
+
     def decrypt_sum(self, aggregate: EncryptedVector) -> np.ndarray:
         """The exact integer sum S = sum_k n_k q_k (object array of Python ints)."""
         pub = self.public
@@ -444,11 +456,13 @@ def _ckks_load(ts, ctx, data: bytes):
 class CkksKeyHolder:
     """The CKKS secret context, held by a client (never the server)."""
 
-    def __init__(self, context) -> None:
+    def __init__(self, context, public_bytes: bytes | None = None) -> None:
         self._ctx = context
-        public = context.copy()
-        public.make_context_public()
-        self.public = CkksPublic(public.serialize())
+        if public_bytes is None:
+            public = context.copy()
+            public.make_context_public()
+            public_bytes = public.serialize()
+        self.public = CkksPublic(public_bytes)
 
     @classmethod
     def generate(
@@ -464,6 +478,13 @@ class CkksKeyHolder:
         )
         ctx.global_scale = 2.0**scale_bits
         return cls(ctx)
+
+    def secret_bytes(self) -> bytes:
+        """The context with its secret key (tenseal's format) for the key holders' own files."""
+        # the public context is kept as it was serialised: its bytes are the key id
+        public = self.public.to_bytes()
+        secret = self._ctx.serialize(save_secret_key=True)
+        return CKKS_SECRET_MAGIC + struct.pack(">Q", len(public)) + public + secret
 
     def decrypt_mean(self, aggregate: EncryptedVector) -> np.ndarray:
         """The weighted mean delta (sum of n_k d_k over n), within :data:`CKKS_TOLERANCE`."""

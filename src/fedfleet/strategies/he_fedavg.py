@@ -1,7 +1,7 @@
 """FedAvg over homomorphically encrypted updates: the server sums what it cannot read.
 
-One round (:func:`run_he_fedavg` drives it in memory; the network transport will run the same
-steps on each side):
+One round (:func:`run_he_fedavg` drives it in memory; :mod:`fedfleet.net.secure` runs the same
+steps over the network, with the key holder a client):
 
 1. server, :meth:`HEFedAvg.configure_fit`: sample clients as FedAvg does;
 2. client, :meth:`HEFedAvg.client_fit`: local training (the delta never leaves in the clear);
@@ -63,6 +63,8 @@ class HEFedAvg:
         fraction: C, the fraction of clients per round.
         local: instructions every sampled client gets.
         server_optimizer: transform applied to the decrypted mean pseudo-gradient.
+        key_holder: the secret side, on clients only (over the network the server picks one
+            client per round to decrypt the aggregate); None on the server, which refuses one.
 
     Example:
         >>> holder = PaillierKeyHolder.generate()                      # on a client
@@ -75,6 +77,7 @@ class HEFedAvg:
     fraction: float | None = None
     local: FitInstructions = field(default_factory=FitInstructions)
     server_optimizer: ServerTransform = field(default_factory=sgd)
+    key_holder: KeyHolder | None = None
 
     def __post_init__(self) -> None:
         if self.clients_per_round is None and self.fraction is None:

@@ -14,7 +14,7 @@ surviving neighbour u added for v. It never holds shares of both b_v and sk_v fo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,9 +34,12 @@ from fedfleet.privacy.secagg.messages import (
     UnmaskResponse,
 )
 from fedfleet.privacy.secagg.quantize import dequantize, to_signed
-from fedfleet.privacy.secagg.shamir import reconstruct
+from fedfleet.privacy.secagg.shamir import PRIME, SHARE_BYTES, reconstruct
 
-__all__ = ["SecAggResult", "SecAggServer"]
+__all__ = ["SHARES_CIPHERTEXT_BYTES", "SecAggResult", "SecAggServer"]
+
+SHARES_CIPHERTEXT_BYTES = 16 + 2 * SHARE_BYTES + 16
+"""One encrypted share bundle: two 8-byte ids, two shares, the 16-byte Poly1305 tag."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,68 @@ class SecAggServer:
             kinds.setdefault(v, set()).add("mask_key")
         return kinds
 
+    # one message at a time ----------------------------------------------------------------
+    # A transport that receives messages one by one (the network) calls these on arrival, so a
+    # malformed message is refused alone instead of failing the whole stage at collection.
+    def check_keys(self, m: AdvertiseKeys, seen: Set[bytes] = frozenset()) -> None:
+        """Stage 1: two distinct 32-byte keys, not repeating ``seen`` (keys already accepted)."""
+        u = m.client_id
+        for name, key in (("enc_public", m.enc_public), ("mask_public", m.mask_public)):
+            if not isinstance(key, bytes) or len(key) != crypto.KEY_BYTES:
+                raise SecAggProtocolError(
+                    f"client {u}'s {name} is {len(key)} bytes, expected {crypto.KEY_BYTES} "
+                    "(a raw X25519 public key)"
+                )
+        if m.enc_public in seen or m.mask_public in seen or m.enc_public == m.mask_public:
+            raise SecAggProtocolError(f"client {u}'s public keys repeat another key")
+
+    def check_shares(self, m: ShareKeys) -> None:
+        """Stage 2 (after :meth:`collect_keys`): one ciphertext per neighbour that advertised."""
+        u = m.client_id
+        expected = {v for v in self.graph.get(u, ()) if v in self._keys}
+        if set(m.ciphertexts) != expected:
+            raise SecAggProtocolError(
+                f"client {u} sent shares for {sorted(m.ciphertexts)}, expected one for each "
+                f"neighbour that advertised keys: {sorted(expected)}"
+            )
+        for v, c in m.ciphertexts.items():
+            if len(c) != SHARES_CIPHERTEXT_BYTES:
+                raise SecAggProtocolError(
+                    f"client {u}'s ciphertext for client {v} is {len(c)} bytes, expected "
+                    f"{SHARES_CIPHERTEXT_BYTES}"
+                )
+
+    def check_masked(self, m: MaskedInput) -> None:
+        """Stage 3: a uint64 vector of the agreed length with every value below 2^b."""
+        u, y, length = m.client_id, m.masked, self.config.vector_length
+        if not isinstance(y, np.ndarray) or y.dtype != np.uint64 or y.shape != (length,):
+            raise SecAggProtocolError(
+                f"client {u}'s masked input is not a uint64 vector of length {length}"
+            )
+        if self.bits < 64 and int(y.max(initial=0)) >> self.bits:
+            raise SecAggProtocolError(f"client {u}'s masked input has values >= 2^{self.bits}")
+
+    def check_unmask(self, m: UnmaskResponse) -> None:
+        """Stage 4 (after :meth:`collect_masked`): self-mask shares only of surviving
+        neighbours, mask-key shares only of neighbours that dropped after sharing keys."""
+        u = m.client_id
+        allowed = {u, *self.graph.get(u, ())}
+        for v in m.self_mask_shares:
+            if v not in self._u3 or v not in allowed:
+                raise SecAggProtocolError(
+                    f"client {u} sent a self-mask share of client {v}, which is not a "
+                    "surviving neighbour"
+                )
+        for v in m.key_shares:
+            if v not in self._u2 - self._u3 or v not in allowed:
+                raise SecAggProtocolError(
+                    f"client {u} sent a mask-key share of client {v}, which did not drop "
+                    "after sharing keys or is not its neighbour"
+                )
+        for share in (*m.self_mask_shares.values(), *m.key_shares.values()):
+            if not 0 <= share < PRIME:
+                raise SecAggProtocolError(f"client {u} sent a share outside the field")
+
     # stage 0 -------------------------------------------------------------------------------
     def setup(self) -> dict[int, Setup]:
         """Stage 0: every client's parameters and neighbours."""
@@ -162,8 +227,7 @@ class SecAggServer:
         seen: set[bytes] = set()
         for u, m in got.items():
             assert isinstance(m, AdvertiseKeys)
-            if m.enc_public in seen or m.mask_public in seen or m.enc_public == m.mask_public:
-                raise SecAggProtocolError(f"client {u}'s public keys repeat another key")
+            self.check_keys(m, seen)
             seen.update((m.enc_public, m.mask_public))
             self._keys[u] = (m.enc_public, m.mask_public)
         u1 = set(self._keys)
@@ -175,14 +239,9 @@ class SecAggServer:
         """Stage 2: route each ciphertext to its recipient (the server cannot read them)."""
         self._advance(2)
         got = self._unique(messages, set(self._keys), "encrypted shares")
-        for u, m in got.items():
+        for m in got.values():
             assert isinstance(m, ShareKeys)
-            expected = {v for v in self.graph[u] if v in self._keys}
-            if set(m.ciphertexts) != expected:
-                raise SecAggProtocolError(
-                    f"client {u} sent shares for {sorted(m.ciphertexts)}, expected one for each "
-                    f"neighbour that advertised keys: {sorted(expected)}"
-                )
+            self.check_shares(m)
         self._u2 = set(got)
         self._check_neighbourhoods(2, self._u2, self._u2)
         out = {}
@@ -199,17 +258,10 @@ class SecAggServer:
         """Stage 3: add up the masked inputs mod 2^b; ask survivors for shares."""
         self._advance(3)
         got = self._unique(messages, self._u2, "a masked input")
-        length = self.config.vector_length
-        for u, m in got.items():
+        for m in got.values():
             assert isinstance(m, MaskedInput)
-            y = m.masked
-            if not isinstance(y, np.ndarray) or y.dtype != np.uint64 or y.shape != (length,):
-                raise SecAggProtocolError(
-                    f"client {u}'s masked input is not a uint64 vector of length {length}"
-                )
-            if self.bits < 64 and int(y.max(initial=0)) >> self.bits:
-                raise SecAggProtocolError(f"client {u}'s masked input has values >= 2^{self.bits}")
-            self._sum += y  # wraps mod 2^64, so also mod 2^b
+            self.check_masked(m)
+            self._sum += m.masked  # wraps mod 2^64, so also mod 2^b
         self._u3 = set(got)
         self._check_neighbourhoods(3, self._u3, self._u3)
         for v in sorted(self._u2 - self._u3):  # a dropped client's mask key must be recoverable too
@@ -235,21 +287,11 @@ class SecAggServer:
         dropped_after_sharing = self._u2 - self._u3
         for u, m in got.items():
             assert isinstance(m, UnmaskResponse)
+            self.check_unmask(m)
             x = u + 1
-            allowed = {u, *self.graph[u]}
             for v, share in m.self_mask_shares.items():
-                if v not in self._u3 or v not in allowed:
-                    raise SecAggProtocolError(
-                        f"client {u} sent a self-mask share of client {v}, which is not a "
-                        "surviving neighbour"
-                    )
                 self._store(self._b_shares, self._sk_shares, v, x, share)
             for v, share in m.key_shares.items():
-                if v not in dropped_after_sharing or v not in allowed:
-                    raise SecAggProtocolError(
-                        f"client {u} sent a mask-key share of client {v}, which did not drop "
-                        "after sharing keys or is not its neighbour"
-                    )
                 self._store(self._sk_shares, self._b_shares, v, x, share)
         u4 = set(got)
         if len(u4) < self.threshold:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
@@ -173,7 +174,22 @@ class SecAggFedAvg:
                 metrics["secagg_bytes_per_client"] = float(np.mean(list(run.sent_bytes.values())))
             except SecAggAborted:
                 metrics["secagg_aborted"] = 1.0
-        metrics["secagg_included"] = float(included)
+        return self.aggregate_sum(rnd, vector, state, total, included, metrics)
+
+    def aggregate_sum(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        total: np.ndarray | None,
+        included: int,
+        metrics: Mapping[str, float] = MappingProxyType({}),
+    ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
+        """The server's step after the protocol: ``total`` is the unmasked sum of ``included``
+        clients' clipped deltas (None: the protocol aborted or had under 2 clients). Adds the
+        central DP noise if configured, averages, applies the server transform. The network
+        transport (:mod:`fedfleet.net.secure`) calls this with the sum it unmasked."""
+        metrics = {"secagg_aborted": 0.0, **metrics, "secagg_included": float(included)}
         if self.dp is None:
             if total is None or included == 0:  # nothing securely summed: keep the model
                 return vector, state, {**metrics, "aggregated": 0.0}

@@ -1,0 +1,103 @@
+"""What the secure round runners share with ``FederatedServer``'s own round: handing out the
+training tasks through ``GetTask``, client identity, liveness, and refusing a message.
+
+These reach into the server's round state (``_cond``, ``_round``, ``_clients``) on purpose: a
+secure round is the server's round with another upload path, so it hands out tasks exactly as
+the plain round does and the clients' ``GetTask`` loop needs no change.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import grpc
+import numpy as np
+
+from fedfleet.errors import UpdateRejected
+from fedfleet.net import server as net_server
+from fedfleet.sim.engine import _sampling_rng, client_seed
+from fedfleet.strategies.base import StrategyState
+
+log = logging.getLogger("fedfleet.net.secure")
+
+
+def open_training(
+    fs: net_server.FederatedServer,
+    rnd: int,
+    vector: np.ndarray,
+    state: StrategyState,
+    prepare: Callable[[dict[int, str]], None],
+) -> Any:
+    """Wait for ``min_clients``, sample the cohort with ``configure_fit`` (the simulation's
+    sampling RNG), call ``prepare`` with each selected client's task id (so the secure round
+    exists before any client can reach it), then publish the TRAIN tasks; returns the plan, or
+    None if the server is stopping."""
+    with fs._cond:
+        while len(fs._connected()) < fs.settings.min_clients:
+            if fs._done:
+                return None
+            fs._cond.wait(0.5)
+        clients = fs._connected()
+    seed = fs.config.seed
+    plan = fs.strategy.configure_fit(rnd, vector, state, clients, _sampling_rng(seed, rnd))
+    tasks = {
+        cid: net_server._Task(rnd, secrets.token_hex(16), ins, client_seed(seed, rnd, cid))
+        for cid, ins in plan
+    }
+    prepare({cid: t.task_id for cid, t in tasks.items()})
+    with fs._cond:
+        fs._round = net_server._Round(
+            rnd, vector, tasks, set(tasks), broadcast=fs._broadcast_messages(vector)
+        )
+        fs._cond.notify_all()
+    log.info("round %d: %d connected, secure round over %s", rnd, len(clients), sorted(tasks))
+    return plan
+
+
+def close_training(fs: net_server.FederatedServer) -> None:
+    """No more task hand-outs for this round."""
+    with fs._cond:
+        fs._round = None
+        fs._cond.notify_all()
+
+
+def taken(fs: net_server.FederatedServer, rnd: int, cid: int) -> None:
+    """``cid`` started its upload: ``GetTask`` must not hand it the task again; it is alive."""
+    with fs._cond:
+        current = fs._round
+        if current is not None and current.rnd == rnd:
+            current.answered.add(cid)
+        info = fs._clients.get(cid)
+        if info is not None:  # a client busy with the protocol is alive, though it does not poll
+            info.last_seen = time.monotonic()
+        fs._cond.notify_all()
+
+
+def identify(fs: net_server.FederatedServer, context: grpc.ServicerContext, claimed: int) -> int:
+    """The caller's client id (its certificate's under mutual TLS); aborts the call if refused."""
+    try:
+        return fs._identify(context, claimed)
+    except net_server._Refused as refused:
+        context.abort(refused.code, refused.message)
+        raise AssertionError("unreachable") from None  # context.abort raises
+
+
+def reject(
+    fs: net_server.FederatedServer,
+    context: grpc.ServicerContext,
+    cid: int,
+    rnd: int,
+    reason: str,
+    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
+) -> NoReturn:
+    """Refuse the call with ``reason``: logged with client and round, kept in ``fs.rejected``."""
+    rej = UpdateRejected(cid, rnd, reason)
+    log.warning("secure aggregation: %s (from %s)", rej, context.peer())
+    with fs._cond:
+        fs.rejected.append(rej)
+    context.abort(code, str(rej))
+    raise AssertionError("unreachable")  # context.abort raises

@@ -1,0 +1,281 @@
+"""HE rounds on a :class:`~fedfleet.net.server.FederatedServer` whose strategy is
+:class:`~fedfleet.strategies.he_fedavg.HEFedAvg`: the server sums ciphertexts it cannot read.
+
+A round: the cohort is sampled and trains as usual (``GetTask``); each client uploads
+``n_k * delta_k`` encrypted under the federation's public key (``SubmitEncrypted``; the bytes of
+an :class:`~fedfleet.privacy.he.EncryptedVector`, checked for scheme, key and length on arrival)
+and waits in ``AwaitAggregate``. When every selected client uploaded, hung up, or
+``round_timeout_s`` passed, the server multiplies/adds the ciphertexts
+(``HEFedAvg.aggregate_encrypted``) and streams the encrypted sum to one waiting client, the
+round's key holder (the lowest id), which decrypts the aggregate only and returns the mean delta
+(``SubmitMean``, float64). ``HEFedAvg.apply`` then takes the server optimizer's step. If no
+upload is usable or the key holder does not answer in time the model is kept
+(``he_aborted = 1``). The server's ``HEFedAvg`` holds the public key only; one with a secret key
+is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+from fedfleet.errors import FedfleetError
+from fedfleet.net import server as net_server
+from fedfleet.net.secure import _rounds
+from fedfleet.net.secure import he_pb2 as hpb
+from fedfleet.net.secure import he_pb2_grpc as hpb_grpc
+from fedfleet.privacy.he import EncryptedVector, HEError
+from fedfleet.strategies.base import ClientUpdate, StrategyState
+from fedfleet.strategies.he_fedavg import HEFedAvg
+
+__all__ = ["HERounds", "blob_messages"]
+
+log = logging.getLogger("fedfleet.net.secure")
+
+
+def blob_messages(ref: hpb.HERef, data: bytes, chunk_size: int) -> Iterator[hpb.BlobMessage]:
+    """A header declaring ``len(data)``, then the bytes in chunks."""
+    yield hpb.BlobMessage(header=hpb.BlobHeader(ref=ref, size=len(data)))
+    for off in range(0, len(data), chunk_size):
+        yield hpb.BlobMessage(chunk=hpb.BlobChunk(offset=off, data=data[off : off + chunk_size]))
+
+
+def _read_blob(first: hpb.BlobHeader, rest: Any, limit: int, what: str) -> bytes:
+    if first.size > limit:
+        raise HEError(f"{what} declares {first.size} bytes, at most {limit} expected")
+    buf = bytearray()
+    for message in rest:
+        chunk = message.chunk
+        if message.WhichOneof("body") != "chunk" or chunk.offset != len(buf):
+            raise HEError(f"{what}: chunk out of order at byte {chunk.offset}")
+        if len(buf) + len(chunk.data) > first.size:
+            raise HEError(f"{what} runs past its declared {first.size} bytes")
+        buf += chunk.data
+    if len(buf) != first.size:
+        raise HEError(f"{what} ended after {len(buf)} of {first.size} bytes")
+    return bytes(buf)
+
+
+@dataclass
+class _HERound:
+    rnd: int
+    task_ids: dict[int, str]
+    uploads: dict[int, bytes] = field(default_factory=dict)
+    weights: dict[int, int] = field(default_factory=dict)
+    closed: bool = False
+    gone: set[int] = field(default_factory=set)
+    waiting: set[int] = field(default_factory=set)
+    holder: int | None = None
+    aggregate: bytes | None = None
+    ended: str | None = None  # why no client will get the aggregate (set once a holder is out)
+    mean: np.ndarray | None = None
+
+
+class HERounds(hpb_grpc.HEAggregationServicer):
+    """The HE service and round runner of one ``FederatedServer`` running ``HEFedAvg``."""
+
+    def __init__(self, server: net_server.FederatedServer, strategy: HEFedAvg) -> None:
+        if strategy.key_holder is not None:
+            raise FedfleetError(
+                "the server's HEFedAvg holds a secret key; give the server only the public key "
+                "(HEFedAvg(public=load_public(...))), the key holders are clients"
+            )
+        self.fs, self.strategy = server, strategy
+        self._lock = threading.Condition()
+        self._round: _HERound | None = None
+        self._results: dict[int, tuple[np.ndarray | None, dict[str, float]]] = {}
+        self._limit = 0
+        self._length = 0
+
+    def register(self, grpc_server: grpc.Server) -> None:
+        hpb_grpc.add_HEAggregationServicer_to_server(self, grpc_server)
+
+    # ----- the round runner ------------------------------------------------------------------
+
+    def _wait(self, until: Any, deadline: float) -> None:
+        with self._lock:
+            while not until() and not self.fs._done:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._lock.wait(min(left, 0.5))
+
+    def play_round(
+        self, rnd: int, vector: np.ndarray, state: StrategyState
+    ) -> tuple[Any, list[ClientUpdate]] | None:
+        """Hand out the tasks, sum the encrypted uploads, have a key holder decrypt the sum;
+        returns ``(plan, receipts)`` (no deltas: the server never sees one)."""
+        fs = self.fs
+        if self._length != vector.size:  # the largest upload a client may declare
+            zero = self.strategy.public.encrypt(np.zeros(vector.size), 1).to_bytes()
+            self._length, self._limit = vector.size, 2 * len(zero) + (1 << 16)
+        opened: list[_HERound] = []
+
+        def prepare(task_ids: dict[int, str]) -> None:
+            with self._lock:
+                self._round = _HERound(rnd, task_ids)
+                opened.append(self._round)
+
+        timeout = fs.settings.round_timeout_s
+        try:
+            plan = _rounds.open_training(fs, rnd, vector, state, prepare)
+            if plan is None:
+                return None
+            r = opened[0]
+            expected = set(r.task_ids)
+            self._wait(lambda: expected <= set(r.uploads) | r.gone, time.monotonic() + timeout)
+            _rounds.close_training(fs)
+            with self._lock:
+                r.closed = True
+                uploads = dict(r.uploads)
+            aggregate, bad = self.strategy.aggregate_encrypted(rnd, vector.size, uploads)
+            with fs._cond:
+                fs.rejected.extend(bad)
+            if aggregate is not None:
+                # every uploader calls AwaitAggregate right away: wait for all of them, so the
+                # key holder is the lowest id that uploaded (the same client run after run)
+                waiting = set(uploads)
+                self._wait(lambda: waiting <= r.waiting | r.gone, time.monotonic() + timeout)
+                with self._lock:
+                    candidates = sorted(r.waiting - r.gone)
+                    if candidates:
+                        r.holder, r.aggregate = candidates[0], aggregate
+                    self._lock.notify_all()
+                if r.holder is not None:
+                    log.info("round %d: client %d decrypts the sum", rnd, r.holder)
+                    holder = r.holder
+                    self._wait(
+                        lambda: r.mean is not None or holder in r.gone,
+                        time.monotonic() + timeout,
+                    )
+        finally:
+            _rounds.close_training(fs)
+            with self._lock:
+                for each in opened:
+                    each.ended = each.ended or "the round is over"
+                self._round = None
+                self._lock.notify_all()
+        if fs._done:
+            return None
+        included = sorted(set(uploads) - {u.client_id for u in bad})
+        metrics = {
+            "he_aborted": float(r.mean is None),
+            "he_bytes_per_client": float(np.mean([len(b) for b in uploads.values()] or [0])),
+        }
+        if r.mean is None:
+            log.warning("round %d: no decrypted sum (uploads from %s); model kept", rnd, included)
+        self._results[rnd] = (r.mean, metrics)
+        return plan, [ClientUpdate(c, np.zeros(0, np.float32), r.weights[c], 0) for c in included]
+
+    def aggregate_fit(
+        self, rnd: int, vector: np.ndarray, state: StrategyState, updates: list[ClientUpdate]
+    ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
+        """``HEFedAvg.apply`` on the mean the key holder decrypted (None: keep the model)."""
+        mean, metrics = self._results.pop(rnd)
+        new, new_state = self.strategy.apply(vector, state, mean)
+        return new, new_state, metrics
+
+    # ----- RPCs ------------------------------------------------------------------------------
+
+    def _open(self, context: grpc.ServicerContext, ref: hpb.HERef) -> tuple[int, _HERound]:
+        cid = _rounds.identify(self.fs, context, ref.client_id)
+        with self._lock:
+            r = self._round
+        if r is None or r.rnd != ref.round or cid not in r.task_ids:
+            _rounds.reject(
+                self.fs,
+                context,
+                cid,
+                ref.round,
+                f"no HE aggregation open for client {cid} in round {ref.round}",
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+        if not secrets.compare_digest(r.task_ids[cid], ref.task_id):
+            _rounds.reject(
+                self.fs, context, cid, r.rnd, "task id does not match this round's task (stale)"
+            )
+        _rounds.taken(self.fs, r.rnd, cid)
+        return cid, r
+
+    def SubmitEncrypted(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("body") != "header":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream must start with a header")
+            raise AssertionError("unreachable")
+        cid, r = self._open(context, first.header.ref)
+        try:
+            data = _read_blob(first.header, request_iterator, self._limit, "encrypted update")
+            vec = EncryptedVector.from_bytes(data)
+            self.strategy.public.validate(vec, self._length)
+        except HEError as err:
+            _rounds.reject(self.fs, context, cid, r.rnd, f"encrypted update unusable: {err}")
+        except grpc.RpcError:
+            with self._lock:
+                r.gone.add(cid)
+                self._lock.notify_all()
+            return hpb.HEReply(accepted=False, reason="stream broken")
+        with self._lock:
+            if cid in r.uploads:
+                _rounds.reject(self.fs, context, cid, r.rnd, "already uploaded (replayed)")
+            if r.closed:
+                return hpb.HEReply(accepted=False, reason="the upload deadline passed")
+            r.uploads[cid], r.weights[cid] = data, vec.weight
+            self._lock.notify_all()
+        return hpb.HEReply(accepted=True)
+
+    def AwaitAggregate(self, request: hpb.HERef, context: grpc.ServicerContext) -> Any:
+        cid, r = self._open(context, request)
+        with self._lock:
+            if cid not in r.uploads:
+                _rounds.reject(self.fs, context, cid, r.rnd, "no accepted upload from this client")
+            r.waiting.add(cid)
+            self._lock.notify_all()
+            while r.holder is None and r.ended is None:
+                if not context.is_active():
+                    r.gone.add(cid)
+                    self._lock.notify_all()
+                    return
+                self._lock.wait(0.5)
+            aggregate = r.aggregate if r.holder == cid else None
+        if aggregate is None:
+            reason = r.ended or f"client {r.holder} decrypts this round"
+            yield hpb.AggregateMessage(header=hpb.AggregateHeader(decrypt=False, reason=reason))
+            return
+        yield hpb.AggregateMessage(header=hpb.AggregateHeader(decrypt=True, size=len(aggregate)))
+        chunk = self.fs.settings.chunk_size
+        for off in range(0, len(aggregate), chunk):
+            data = aggregate[off : off + chunk]
+            yield hpb.AggregateMessage(chunk=hpb.BlobChunk(offset=off, data=data))
+
+    def SubmitMean(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("body") != "header":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream must start with a header")
+            raise AssertionError("unreachable")
+        cid, r = self._open(context, first.header.ref)
+        if r.holder != cid or r.mean is not None:
+            _rounds.reject(
+                self.fs, context, cid, r.rnd, f"client {cid} is not this round's key holder"
+            )
+        size = 8 * self._length
+        try:
+            data = _read_blob(first.header, request_iterator, size, "decrypted mean")
+            if len(data) != size:
+                raise HEError(f"decrypted mean is {len(data)} bytes, expected {size}")
+            mean = np.frombuffer(data, dtype="<f8").astype(np.float64)
+            if not np.isfinite(mean).all():
+                raise HEError("decrypted mean has non-finite values")
+        except HEError as err:
+            _rounds.reject(self.fs, context, cid, r.rnd, str(err))
+        with self._lock:
+            r.mean = mean
+            self._lock.notify_all()
+        return hpb.HEReply(accepted=True)

@@ -1,0 +1,383 @@
+"""SecAgg rounds on a :class:`~fedfleet.net.server.FederatedServer`: the protocol's stages as gRPC
+calls on the same port, driven by a round runner used in place of the plain round.
+
+A round: ``configure_fit`` picks the cohort exactly as in simulation; each selected client gets
+its TRAIN task through ``GetTask`` as usual, trains and clips, then calls ``GetSetup`` and the
+stage calls (see ``secagg.proto``). The runner opens stage s, waits until every client expected
+at it has answered, has hung up, or the deadline (``round_timeout_s`` per stage) passed, and hands
+what arrived to :class:`~fedfleet.privacy.secagg.SecAggServer`; whoever is missing has dropped
+out and the protocol recovers around them. Below the threshold the round aborts with a
+:class:`~fedfleet.privacy.secagg.SecAggAborted` naming the stage and the count; the model is then
+kept, as ``SecAggFedAvg`` does in simulation. The unmasked sum goes to
+``SecAggFedAvg.aggregate_sum`` (central DP noise, averaging, server transform).
+
+Every message is checked on arrival, alone: the sender is the authenticated client (the
+certificate's CN under mutual TLS), it names this round's task, arrives at its stage, once, with
+fields of the right sizes (see :mod:`fedfleet.privacy.secagg.server` ``check_*``). A bad message
+is refused with the reason (``INVALID_ARGUMENT``/``FAILED_PRECONDITION``), logged with client and
+round, recorded in ``FederatedServer.rejected``, and never reaches the state machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import grpc
+import numpy as np
+
+from fedfleet.net import server as net_server
+from fedfleet.net.secure import _rounds
+from fedfleet.net.secure import secagg_pb2 as spb
+from fedfleet.net.secure import secagg_pb2_grpc as spb_grpc
+from fedfleet.net.secure import secagg_wire as wire
+from fedfleet.privacy.secagg.config import SecAggConfig
+from fedfleet.privacy.secagg.errors import SecAggAborted, SecAggProtocolError
+from fedfleet.privacy.secagg.messages import AdvertiseKeys, MaskedInput
+from fedfleet.privacy.secagg.server import SecAggServer
+from fedfleet.privacy.secagg.strategy import SecAggFedAvg
+from fedfleet.strategies.base import ClientUpdate, StrategyState
+
+__all__ = ["SecAggRounds"]
+
+log = logging.getLogger("fedfleet.net.secure")
+
+_NAMES = {1: "public keys", 2: "encrypted shares", 3: "masked input", 4: "unmask shares"}
+
+
+@dataclass
+class _SecureRound:
+    rnd: int
+    task_ids: dict[int, str]
+    machine: SecAggServer | None
+    stage: int = 1  # the stage whose client messages are being collected (5 = finished)
+    closing: bool = False  # the stage's deadline passed and its messages are being processed
+    aborted: str | None = None
+    inbox: dict[int, dict[int, Any]] = field(default_factory=lambda: {s: {} for s in range(1, 5)})
+    outbox: dict[int, Mapping[int, Any]] = field(default_factory=dict)
+    gone: set[int] = field(default_factory=set)
+    sent_bytes: dict[int, int] = field(default_factory=dict)
+
+
+class SecAggRounds(spb_grpc.SecureAggregationServicer):
+    """The SecAgg service and round runner of one ``FederatedServer`` running ``SecAggFedAvg``."""
+
+    def __init__(self, server: net_server.FederatedServer, strategy: SecAggFedAvg) -> None:
+        self.fs, self.strategy = server, strategy
+        self._lock = threading.Condition()
+        self._round: _SecureRound | None = None
+        self._results: dict[int, tuple[np.ndarray | None, int, dict[str, float]]] = {}
+
+    def register(self, grpc_server: grpc.Server) -> None:
+        spb_grpc.add_SecureAggregationServicer_to_server(self, grpc_server)
+
+    # ----- the round runner (the server's main thread) ----------------------------------------
+
+    def play_round(
+        self, rnd: int, vector: np.ndarray, state: StrategyState
+    ) -> tuple[Any, list[ClientUpdate]] | None:
+        """Hand out the training tasks and run the protocol; like ``_play_round`` it returns
+        ``(plan, updates)``, where the updates are receipts (no delta: the server never sees
+        one) of the clients whose input is in the sum; ``aggregate_fit`` then uses the sum."""
+        fs = self.fs
+        opened: list[_SecureRound] = []
+        try:
+            plan = _rounds.open_training(
+                fs,
+                rnd,
+                vector,
+                state,
+                lambda ids: opened.append(self._open_round(rnd, vector, ids)),
+            )
+            if plan is None:
+                return None
+            r = opened[0]
+            result = self._run_stages(r)
+        finally:
+            _rounds.close_training(fs)
+            with self._lock:
+                self._round = None
+                self._lock.notify_all()
+        if fs._done:
+            return None
+        metrics = {"secagg_aborted": float(result is None)}
+        if r.sent_bytes:
+            metrics["secagg_bytes_per_client"] = sum(r.sent_bytes.values()) / len(r.task_ids)
+        if result is None:
+            self._results[rnd] = (None, 0, metrics)
+            return plan, []
+        self._results[rnd] = (result.total, len(result.included), metrics)
+        if result.dropped:
+            log.warning(
+                "round %d: clients %s dropped out of the secure sum", rnd, list(result.dropped)
+            )
+        log.info("round %d: unmasked the sum of clients %s", rnd, list(result.included))
+        return plan, [ClientUpdate(c, np.zeros(0, np.float32), 0, 0) for c in result.included]
+
+    def aggregate_fit(
+        self, rnd: int, vector: np.ndarray, state: StrategyState, updates: list[ClientUpdate]
+    ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
+        """``SecAggFedAvg.aggregate_sum`` on the sum round ``rnd`` unmasked."""
+        total, included, metrics = self._results.pop(rnd)
+        return self.strategy.aggregate_sum(rnd, vector, state, total, included, metrics)
+
+    def _open_round(self, rnd: int, vector: np.ndarray, task_ids: dict[int, str]) -> _SecureRound:
+        s, ids = self.strategy, sorted(task_ids)
+        machine, aborted = None, None
+        if len(ids) < 2:
+            aborted = f"secure aggregation needs at least 2 clients; round {rnd} selected {ids}"
+        else:
+            config = SecAggConfig(
+                vector_length=vector.size,
+                clip_range=s.clip_norm,
+                quant_range=s.quant_range,
+                neighbours=s.neighbours,
+                threshold=s.threshold,
+                round_id=rnd,
+            )
+            graph_rng = np.random.default_rng(np.random.SeedSequence(s.seed, spawn_key=(rnd, 0)))
+            machine = SecAggServer(config, ids, graph_rng)
+        r = _SecureRound(rnd, task_ids, machine, aborted=aborted)
+        if machine is not None:
+            r.outbox[0] = machine.setup()
+        with self._lock:
+            self._round = r
+            self._lock.notify_all()
+        return r
+
+    def _run_stages(self, r: _SecureRound) -> Any:
+        m = r.machine
+        if m is None:
+            return None
+        collect: dict[int, Callable[[list[Any]], Any]] = {
+            1: m.collect_keys,
+            2: m.collect_shares,
+            3: m.collect_masked,
+            4: m.collect_unmask,
+        }
+        expected = set(r.task_ids)
+        for stage in (1, 2, 3, 4):
+            deadline = time.monotonic() + self.fs.settings.round_timeout_s
+            with self._lock:
+                while not expected <= set(r.inbox[stage]) | r.gone and not self.fs._done:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._lock.wait(min(left, 0.5))
+                if self.fs._done:
+                    r.aborted = "the server is shutting down"
+                    self._lock.notify_all()
+                    return None
+                arrived = list(r.inbox[stage].values())
+                r.closing = True  # late messages are refused while the stage is processed
+            log.info("round %d: stage %d closed, %d messages", r.rnd, stage, len(arrived))
+            missing = sorted(expected - {msg.client_id for msg in arrived})
+            if missing:
+                log.warning(
+                    "round %d: no %s from clients %s (dropped out)", r.rnd, _NAMES[stage], missing
+                )
+            try:
+                out = collect[stage](arrived)
+            except (SecAggAborted, SecAggProtocolError) as err:
+                log.warning("round %d: %s", r.rnd, err)
+                with self._lock:
+                    r.aborted = str(err)
+                    self._lock.notify_all()
+                return None
+            with self._lock:
+                if stage < 4:
+                    r.outbox[stage] = out
+                    expected = set(out)
+                r.stage, r.closing = stage + 1, False
+                self._lock.notify_all()
+            if stage == 1:  # no more task hand-outs: who has not advertised keys is out
+                _rounds.close_training(self.fs)
+        return out
+
+    # ----- checks shared by the RPCs -----------------------------------------------------------
+
+    def _reject(
+        self,
+        context: grpc.ServicerContext,
+        cid: int,
+        rnd: int,
+        reason: str,
+        code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
+    ) -> NoReturn:
+        _rounds.reject(self.fs, context, cid, rnd, reason, code)
+
+    def _open(self, context: grpc.ServicerContext, ref: spb.RoundRef) -> tuple[int, _SecureRound]:
+        """The authenticated caller and its round; refuses other rounds and stale task ids."""
+        cid = _rounds.identify(self.fs, context, ref.client_id)
+        with self._lock:
+            r = self._round
+        if r is None or r.rnd != ref.round or cid not in r.task_ids:
+            self._reject(
+                context,
+                cid,
+                ref.round,
+                f"no secure aggregation open for client {cid} in round {ref.round}",
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+        if not secrets.compare_digest(r.task_ids[cid], ref.task_id):
+            self._reject(
+                context,
+                cid,
+                ref.round,
+                "task id does not match this round's task (stale or replayed)",
+            )
+        _rounds.taken(self.fs, r.rnd, cid)
+        return cid, r
+
+    def _admit(self, context: grpc.ServicerContext, r: _SecureRound, cid: int, stage: int) -> None:
+        """Under the lock: ``cid`` has not sent this stage's message, the stage is open, and
+        ``cid`` is part of it."""
+        if cid in r.inbox[stage]:
+            self._reject(
+                context, cid, r.rnd, f"client {cid} already sent its {_NAMES[stage]} (replayed)"
+            )
+        if r.stage != stage or r.closing:
+            state = "has not opened yet" if r.stage < stage else "is closed"
+            self._reject(
+                context,
+                cid,
+                r.rnd,
+                f"{_NAMES[stage]} arrived but stage {stage} {state}",
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+        if stage > 1 and cid not in r.outbox[stage - 1]:
+            self._reject(
+                context,
+                cid,
+                r.rnd,
+                f"client {cid} is not part of stage {stage} (it missed stage {stage - 1})",
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+
+    def _store(self, r: _SecureRound, stage: int, message: Any) -> None:
+        r.inbox[stage][message.client_id] = message
+        r.sent_bytes[message.client_id] = r.sent_bytes.get(message.client_id, 0) + message.nbytes()
+        self._lock.notify_all()
+
+    def _await(self, context: grpc.ServicerContext, r: _SecureRound, stage: int, cid: int) -> Any:
+        """Wait for ``stage`` to close; the server's next message for ``cid`` or an abort."""
+        with self._lock:
+            while r.stage <= stage:
+                if r.aborted is not None or self._round is not r:
+                    break
+                if not context.is_active():  # the client hung up: do not wait for it again
+                    r.gone.add(cid)
+                    self._lock.notify_all()
+                    break
+                self._lock.wait(0.5)
+            if r.aborted is not None:
+                return spb.Status(aborted=True, reason=r.aborted)
+            out = r.outbox.get(stage, {}).get(cid)
+        if out is None:
+            return spb.Status(aborted=True, reason=f"client {cid} was left out of round {r.rnd}")
+        return out
+
+    # ----- RPCs --------------------------------------------------------------------------------
+
+    def GetSetup(self, request: spb.RoundRef, context: grpc.ServicerContext) -> Any:
+        cid, r = self._open(context, request)
+        if r.aborted is not None or r.machine is None:
+            return spb.SetupReply(status=spb.Status(aborted=True, reason=r.aborted or ""))
+        return wire.setup_to_pb(r.outbox[0][cid])
+
+    def AdvertiseKeys(
+        self, request: spb.AdvertiseKeysRequest, context: grpc.ServicerContext
+    ) -> Any:
+        cid, r = self._open(context, request.ref)
+        msg = AdvertiseKeys(cid, bytes(request.enc_public), bytes(request.mask_public))
+        with self._lock:
+            self._admit(context, r, cid, 1)
+            seen = {k for m in r.inbox[1].values() for k in (m.enc_public, m.mask_public)}
+            try:
+                assert r.machine is not None
+                r.machine.check_keys(msg, seen)
+            except SecAggProtocolError as err:
+                self._reject(context, cid, r.rnd, str(err))
+            self._store(r, 1, msg)
+        out = self._await(context, r, 1, cid)
+        if isinstance(out, spb.Status):
+            return spb.PublicKeysReply(status=out)
+        return wire.public_keys_to_pb(out)
+
+    def ShareKeys(self, request: spb.ShareKeysRequest, context: grpc.ServicerContext) -> Any:
+        cid, r = self._open(context, request.ref)
+        with self._lock:
+            self._admit(context, r, cid, 2)
+            try:
+                assert r.machine is not None
+                limit = len(r.machine.graph[cid])
+                msg = wire.share_keys_message(cid, request, limit)
+                r.machine.check_shares(msg)
+            except SecAggProtocolError as err:
+                self._reject(context, cid, r.rnd, str(err))
+            self._store(r, 2, msg)
+        out = self._await(context, r, 2, cid)
+        if isinstance(out, spb.Status):
+            return spb.ForwardedSharesReply(status=out)
+        return spb.ForwardedSharesReply(ciphertexts=wire.ciphertexts_to_pb(out.ciphertexts))
+
+    def SubmitMasked(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("body") != "header":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream must start with a header")
+            raise AssertionError("unreachable")  # context.abort raises
+        cid, r = self._open(context, first.header.ref)
+        with self._lock:
+            self._admit(context, r, cid, 3)
+        assert r.machine is not None
+        receiver: wire.MaskedReceiver | None
+        try:
+            receiver = wire.MaskedReceiver(cid, first.header.length, r.machine.config.vector_length)
+            for message in request_iterator:
+                if message.WhichOneof("body") != "chunk":
+                    raise SecAggProtocolError(f"client {cid} sent a second header")
+                receiver.add(message.chunk)
+        except grpc.RpcError:
+            receiver = None
+        except SecAggProtocolError as err:
+            self._reject(context, cid, r.rnd, str(err))
+        if receiver is None or not receiver.complete:
+            # The call broke off mid-upload (a client killed now looks like this): stop waiting
+            # for it at this stage; it may still send a whole input before the stage closes.
+            log.warning("round %d: client %d's masked input broke off", r.rnd, cid)
+            with self._lock:
+                r.gone.add(cid)
+                self._lock.notify_all()
+        if receiver is None:  # the call is gone: nobody to answer
+            return spb.UnmaskRequestReply()
+        try:
+            msg = MaskedInput(cid, receiver.finish(), r.machine.bits)
+            r.machine.check_masked(msg)
+        except SecAggProtocolError as err:
+            self._reject(context, cid, r.rnd, str(err))
+        with self._lock:
+            self._admit(context, r, cid, 3)
+            self._store(r, 3, msg)
+        out = self._await(context, r, 3, cid)
+        if isinstance(out, spb.Status):
+            return spb.UnmaskRequestReply(status=out)
+        return spb.UnmaskRequestReply(survivors=list(out.survivors))
+
+    def Unmask(self, request: spb.UnmaskRequest, context: grpc.ServicerContext) -> Any:
+        cid, r = self._open(context, request.ref)
+        with self._lock:
+            self._admit(context, r, cid, 4)
+            try:
+                assert r.machine is not None
+                limit = len(r.machine.graph[cid]) + 1
+                msg = wire.unmask_response_from_pb(cid, request, limit)
+                r.machine.check_unmask(msg)
+            except SecAggProtocolError as err:
+                self._reject(context, cid, r.rnd, str(err))
+            self._store(r, 4, msg)
+        return spb.UnmaskReply()

@@ -1,0 +1,106 @@
+"""Federated evaluation over a real socket: the server asks clients to evaluate the global model
+and refuses reports that are not finite, out of range, or for a task that is not theirs."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import numpy as np
+
+from conftest import write_config
+from fedfleet.evaluation import fairness_stats
+from fedfleet.net import fedfleet_pb2 as pb
+from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
+from fedfleet.net.cli import read_config
+from fedfleet.net.server import FederatedServer, ServerSettings
+from fedfleet.net.wire import chunk_messages, tensor_infos
+
+SAMPLES, HELD_OUT = 50, 10
+
+
+def test_evaluation_reports_are_validated_and_summarised(tmp_path):
+    cfg, _ = read_config(write_config(tmp_path / "run.toml", rounds=2))
+    cfg = cfg.model_copy(
+        update={
+            "eval": cfg.eval.model_copy(update={"every": 0, "federated_every": 1}),
+            "data": cfg.data.model_copy(update={"client_test_fraction": 0.2}),
+            "strategy": cfg.strategy.model_copy(update={"clients_per_round": 3}),
+        }
+    )
+    settings = ServerSettings(
+        insecure=True, min_clients=3, round_timeout_s=20.0, poll_wait_s=0.2, chunk_size=1 << 16,
+    )  # fmt: skip
+    server = FederatedServer(cfg, settings)
+    fp = server.fingerprint
+    port = server.start()
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(server.run()), daemon=True)
+    runner.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = pb_grpc.FedFleetStub(channel)
+
+    def task(cid: int) -> tuple[pb.TaskHeader, np.ndarray]:
+        while True:
+            msgs = list(stub.GetTask(pb.TaskRequest(client_id=cid), timeout=10))
+            h = msgs[0].header
+            if h.kind != pb.TaskHeader.WAIT:
+                data = b"".join(m.chunk.data for m in msgs[1:] if m.chunk.tensor == 0)
+                return h, np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+    def report(cid: int, h: pb.TaskHeader, **fields) -> pb.EvaluationReply:
+        fields = {"round": h.round, "task_id": h.task_id, "num_samples": HELD_OUT, "loss": 0.5,
+                  "accuracy": 0.5, **fields}  # fmt: skip
+        msg = pb.EvaluationResult(client_id=cid, **fields)
+        return stub.SubmitEvaluation(msg, timeout=10)
+
+    def train(cid: int) -> None:
+        h, vector = task(cid)
+        assert h.kind == pb.TaskHeader.TRAIN
+        wrong = report(cid, h)  # an evaluation for a TRAIN task: refused, the task stays open
+        assert not wrong.accepted and "is a TRAIN task" in wrong.reason
+        header = pb.UpdateHeader(
+            client_id=cid, round=h.round, task_id=h.task_id, layout_fingerprint=fp,
+            num_samples=SAMPLES, num_steps=1, tensors=tensor_infos({"vector": vector}),
+        )  # fmt: skip
+        chunks = [pb.UpdateMessage(chunk=c) for c in chunk_messages([vector], 1 << 16)]
+        reply = stub.SubmitUpdate(iter([pb.UpdateMessage(header=header), *chunks]), timeout=10)
+        assert reply.accepted, reply.reason
+
+    def refused(reply: pb.EvaluationReply, why: str) -> None:
+        assert not reply.accepted and why in reply.reason, reply.reason
+
+    try:
+        for cid in range(3):
+            reg = pb.RegisterRequest(
+                client_id=cid, layout_fingerprint=fp, num_samples=SAMPLES,
+                num_test_samples=HELD_OUT,
+            )  # fmt: skip
+            assert stub.Register(reg, timeout=10).ok
+        for cid in range(3):
+            train(cid)
+        first = {cid: task(cid)[0] for cid in range(3)}
+        assert all(h.kind == pb.TaskHeader.EVALUATE for h in first.values())
+        assert all(h.applied_round == 1 for h in first.values())
+        refused(report(0, first[0], accuracy=1.5), "outside [0, 1]")
+        refused(report(1, first[1], loss=float("nan")), "must be finite")
+        assert report(2, first[2], accuracy=0.75, loss=0.25).accepted
+        refused(report(2, first[2]), "no open task")  # a replay, after the round closed
+        for cid in range(3):
+            train(cid)
+        second = {cid: task(cid)[0] for cid in range(3)}
+        refused(report(0, second[0], num_samples=HELD_OUT + 1), f"outside 0..{HELD_OUT}")
+        refused(report(1, second[1], task_id=first[1].task_id), "stale or replayed")
+        assert report(1, second[1], accuracy=0.25, loss=1.0, num_samples=4).accepted
+        assert report(2, second[2], accuracy=0.5, loss=0.5).accepted
+        runner.join(30)
+        assert not runner.is_alive()
+    finally:
+        channel.close()
+        server.stop(grace=0.5, linger_s=0)
+    one, two = result["history"]
+    assert one["client_accuracy_mean"] == 0.75 and one["client_loss_mean"] == 0.25
+    assert {k: two[f"client_accuracy_{k}"] for k in ("mean", "min", "worst10", "std")} == (
+        fairness_stats([0.25, 0.5])
+    )
+    assert two["client_loss_mean"] == (4 * 1.0 + HELD_OUT * 0.5) / (4 + HELD_OUT)
