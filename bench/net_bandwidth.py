@@ -1,20 +1,24 @@
 """Network-layer cost of one round: 20 clients, a 10M-parameter model, loopback gRPC.
 
-    python bench/net_bandwidth.py [--clients 20] [--params 10000000] [--rounds 2] [--tls]
+    python bench/net_bandwidth.py [--clients 20] [--params 10000000] [--rounds 3] [--tls]
+        [--client-procs N] [--chunk-size BYTES]
 
 Training is replaced by a trainer that returns the global vector unchanged, so a round's time is
 the network layer alone: long-poll, chunked broadcast to every client, chunked upload, decoding
-and validate_update, aggregation. Clients are threads of this process (they share the GIL with
-the server, which makes this an upper bound). The reference is the time to push the same bytes
-(download + upload for every client) through one loopback TCP socket. Bytes on the wire are the
+and validate_update, aggregation. The server runs in this process; the clients run in
+``--client-procs`` separate processes (default: one per client), so they do not share the
+server's GIL. The reference is the time to push the same bytes (download + upload for every
+client) through one loopback TCP socket, measured in the same run. Bytes on the wire are the
 serialized protobuf messages plus gRPC's 5-byte message prefix (HTTP/2 and TLS framing not
-counted) against the raw float32 bytes.
+counted) against the raw float32 bytes. Clients and server share this machine's cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -82,52 +86,92 @@ def socket_copy_seconds(nbytes: int, times: int) -> float:
     return dt
 
 
+def _settings(args: argparse.Namespace, certs: str | None) -> dict:
+    return {
+        "insecure": certs is None,
+        "certs_dir": certs,
+        "chunk_size": args.chunk_size,
+        "max_message_bytes": max(4 << 20, args.chunk_size + (1 << 20)),
+    }
+
+
+def _config(args: argparse.Namespace):
+    return validate_config(
+        {"rounds": args.rounds, "data": {"num_clients": args.clients}, "eval": {"every": 0},
+         "strategy": {"clients_per_round": args.clients}}
+    )  # fmt: skip
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Client processes' side: run clients ``--ids`` (threads) until the server says DONE."""
+    n, certs = args.clients, args.certs or None
+    trainer = NullTrainer(args.params)
+    strategy = FedAvg(local=FitInstructions(epochs=1, batch_size=10, lr=0.1), clients_per_round=n)
+    data = ArrayDataset(np.zeros((10, 1), np.float32), np.zeros(10, np.int64))
+    cfg = _config(args)
+    clients = [
+        FederatedClient(
+            cfg,
+            ClientSettings(server=args.server, **_settings(args, certs)),
+            int(cid),
+            data=data,
+            trainer=trainer,
+            strategy=strategy,
+        )
+        for cid in args.ids.split(",")
+    ]
+    threads = [threading.Thread(target=c.run) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--params", type=int, default=10_000_000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--chunk-size", type=int, default=1 << 20)
+    ap.add_argument("--chunk-size", type=int, default=None)
+    ap.add_argument("--client-procs", type=int, default=None)
     ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--server", help=argparse.SUPPRESS)
+    ap.add_argument("--ids", help=argparse.SUPPRESS)
+    ap.add_argument("--certs", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.chunk_size is None:
+        args.chunk_size = ServerSettings(insecure=True).chunk_size
+    if args.worker:
+        worker(args)
+        return
     n, size = args.clients, args.params
-    cfg = validate_config(
-        {"rounds": args.rounds, "data": {"num_clients": n}, "eval": {"every": 0},
-         "strategy": {"clients_per_round": n}}
-    )  # fmt: skip
+    cfg = _config(args)
     local = FitInstructions(epochs=1, batch_size=10, lr=0.1)
-    certs = create_test_federation(tempfile.mkdtemp(), n) if args.tls else None
+    certs = str(create_test_federation(tempfile.mkdtemp(), n)) if args.tls else None
     trainer = NullTrainer(size)
     settings = ServerSettings(
-        insecure=not args.tls, certs_dir=str(certs) if certs else None, min_clients=n,
-        min_accept=n, chunk_size=args.chunk_size, poll_wait_s=0.5, max_workers=2 * n + 4,
-    )  # fmt: skip
+        min_clients=n, min_accept=n, poll_wait_s=0.5, **_settings(args, certs)
+    )
     server = FederatedServer(
         cfg, settings, trainer=trainer, strategy=FedAvg(local=local, clients_per_round=n)
     )
     port = server.start()
-    data = ArrayDataset(np.zeros((10, 1), np.float32), np.zeros(10, np.int64))
-    clients = [
-        FederatedClient(
-            cfg,
-            ClientSettings(
-                server=f"127.0.0.1:{port}",
-                insecure=not args.tls,
-                certs_dir=str(certs) if certs else None,
-                chunk_size=args.chunk_size,
-            ),
-            cid,
-            data=data,
-            trainer=trainer,
-            strategy=server.strategy,
-        )
-        for cid in range(n)
-    ]
-    threads = [threading.Thread(target=c.run, daemon=True) for c in clients]
-    for t in threads:
-        t.start()
-    result = server.run()
-    server.stop(linger_s=5)
+    procs = args.client_procs or n
+    groups = [",".join(str(c) for c in range(n)[i::procs]) for i in range(procs)]
+    common = [sys.executable, __file__, "--worker", "--server", f"127.0.0.1:{port}",
+              "--clients", str(n), "--params", str(size), "--rounds", str(args.rounds),
+              "--chunk-size", str(args.chunk_size), "--certs", certs or ""]  # fmt: skip
+    workers = [subprocess.Popen([*common, "--ids", g]) for g in groups if g]
+    try:
+        result = server.run()
+        server.stop(linger_s=10)
+    finally:
+        for w in workers:
+            try:
+                w.wait(30)
+            except subprocess.TimeoutExpired:
+                w.kill()
     # round 1 also waits for the clients to start and connect
     times = [r["round_time_s"] for r in result["history"]][1:] or [
         result["history"][0]["round_time_s"]
@@ -138,8 +182,8 @@ def main() -> None:
     ]
     wire = sum(m.ByteSize() + 5 for m in msgs)
     copy_s = socket_copy_seconds(raw, 2 * n)
-    print(f"clients {n}, params {size:,} ({raw / 2**20:.1f} MiB), chunk {args.chunk_size}, "
-          f"{'TLS' if args.tls else 'plaintext'}")  # fmt: skip
+    print(f"clients {n} in {len(workers)} processes, params {size:,} ({raw / 2**20:.1f} MiB), "
+          f"chunk {args.chunk_size}, {'TLS' if args.tls else 'plaintext'}")  # fmt: skip
     print("| measure | value |")
     print("|---|---|")
     print(f"| network-layer time per round (median of {len(times)}) | {np.median(times):.2f} s |")
