@@ -10,8 +10,9 @@ generator, IID partition and model (``common.py``), the cohorts ``common.sample_
 picks (the ones ``limit_torch`` and ``plain_torch`` train; pfl and Flower sample their own),
 FedAvg with SGD lr 0.01, B=32, E=1, R rounds, then the test evaluation; a
 :class:`fedfleet.sim.Simulation` with the trainer and executor
-:func:`fedfleet.runs.build.choose_executor` picks (``fedfleet``), and the MLP's vectorised
-trainer on 2 worker threads (``fedfleet_w2``, both cores). It prints the peers' JSON line with
+:func:`fedfleet.runs.build.choose_executor` picks (``fedfleet``: what ``fedfleet run`` does,
+one lane per core for the MLP), and the same on one lane, one core (``fedfleet_1core``). It
+prints the peers' JSON line with
 the same ``t0`` (after imports, data and the torch warm-up), ``round_s``, ``startup_s`` and
 ``total_s``; the final evaluation is timed apart and left out of the last round, as the peers
 do.
@@ -77,11 +78,11 @@ IMPLS: dict[str, tuple[str, list[str]]] = {
     "pfl_sim": ("pfl", ["pfl_sim.py", "--threads", "1"]),
     "flower_sim": ("flwr", ["flower_sim.py", "--client-cpus", "1"]),
     "fedfleet": ("self", ["--child", "fedfleet"]),
-    "fedfleet_w2": ("self", ["--child", "fedfleet", "--workers", "2"]),
+    "fedfleet_1core": ("self", ["--child", "fedfleet", "--lanes", "1"]),
     "plain_logreg": ("self", ["--child", "plain_logreg"]),
 }
 DEFAULT_IMPLS = {
-    "s": ["fedfleet", "fedfleet_w2", "plain_logreg"],
+    "s": ["fedfleet", "plain_logreg"],
 }
 PEER_IMPLS = [k for k in IMPLS if k != "plain_logreg"]
 ONCE = {"flower_sim"}  # slow to start: --flower-repeats runs
@@ -149,13 +150,12 @@ def _synthetic_task(args: Any) -> Any:
 def child_fedfleet(argv: Sequence[str], peers: Path) -> None:
     common = _common(peers)
     p = common.build_parser("fedfleet")
-    p.add_argument("--workers", type=int, default=1, help="VmapTrainer worker threads (MLP)")
+    p.add_argument("--lanes", type=int, default=None, help="choose_executor's lanes (auto)")
     p.add_argument("--task", choices=["peers", "synthetic"], default="peers")
     args = p.parse_args(argv)
     import numpy as np
 
     from fedfleet.client import FitInstructions
-    from fedfleet.client.vmap_trainer import VmapTrainer
     from fedfleet.data.base import ArrayDataset, TaskData
     from fedfleet.runs import RunConfig
     from fedfleet.runs.build import choose_executor
@@ -207,16 +207,8 @@ def child_fedfleet(argv: Sequence[str], peers: Path) -> None:
         task,
         build_trainer(config, task),
         strategy,
+        lanes=args.lanes,
     )
-    if args.workers > 1 and isinstance(trainer, VmapTrainer) and trainer.uses_fast_path:
-        from fedfleet.models.zoo import build_model
-
-        trainer = VmapTrainer(
-            lambda: build_model(name, task.input_shape, task.num_classes),
-            num_threads=1,
-            workers=args.workers,
-        )
-        why += f", {args.workers} worker threads"
     timed = _TimedEvaluate(trainer)
     sim = Simulation(
         timed,
@@ -249,7 +241,7 @@ def child_fedfleet(argv: Sequence[str], peers: Path) -> None:
         t_end=t_end,
         executor=why,
         torch_threads=threads,
-        workers=args.workers,
+        lanes=getattr(trainer, "workers", 1),
         eval_s=round(timed.seconds, 4),
     )
     np.asarray(result.vector)  # keep the result alive until the line is out
@@ -413,7 +405,7 @@ def _targets(workload: str, med: dict[str, tuple[float, float]]) -> list[str]:
             peer = min(limits, key=lambda n: med[n][1]) if limits else ""
         if peer not in med:
             continue
-        for variant in ("fedfleet", "fedfleet_w2"):
+        for variant in ("fedfleet", "fedfleet_1core"):
             if variant not in med:
                 continue
             i = 1 if kind == "steady" else 0
@@ -434,7 +426,7 @@ def _ratios(workload: str, med: dict[str, tuple[float, float]]) -> list[str]:
         if name in med:
             refs.append((name, name))
     refs += [(n, n) for n in ("pfl_sim", "flower_sim") if n in med]
-    for variant in ("fedfleet", "fedfleet_w2"):
+    for variant in ("fedfleet", "fedfleet_1core"):
         if variant not in med:
             continue
         tot, sd = med[variant]

@@ -1,5 +1,7 @@
 """The cohort executors: the automatic choice, and that both paths train the same model."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -61,4 +63,21 @@ def test_vectorised_runs_are_bit_identical_across_runs():
     cfg = load_config(None, [*SMALL, "executor=vectorised"])
     a = build_run(cfg).simulation.run(3)
     b = build_run(cfg).simulation.run(3)
+    assert np.array_equal(a.vector, b.vector)
+
+
+def test_auto_trains_large_mlp_steps_on_one_lane_per_core_with_the_same_bits():
+    cores = len(os.sched_getaffinity(0))
+    small = build_run(load_config(None, SMALL))  # digits MLP: 9,610 params x batch 16
+    assert small.simulation.trainer.workers == 1
+    big = [*SMALL, "model.hidden=[1024]"]  # 76,810 params x batch 16 >= 2^20
+    lanes = build_run(load_config(None, big))
+    assert lanes.simulation.trainer.workers == cores
+    if cores > 1:
+        assert f"{cores} lanes x 1 torch thread" in lanes.executor
+    one = build_run(load_config(None, [*big, "executor=vectorised"]))
+    assert one.simulation.trainer.workers == 1
+    two_threads = build_run(load_config(None, [*big, "threads=2"]))
+    assert two_threads.simulation.trainer.workers == 1  # threads asked for: one lane of them
+    a, b = lanes.simulation.run(2), one.simulation.run(2)
     assert np.array_equal(a.vector, b.vector)

@@ -27,7 +27,14 @@ SMALL = ["rounds=3", "data.num_clients=10", "strategy.clients_per_round=5"]
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+            break
+        except RuntimeError:  # Ray's own start-up wait ("Timed out waiting for file
+            ray.shutdown()  # .../gcs_server_port"), seen once on a loaded 2-core machine
+            if attempt == 2:
+                raise
     yield ray
     ray.shutdown()
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
 
+from fedfleet._atomic import atomic_write_safetensors
 from fedfleet.errors import FedfleetError
 from fedfleet.runs.rundir import _jsonable
 
@@ -121,21 +121,17 @@ def save_checkpoint(
         "history": [{k: _jsonable(v) for k, v in r.items()} for r in history],
         "server": server or {},
     }
-    path = out / CHECKPOINT_NAME
-    tmp = out / (CHECKPOINT_NAME + ".tmp")
-    save_file(arrays, str(tmp), metadata={_META: json.dumps(meta)})
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    if os.environ.get(PAUSE_ENV) == str(rnd):
-        log.warning("checkpoint of round %d written to %s; pausing before commit", rnd, tmp.name)
-        time.sleep(3600)
-    os.replace(tmp, path)
-    dir_fd = os.open(out, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+
+    def pause(tmp: Path) -> None:
+        if os.environ.get(PAUSE_ENV) == str(rnd):
+            log.warning(
+                "checkpoint of round %d written to %s; pausing before commit", rnd, tmp.name
+            )
+            time.sleep(3600)
+
+    return atomic_write_safetensors(
+        out / CHECKPOINT_NAME, arrays, {_META: json.dumps(meta)}, before_commit=pause
+    )
 
 
 def load_checkpoint(run_dir: str | Path) -> Checkpoint:

@@ -32,13 +32,12 @@ fsynced, so a SIGKILL at any moment leaves the old file or the new one. The file
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
 
+from fedfleet._atomic import atomic_write_safetensors
 from fedfleet.client.state_store import ClientState
 from fedfleet.errors import FedfleetError
 
@@ -123,17 +122,7 @@ class ClientStateFile:
             "pending_round": self.pending_round,
             "has_pending": self._pending is not None,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        save_file(arrays, str(tmp), metadata={_META: json.dumps(meta)})
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write_safetensors(self.path, arrays, {_META: json.dumps(meta)})
 
     def _load(self, path: Path) -> None:
         try:

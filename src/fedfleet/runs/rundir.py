@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
+from fedfleet._atomic import atomic_write_bytes, atomic_write_safetensors
 from fedfleet.errors import LayoutError
 from fedfleet.params import Layout
 
@@ -44,7 +44,7 @@ class RunDir:
         self.metrics_path.write_text("")
 
     def write_config(self, toml_text: str) -> None:
-        _atomic_write(self.path / "config.toml", toml_text.encode())
+        atomic_write_bytes(self.path / "config.toml", toml_text.encode())
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
         line = json.dumps({k: _jsonable(v) for k, v in record.items()})
@@ -55,23 +55,10 @@ class RunDir:
         return save_model(self.path / "model.safetensors", vector, layout)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_model(path: str | Path, vector: np.ndarray, layout: Layout) -> Path:
     """Write ``vector`` as safetensors, one tensor per layout entry (float32), atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {k: np.ascontiguousarray(v) for k, v in layout.unflatten(vector).items()}
-    save_file(tensors, str(tmp), metadata={"fedfleet.layout": layout.fingerprint})
-    os.replace(tmp, path)
-    return path
+    return atomic_write_safetensors(path, tensors, {"fedfleet.layout": layout.fingerprint})
 
 
 def load_model_vector(path: str | Path, layout: Layout) -> np.ndarray:

@@ -1,0 +1,67 @@
+"""Atomic file writes: a crash at any moment leaves the old file or the new one, never a mix.
+
+The data go to ``NAME.tmp`` beside the target, which is fsynced, renamed over the target
+(``os.replace`` is atomic on POSIX) and the directory fsynced so the rename itself is durable.
+Run directories, server checkpoints and clients' state files all write through here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_safetensors"]
+
+Hook = Callable[[Path], None]
+
+
+def atomic_write(path: str | Path, write: Hook, *, before_commit: Hook | None = None) -> Path:
+    """Have ``write(tmp)`` create the temporary file, then commit it to ``path``; returns it.
+
+    ``before_commit(tmp)`` runs after the temporary file is complete and synced and before the
+    rename: the crash tests use it to stop a server between the two.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    if before_commit is not None:
+        before_commit(tmp)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """``data`` written to ``path`` atomically."""
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    return atomic_write(path, write)
+
+
+def atomic_write_safetensors(
+    path: str | Path,
+    arrays: Mapping[str, np.ndarray],
+    metadata: dict[str, str],
+    *,
+    before_commit: Hook | None = None,
+) -> Path:
+    """``arrays`` as one safetensors file (no pickle) with ``metadata``, written atomically and
+    streamed to disk (no in-memory copy of a large model)."""
+
+    def write(tmp: Path) -> None:
+        save_file(dict(arrays), str(tmp), metadata=metadata)
+
+    return atomic_write(path, write, before_commit=before_commit)
