@@ -80,3 +80,20 @@ def test_cuda_without_a_visible_device_is_a_clear_error():
     assert "no CUDA device is visible" in proc.stderr
     assert "use device = 'cpu'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_iid_population_learns_where_every_device_has_its_own_model_it_cannot():
+    """The server tests on devices it never trained on: only a shared model is learnable."""
+    sets = [
+        "data.num_clients=1000",
+        "data.max_samples=200",
+        "model.name=logreg",
+        "strategy.clients_per_round=20",
+        "rounds=5",
+    ]
+    iid = build_run(load_config(None, ["data.name=synthetic-iid-population", *sets]))
+    assert iid.simulation.federation.iid
+    own = build_run(load_config(None, ["data.name=synthetic-population", *sets]))
+    learned = iid.simulation.run(5).final["test_accuracy"]
+    chance = own.simulation.run(5).final["test_accuracy"]
+    assert learned > 0.35 > 0.2 > chance

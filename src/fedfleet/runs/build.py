@@ -23,7 +23,7 @@ from fedfleet.privacy.accountant import DpAccounting, calibrate_noise_multiplier
 from fedfleet.privacy.dpsgd import DPSGDTrainer
 from fedfleet.privacy.local_dp import LocalDP
 from fedfleet.privacy.secagg.strategy import SecAggFedAvg
-from fedfleet.runs.config import RunConfig
+from fedfleet.runs.config import POPULATIONS, RunConfig
 from fedfleet.sim.clock import ClientClock
 from fedfleet.sim.cohort import CohortExecutor, SequentialExecutor, VectorisedExecutor
 from fedfleet.sim.deadline import DeadlinePolicy, DropLate, OverSelect, PartialWork
@@ -75,7 +75,7 @@ class RunPieces:
 
 def load_task_for(config: RunConfig) -> TaskData:
     d = config.data
-    if d.name == "synthetic-population":
+    if d.name in POPULATIONS:
         return build_population(config).task
     if d.name == "digits":
         return load_task("digits", test_fraction=d.test_fraction, seed=config.seed)
@@ -93,10 +93,12 @@ def load_task_for(config: RunConfig) -> TaskData:
 
 def build_population(config: RunConfig) -> SyntheticPopulation:
     """``data.name = 'synthetic-population'``: ``data.num_clients`` lazily generated
-    Synthetic(alpha, beta) devices; the server's test set is 50 further devices."""
+    Synthetic(alpha, beta) devices ('synthetic-iid-population': Synthetic-IID, one shared
+    model); the server's test set is 50 further devices."""
     d = config.data
     return SyntheticPopulation(
         num_clients=d.num_clients,
+        iid=d.name == "synthetic-iid-population",
         alpha=d.synthetic_alpha,
         beta=d.synthetic_beta,
         seed=config.seed,
@@ -106,7 +108,7 @@ def build_population(config: RunConfig) -> SyntheticPopulation:
 
 def build_federation(config: RunConfig, task: TaskData) -> Federation:
     d, seed = config.data, config.seed
-    if d.name == "synthetic-population":
+    if d.name in POPULATIONS:
         raise ConfigError(
             "data.name = 'synthetic-population' is a lazily generated population, not a "
             "partitioned dataset; build it with build_population(config)"
@@ -320,7 +322,7 @@ def build_run(config: RunConfig) -> RunPieces:
     check_device(config)
     torch.set_num_threads(config.threads)
     federation: ClientPopulation
-    if config.data.name == "synthetic-population":
+    if config.data.name in POPULATIONS:
         federation = build_population(config)
         task = federation.task
     else:

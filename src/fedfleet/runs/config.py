@@ -42,6 +42,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+POPULATIONS = ("synthetic-population", "synthetic-iid-population")
+"""Dataset names that are lazily generated populations rather than partitioned datasets."""
+
+
 class DataConfig(_Section):
     name: Literal[
         "digits",
@@ -52,10 +56,14 @@ class DataConfig(_Section):
         "synthetic",
         "synthetic-iid",
         "synthetic-population",
+        "synthetic-iid-population",
     ] = "digits"
     """Dataset; see ``fedfleet datasets``. 'synthetic-population' registers num_clients
     Synthetic(synthetic_alpha, synthetic_beta) devices whose data are generated only when
-    sampled (memory grows with the cohort, not the population; a million clients work)."""
+    sampled (memory grows with the cohort, not the population; a million clients work);
+    'synthetic-iid-population' the same with one model shared by every device. The server's
+    test set is 50 devices never trained on: under Synthetic(alpha, beta) each device labels
+    by its own random model, so a global model scores near chance on new devices there."""
     path: str | None = None
     """Directory of the files (mnist, fashion-mnist, femnist, leaf); default $FEDFLEET_DATA."""
     num_clients: int = Field(20, ge=1)
@@ -379,7 +387,7 @@ class RunConfig(_Section):
                 f"executor = '{self.executor}' splits a synchronous round's cohort; fedbuff "
                 "runs its own asynchronous loop: use executor = 'auto' with fedbuff"
             )
-        if self.data.name == "synthetic-population" and (
+        if self.data.name in POPULATIONS and (
             s.name == "fedbuff" or self.data.client_test_fraction > 0
         ):
             raise ValueError(
