@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing.reduction
 import os
 import pickle
@@ -211,3 +212,55 @@ def test_refused_settings():
         ProcessExecutor(workers=2, threads_per_worker=2)
     with pytest.raises(FedfleetError, match="workers >= 1"):
         ProcessExecutor(workers=0)
+
+
+class _Shift:
+    """A strategy whose client side adds ``mu`` to the global vector (no training)."""
+
+    def __init__(self, mu: float) -> None:
+        self.mu = mu
+
+    def client_fit(self, trainer, vector, data, instructions, seed, state):
+        from fedfleet.client.protocol import FitResult
+        from fedfleet.strategies.base import ClientResult
+
+        return ClientResult(FitResult(vector + self.mu, 1, 1, {}), {}, None)
+
+
+def _shift_jobs(k: int):
+    from fedfleet.client.protocol import FitInstructions
+    from fedfleet.data.base import ArrayDataset
+    from fedfleet.sim.cohort import ClientJob
+
+    data = ArrayDataset(np.zeros((1, 2), np.float32), np.zeros(1, np.int64))
+    return [ClientJob(c, data, FitInstructions(), c, None) for c in range(k)]
+
+
+def test_an_interrupted_round_never_leaks_its_results_into_the_next():
+    trainer, v = object(), np.zeros(3, np.float32)
+    strategy = _Shift(100.0)
+    with ProcessExecutor(workers=2) as ex:
+
+        def interrupt(done, total):
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            ex.run(strategy, trainer, v + 5, _shift_jobs(2), interrupt)
+        results = ex.run(strategy, trainer, v + 7, _shift_jobs(2))
+    assert [float(r.fit.vector[0]) for r in results] == [107.0, 107.0]
+
+
+def test_a_new_strategy_gets_new_workers_even_at_a_reused_address():
+    trainer, v = object(), np.zeros(3, np.float32)
+    jobs = _shift_jobs(2)
+    with ProcessExecutor(workers=2) as ex:
+        first = _Shift(1.0)
+        ex.run(first, trainer, v, jobs)
+        for mu in range(2, 12):
+            del first
+            gc.collect()
+            # freed, CPython usually puts the next one at the same address (the old executor
+            # then took it for the strategy its workers were forked with)
+            first = _Shift(float(mu))
+            got = ex.run(first, trainer, v, jobs)
+            assert [float(r.fit.vector[0]) for r in got] == [mu, mu]

@@ -12,6 +12,7 @@ from conftest import write_config
 from fedfleet.evaluation import fairness_stats
 from fedfleet.net import fedfleet_pb2 as pb
 from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
+from fedfleet.net.checkpoint import load_checkpoint
 from fedfleet.net.cli import read_config
 from fedfleet.net.server import FederatedServer, ServerSettings
 from fedfleet.net.wire import chunk_messages, tensor_infos
@@ -30,6 +31,7 @@ def test_evaluation_reports_are_validated_and_summarised(tmp_path):
     )
     settings = ServerSettings(
         insecure=True, min_clients=3, round_timeout_s=20.0, poll_wait_s=0.2, chunk_size=1 << 16,
+        run_dir=tmp_path / "run",
     )  # fmt: skip
     server = FederatedServer(cfg, settings)
     fp = server.fingerprint
@@ -82,6 +84,11 @@ def test_evaluation_reports_are_validated_and_summarised(tmp_path):
         first = {cid: task(cid)[0] for cid in range(3)}
         assert all(h.kind == pb.TaskHeader.EVALUATE for h in first.values())
         assert all(h.applied_round == 1 for h in first.values())
+        # the headers let clients commit round 1's state: round 1's checkpoint, which a
+        # resumed server would continue from, must already say so (or it would replay it)
+        ckpt = load_checkpoint(tmp_path / "run")
+        assert ckpt.round == 1
+        assert {c["applied_round"] for c in ckpt.server["clients"].values()} == {1}
         refused(report(0, first[0], accuracy=1.5), "outside [0, 1]")
         refused(report(1, first[1], loss=float("nan")), "must be finite")
         assert report(2, first[2], accuracy=0.75, loss=0.25).accepted
@@ -99,6 +106,7 @@ def test_evaluation_reports_are_validated_and_summarised(tmp_path):
         channel.close()
         server.stop(grace=0.5, linger_s=0)
     one, two = result["history"]
+    assert load_checkpoint(tmp_path / "run").history == result["history"]  # evaluation too
     assert one["client_accuracy_mean"] == 0.75 and one["client_loss_mean"] == 0.25
     assert {k: two[f"client_accuracy_{k}"] for k in ("mean", "min", "worst10", "std")} == (
         fairness_stats([0.25, 0.5])

@@ -134,6 +134,26 @@ def test_foreign_and_garbled_ciphertexts_are_rejected(scheme, paillier, ckks):
         EncryptedVector.from_bytes(bytes(data[:40]))
 
 
+def test_a_hostile_weight_or_ciphertext_is_rejected_alone_and_the_rest_is_summed(paillier, ckks):
+    """One upload claiming a weight no sum can hold (or, for CKKS, carrying bytes that are no
+    ciphertext) is refused with its client named; the valid uploads are still summed."""
+    strategy = HEFedAvg(public=paillier.public, clients_per_round=3)
+    good = [paillier.public.encrypt(np.full(4, 0.5), 3), paillier.public.encrypt(np.ones(4), 1)]
+    huge = dataclasses.replace(paillier.public.encrypt(np.zeros(4), 1), weight=2**63)
+    uploads = {0: good[0].to_bytes(), 1: huge.to_bytes(), 2: good[1].to_bytes()}
+    aggregate, rejected = strategy.aggregate_encrypted(7, 4, uploads)
+    assert [(r.client_id, r.round) for r in rejected] == [(1, 7)]
+    assert "weight 9223372036854775808 is outside 1..max_weight" in str(rejected[0])
+    mean = paillier.decrypt_mean(EncryptedVector.from_bytes(aggregate))
+    np.testing.assert_allclose(mean, np.full(4, 0.625), atol=1e-6)  # (3 * 0.5 + 1) / 4
+
+    real = ckks.public.encrypt(np.ones(5), 2)
+    junk = dataclasses.replace(real, chunks=(b"not a ciphertext",))
+    with pytest.raises(HEError, match="malformed CKKS ciphertext"):
+        ckks.public.validate(junk, 5)
+    ckks.public.validate(real, 5)
+
+
 def test_a_forged_paillier_ciphertext_decrypts_out_of_range(paillier):
     good = paillier.public.encrypt(np.ones(10), 2)
     forged_int = paillier.public._pk.raw_encrypt(2**1000 + 12345)  # not a packed update

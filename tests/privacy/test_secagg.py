@@ -278,6 +278,44 @@ def test_tampered_shares_fail_authentication():
         clients[0].unmask(secagg.UnmaskRequest(0, tuple(range(n))))
 
 
+def _through_masking(n: int = 4):
+    config = SecAggConfig(
+        vector_length=8, clip_range=1.0, quant_range=100, neighbours="complete", threshold=2
+    )
+    server = SecAggServer(config, range(n), np.random.default_rng(0))
+    clients = {c: SecAggClient(c) for c in range(n)}
+    public = server.collect_keys([clients[c].advertise_keys(s) for c, s in server.setup().items()])
+    fwd = server.collect_shares([clients[c].share_keys(m) for c, m in public.items()])
+    requests = server.collect_masked([clients[c].masked_input(fwd[c], np.zeros(8)) for c in fwd])
+    return server, [clients[c].unmask(requests[c]) for c in requests]
+
+
+def test_a_share_tampered_out_of_range_aborts_the_round_and_names_the_owner():
+    server, responses = _through_masking()
+    # a valid field element, so the per-message check passes; honest secrets are < 2^256
+    bad = {**responses[0].self_mask_shares, 1: 2**400}
+    responses[0] = dataclasses.replace(responses[0], self_mask_shares=bad)
+    server.check_unmask(responses[0])
+    with pytest.raises(SecAggAborted, match="self-mask seed are inconsistent") as info:
+        server.collect_unmask(responses)
+    assert info.value.stage == 4 and info.value.client == 1
+
+
+def test_a_small_order_public_key_is_refused_and_cannot_break_key_agreement():
+    config = SecAggConfig(vector_length=3, clip_range=1.0, neighbours="complete")
+    server = SecAggServer(config, range(3), np.random.default_rng(0))
+    clients = {c: SecAggClient(c) for c in range(3)}
+    adverts = [clients[c].advertise_keys(s) for c, s in server.setup().items()]
+    hostile = dataclasses.replace(adverts[0], mask_public=bytes(32))  # the zero point
+    with pytest.raises(SecAggProtocolError, match="client 0's mask_public is a small-order"):
+        server.check_keys(hostile)
+    server.check_keys(adverts[0])  # the genuine key passes
+    from fedfleet.privacy.secagg import crypto
+
+    with pytest.raises(SecAggProtocolError, match="small-order"):
+        crypto.agree(crypto.X25519PrivateKey.generate(), bytes(32), b"pairwise-mask", 1)
+
+
 def test_messages_out_of_order_are_refused():
     client = SecAggClient(0)
     with pytest.raises(SecAggProtocolError, match="protocol order"):

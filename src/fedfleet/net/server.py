@@ -262,8 +262,10 @@ class FederatedServer(Servicer):
             # secure aggregation hook: a SecAgg round aggregates the sum it unmasked
             aggregate = self.strategy if self.secure is None else self.secure
             vector, state, agg = aggregate.aggregate_fit(rnd, vector, state, updates)
-            with self._cond:  # from now on these clients' staged state is the one in effect
-                self._applied.update({u.client_id: rnd for u in updates})
+            # clients commit their staged state when a header tells them it was applied, so
+            # the round's checkpoint must exist first: a resumed server must never replay a
+            # round whose client state has already moved on
+            applied = {**self._applied, **{u.client_id: rnd for u in updates}}
             record: dict[str, Any] = {
                 "round": rnd,
                 "num_clients": len(updates),
@@ -277,42 +279,50 @@ class FederatedServer(Servicer):
             if last or (every and rnd % every == 0):
                 ev = self.trainer.evaluate(vector, self.task.test)
                 record["test_loss"], record["test_accuracy"] = ev.loss, ev.accuracy
-            fed_every = self.config.eval.federated_every
-            if fed_every and (last or rnd % fed_every == 0):
-                record.update(self._play_evaluate(rnd, vector))
-            record["round_time_s"] = time.perf_counter() - t0
-            record["wall_time_s"] = time.perf_counter() - start
             history.append(record)
+            fed_every = self.config.eval.federated_every
+            evaluate = fed_every and (last or rnd % fed_every == 0)
+
+            # checkpoint, then publish `applied`; with federated evaluation, evaluate (EVALUATE
+            # headers carry the new applied rounds: FedPer's heads count) and checkpoint again
+            for evaluating in (False, True) if evaluate else (False,):
+                if evaluating:
+                    record.update(self._play_evaluate(rnd, vector))
+                record["round_time_s"] = time.perf_counter() - t0
+                record["wall_time_s"] = time.perf_counter() - start
+                if self.settings.run_dir is not None:
+                    save_checkpoint(
+                        self.settings.run_dir,
+                        rnd,
+                        seed,
+                        self.fingerprint,
+                        vector,
+                        state,
+                        history,
+                        self._server_records(applied),
+                    )
+                with self._cond:  # from now on these clients' staged state is in effect
+                    self._applied = applied
             log.info(
                 "round %d: %d updates, test accuracy %s",
                 rnd,
                 len(updates),
                 record.get("test_accuracy"),
             )
-            if self.settings.run_dir is not None:
-                save_checkpoint(
-                    self.settings.run_dir,
-                    rnd,
-                    seed,
-                    self.fingerprint,
-                    vector,
-                    state,
-                    history,
-                    self._server_records(),
-                )
         with self._cond:
             self._done = True
             self._cond.notify_all()
         return {"history": history, "vector": vector, "state": state, "layout": self.layout}
 
-    def _server_records(self) -> dict[str, Any]:
-        """What the server itself knows per client, for the checkpoint (JSON)."""
+    def _server_records(self, applied: dict[int, int]) -> dict[str, Any]:
+        """What the server itself knows per client, for the checkpoint (JSON); ``applied``:
+        each client's last aggregated round as of the checkpoint's round."""
         with self._cond:
             clients = {
                 str(cid): {
                     "num_samples": c.num_samples,
                     "num_test_samples": c.num_test_samples,
-                    "applied_round": self._applied.get(cid, -1),
+                    "applied_round": applied.get(cid, -1),
                 }
                 for cid, c in sorted(self._clients.items())
             }

@@ -283,6 +283,10 @@ class PaillierPublic:
         _check([vector], "paillier", self.key_id)
         if vector.length != length:
             raise HEError(f"it holds {vector.length} values, expected {length}")
+        if not 0 < vector.weight <= self.fixed_point.max_weight:
+            raise HEError(
+                f"its weight {vector.weight} is outside 1..max_weight={self.fixed_point.max_weight}"
+            )
         if len(vector.chunks) != -(-length // self.slots) or any(
             len(c) != self._width for c in vector.chunks
         ):
@@ -426,6 +430,13 @@ class CkksPublic:
             raise HEError(f"it holds {vector.length} values, expected {length}")
         if len(vector.chunks) != -(-length // self.chunk):
             raise HEError("its ciphertext count does not match the vector length")
+        if vector.weight < 1:
+            raise HEError(f"its weight {vector.weight} is not a positive sample count")
+        ts = _tenseal()
+        for i, chunk in enumerate(vector.chunks):  # parsed now, so a bad one fails here alone
+            size = _ckks_load(ts, self._ctx, chunk).size()
+            if size != min(self.chunk, length - i * self.chunk):
+                raise HEError(f"its ciphertext {i} holds {size} values, not what its place needs")
 
     def sum(self, vectors: Sequence[EncryptedVector]) -> EncryptedVector:
         ts = _tenseal()

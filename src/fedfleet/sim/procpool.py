@@ -154,7 +154,7 @@ class ProcessExecutor:
         self.population = population
         self._procs: list[BaseProcess] = []
         self._conns: list[Connection] = []
-        self._forked_with: tuple[int, int] | None = None
+        self._forked_with: tuple[Strategy, Trainer] | None = None
         atexit.register(_close_at_exit, weakref.ref(self))
 
     @property
@@ -186,9 +186,11 @@ class ProcessExecutor:
         self._procs, self._conns, self._forked_with = [], [], None
 
     def _start(self, strategy: Strategy, trainer: Trainer) -> None:
-        if self._forked_with == (id(strategy), id(trainer)) and all(
-            p.is_alive() for p in self._procs
-        ):
+        forked = self._forked_with
+        # the objects themselves, not their ids: a new strategy may be allocated at a freed
+        # one's address, and workers forked with the old one must not train for it
+        same = forked is not None and forked[0] is strategy and forked[1] is trainer
+        if same and all(p.is_alive() for p in self._procs):
             return
         self.close()
         threads = getattr(trainer, "num_threads", None)
@@ -221,7 +223,7 @@ class ProcessExecutor:
             child.close()  # so the parent sees EOF when the worker dies
             self._procs.append(proc)
             self._conns.append(parent)
-        self._forked_with = (id(strategy), id(trainer))
+        self._forked_with = (strategy, trainer)
 
     def run(
         self,
@@ -234,6 +236,16 @@ class ProcessExecutor:
         if not jobs:
             return []
         self._start(strategy, trainer)
+        try:
+            return self._exchange(vector, jobs, progress)
+        except BaseException:
+            # replies not read now would be read as the next round's: never reuse these workers
+            self.close(wait_s=0.0)
+            raise
+
+    def _exchange(
+        self, vector: np.ndarray, jobs: Sequence[ClientJob], progress: Progress | None
+    ) -> list[ClientResult]:
         bounds = chunk_bounds(len(jobs), self.workers)
         sent = []
         for w, (lo, hi) in enumerate(bounds):

@@ -117,18 +117,22 @@ class HEFedAvg:
     ) -> tuple[bytes | None, list[UpdateRejected]]:
         """Server side: the encrypted sum of the valid uploads (None if there are none) and
         the rejected ones, each naming the client and round."""
-        good: list[EncryptedVector] = []
+        good: dict[int, EncryptedVector] = {}
         rejected: list[UpdateRejected] = []
         for cid in sorted(uploads):
             try:
                 v = EncryptedVector.from_bytes(uploads[cid])
                 self.public.validate(v, size)
-                good.append(v)
+                good[cid] = v
             except HEError as err:
                 rejected.append(UpdateRejected(cid, rnd, f"encrypted update unusable: {err}"))
         if not good:
             return None, rejected
-        return self.public.sum(good).to_bytes(), rejected
+        try:
+            return self.public.sum(list(good.values())).to_bytes(), rejected
+        except HEError as err:  # e.g. the weights total more than the packing holds
+            rejected += [UpdateRejected(c, rnd, f"round not summed: {err}") for c in good]
+            return None, rejected
 
     def apply(
         self, vector: np.ndarray, state: StrategyState, mean_delta: np.ndarray | None

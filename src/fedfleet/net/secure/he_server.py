@@ -215,6 +215,14 @@ class HERounds(hpb_grpc.HEAggregationServicer):
             data = _read_blob(first.header, request_iterator, self._limit, "encrypted update")
             vec = EncryptedVector.from_bytes(data)
             self.strategy.public.validate(vec, self._length)
+            with self.fs._cond:
+                info = self.fs._clients.get(cid)
+                registered = 0 if info is None else info.num_samples
+            if not 0 < vec.weight <= registered:
+                raise HEError(
+                    f"its weight {vec.weight} is not a sample count in 1..{registered}, the "
+                    "samples this client registered"
+                )
         except HEError as err:
             _rounds.reject(self.fs, context, cid, r.rnd, f"encrypted update unusable: {err}")
         except grpc.RpcError:

@@ -16,12 +16,15 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from fedfleet.privacy.secagg.errors import SecAggProtocolError
+
 __all__ = [
     "KEY_BYTES",
     "agree",
     "decrypt",
     "encrypt",
     "expand_mask",
+    "is_usable_public_key",
     "private_bytes",
     "private_key_from_bytes",
     "public_bytes",
@@ -47,10 +50,28 @@ def private_key_from_bytes(raw: bytes) -> X25519PrivateKey:
     return X25519PrivateKey.from_private_bytes(raw)
 
 
+def is_usable_public_key(public: bytes) -> bool:
+    """False for the X25519 encodings of small-order points (e.g. all zeros): any exchange with
+    them gives the all-zero secret, which ``cryptography`` refuses, so a client advertising one
+    would make every neighbour's key agreement fail."""
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return False
+    return True
+
+
 def agree(private: X25519PrivateKey, peer_public: bytes, purpose: bytes, round_id: int) -> bytes:
     """HKDF-SHA256(X25519(private, peer_public)) bound to ``purpose`` and the round: a 32-byte key
-    both ends of the pair derive alike."""
-    shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    both ends of the pair derive alike. A small-order peer key (see :func:`is_usable_public_key`,
+    which the server applies to every advertised key) raises :class:`SecAggProtocolError`."""
+    try:
+        shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError:
+        raise SecAggProtocolError(
+            f"key agreement ({purpose.decode()}) failed: the peer's public key is a small-order "
+            "X25519 point"
+        ) from None
     info = b"fedfleet-secagg/" + purpose + b"/" + round_id.to_bytes(8, "big")
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
 

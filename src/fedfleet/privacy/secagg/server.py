@@ -150,6 +150,11 @@ class SecAggServer:
                     f"client {u}'s {name} is {len(key)} bytes, expected {crypto.KEY_BYTES} "
                     "(a raw X25519 public key)"
                 )
+            if not crypto.is_usable_public_key(key):
+                raise SecAggProtocolError(
+                    f"client {u}'s {name} is a small-order X25519 point (no key agreement with "
+                    "it is possible); a client must advertise a freshly generated key"
+                )
         if m.enc_public in seen or m.mask_public in seen or m.enc_public == m.mask_public:
             raise SecAggProtocolError(f"client {u}'s public keys repeat another key")
 
@@ -280,6 +285,22 @@ class SecAggServer:
         }
 
     # stage 4 -------------------------------------------------------------------------------
+    def _secret(self, shares: dict[int, int], owner: int, what: str) -> bytes:
+        """The 32-byte secret of ``owner`` from its Shamir shares. Honest shares reconstruct a
+        value below 2^256; anything larger means a client sent a tampered share, and the round
+        aborts (nothing is revealed) instead of failing on the conversion."""
+        value = reconstruct(shares, self.threshold)
+        if value >> (8 * crypto.KEY_BYTES):
+            raise SecAggAborted(
+                4,
+                len(shares),
+                self.threshold,
+                client=owner,
+                why=f"the shares of its {what} are inconsistent (a tampered share, from one of "
+                f"clients {sorted(x - 1 for x in shares)})",
+            )
+        return value.to_bytes(crypto.KEY_BYTES, "big")
+
     def collect_unmask(self, messages: Iterable[UnmaskResponse]) -> SecAggResult:
         """Stage 4: rebuild the secrets, strip the masks, de-quantise the sum."""
         self._advance(4)
@@ -308,7 +329,7 @@ class SecAggServer:
                     client=u,
                     why="too few shares to remove its self mask",
                 )
-            seed = reconstruct(shares, self.threshold).to_bytes(crypto.KEY_BYTES, "big")
+            seed = self._secret(shares, u, "self-mask seed")
             total -= crypto.expand_mask(seed, length, bits)
         for v in sorted(dropped_after_sharing):
             partners = [u for u in self.graph[v] if u in self._u3]
@@ -323,7 +344,7 @@ class SecAggServer:
                     client=v,
                     why="too few shares to remove its pairwise masks",
                 )
-            raw = reconstruct(shares, self.threshold).to_bytes(crypto.KEY_BYTES, "big")
+            raw = self._secret(shares, v, "mask key")
             key = crypto.private_key_from_bytes(raw)
             for u in partners:
                 seed = crypto.agree(key, self._keys[u][1], MASK, self.config.round_id)
