@@ -218,7 +218,9 @@ class Servicer(pb_grpc.FedFleetServicer):
         deadline = time.monotonic() + self.settings.poll_wait_s
         with self._cond:
             if cid not in self._clients:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "register before GetTask")
+                context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"client {cid}: register before GetTask"
+                )
             while True:
                 self._clients[cid].last_seen = time.monotonic()
                 self._cond.notify_all()
