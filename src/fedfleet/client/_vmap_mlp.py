@@ -7,10 +7,12 @@ into the gradient's batched product (``baddbmm``) instead of writing the gradien
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = ["MLP", "mlp_layers"]
 
@@ -61,11 +63,12 @@ class MLP:
             outputs.append(z)
             h = z
         logp = torch.log_softmax(outputs[-1], dim=-1)
-        nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        classes = logp.shape[-1]
+        nll = F.nll_loss(logp.view(a * b, classes), y.reshape(a * b), reduction="none").view(a, b)
         loss = nll.mean(dim=1) if weight is None else (nll * weight).sum(dim=1)
         # d loss / d logits = softmax - onehot, times each sample's weight
         d = logp.exp_()
-        d.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(nll, -1.0).unsqueeze(-1))
+        d.scatter_add_(-1, y.unsqueeze(-1), _minus_ones(a, b, d.dtype, d.device))
         factor = 1.0 if scale is None else scale
         if weight is None:
             d.mul_(factor / b)
@@ -94,6 +97,13 @@ class MLP:
             if back is not None:
                 d = back
         return loss
+
+
+@functools.lru_cache(maxsize=64)
+def _minus_ones(a: int, b: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[a, b, 1]`` of -1, the one-hot's sign in the loss gradient; made once per shape (it is
+    only ever read)."""
+    return torch.full((a, b, 1), -1.0, dtype=dtype, device=device)
 
 
 def mlp_layers(module: nn.Module, trainable: list[str]) -> MLP | None:
