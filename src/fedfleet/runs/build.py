@@ -12,7 +12,6 @@ import torch
 from fedfleet.client.numpy_trainers import NumpyLogisticRegression
 from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.torch_trainer import TorchTrainer
-from fedfleet.client.vmap_trainer import VmapTrainer
 from fedfleet.data import partition as part
 from fedfleet.data.base import TaskData
 from fedfleet.data.registry import load_task
@@ -24,16 +23,15 @@ from fedfleet.privacy.dpsgd import DPSGDTrainer
 from fedfleet.privacy.local_dp import LocalDP
 from fedfleet.privacy.secagg.strategy import SecAggFedAvg
 from fedfleet.runs.config import POPULATIONS, RunConfig
+from fedfleet.runs.executors import choose_executor
 from fedfleet.sim.clock import ClientClock
-from fedfleet.sim.cohort import CohortExecutor, SequentialExecutor, VectorisedExecutor
 from fedfleet.sim.deadline import DeadlinePolicy, DropLate, OverSelect, PartialWork
 from fedfleet.sim.engine import Simulation
 from fedfleet.sim.fedbuff import FedBuffSimulation, polynomial_staleness
 from fedfleet.sim.federation import ClientPopulation, Federation
 from fedfleet.sim.population import SyntheticPopulation
-from fedfleet.sim.procpool import Inner, ProcessExecutor
 from fedfleet.sim.profiles import ClientProfiles, Lognormal, ProfileSpec, load_profiles_csv
-from fedfleet.strategies.base import Strategy, plain_client_fit
+from fedfleet.strategies.base import Strategy
 from fedfleet.strategies.compensation import Compensation, CompensationRule, MoreEpochs, ScaleLR
 from fedfleet.strategies.dpfedavg import AdaptiveClipping, DPFedAvg
 from fedfleet.strategies.fedavg import FedAvg
@@ -447,136 +445,3 @@ def _heterogeneity_wrappers(
             epsilon=sel.epsilon,
         )
     return strategy
-
-
-def choose_executor(
-    config: RunConfig,
-    task: TaskData,
-    trainer: Trainer,
-    strategy: Strategy,
-    population: ClientPopulation | None = None,
-    *,
-    lanes: int | None = None,
-) -> tuple[Trainer, CohortExecutor, str]:
-    """Pick how each round's cohort trains, before round 1 and for the whole run (the two paths
-    agree to float32 rounding, not bit for bit, so a run never switches).
-
-    ``auto`` vectorises when the strategy's client side is plain local training and the client
-    optimizer is SGD: MLP-like models (stacks of Linear/ReLU) take the hand-fused path, 2-6x
-    faster than the sequential loop per round on CPU; other models (convolutions, which lose
-    under vmap on CPU) train two clients at a time, one per core (see bench/README.md); with
-    ``device = 'cuda'`` every such model takes the vmap path on the GPU.
-
-    On the CPU, vectorised training uses every core as ``lanes`` worker threads of one torch
-    thread each, each lane training its own chunks of the cohort (``VmapTrainer(workers=...)``,
-    bit-identical to one lane); ``lanes`` defaults to the cores this process may run on under
-    ``auto`` with ``threads = 1`` (the defaults), else to one lane of ``threads`` torch threads
-    (also inside process and Ray workers, which are one core each).
-    Lanes beat intra-op threads here: OpenMP's barriers stall when another process holds a
-    core (``../shared/peers/README.md``). ``process`` and
-    ``ray`` split the cohort into ``workers`` chunks, each trained by the in-process executor
-    ``worker_executor`` names (see :func:`_chunked_executor`); ``population`` is handed to
-    process workers so they read clients' data themselves.
-    """
-    if config.executor in ("process", "ray"):
-        return _chunked_executor(config, task, trainer, strategy, population)
-    if config.privacy.sgd_noise_multiplier is not None:
-        if config.executor == "vectorised":
-            raise ConfigError("DP-SGD trains client by client; set executor = 'sequential'")
-        return trainer, SequentialExecutor(), "sequential (DP-SGD per-sample clipping)"
-    if config.executor == "sequential" or config.model.backend != "torch":
-        return trainer, SequentialExecutor(), "sequential"
-    plain = getattr(strategy, "client_fit", None) is plain_client_fit
-    if config.executor == "auto" and not plain:
-        return trainer, SequentialExecutor(), "sequential (the strategy trains each client itself)"
-    c, m = config.client, config.model
-    if lanes is None:
-        auto = config.executor == "auto" and config.threads == 1 and config.device == "cpu"
-        # a client step must be big enough to pay for the lanes' hand-offs: on 2 cores the
-        # digits MLP (9,610 params x batch 16) ran 2x slower on 2 lanes, the peers' MLP
-        # (101,770 x 32) 1.5x faster
-        big = trainer.layout.size * c.batch_size >= _LANE_MIN_STEP
-        lanes = _cores() if auto and big else 1
-    try:
-        vmap = VmapTrainer(
-            lambda: build_model(m.name, task.input_shape, task.num_classes, hidden=m.hidden),
-            optimizer=c.optimizer,
-            optimizer_args={"momentum": c.momentum, "weight_decay": c.weight_decay},
-            num_threads=config.threads,
-            device=config.device,
-            workers=lanes,
-        )
-    except ConfigError as err:
-        if config.executor == "vectorised":
-            raise
-        return trainer, SequentialExecutor(), f"sequential ({err})"
-    if vmap.uses_fast_path or config.executor == "vectorised" or config.device == "cuda":
-        how = f", {lanes} lanes x 1 torch thread" if lanes > 1 else ""
-        return vmap, VectorisedExecutor(), f"vectorised (torch.func cohort training{how})"
-    # Convolutions under vmap lose to the sequential loop on CPU; what wins there is two
-    # clients at a time, one per core, on worker threads (bench/README.md, workload c).
-    workers = min(2, lanes)
-    if workers < 2:
-        return trainer, SequentialExecutor(), "sequential (one core)"
-    parallel = VmapTrainer(
-        lambda: build_model(m.name, task.input_shape, task.num_classes, hidden=m.hidden),
-        optimizer=c.optimizer,
-        optimizer_args={"momentum": c.momentum, "weight_decay": c.weight_decay},
-        num_threads=1,
-        workers=workers,
-        max_cohort_chunk=1,
-    )
-    return parallel, VectorisedExecutor(), f"vectorised ({workers} clients at a time, one per core)"
-
-
-_LANE_MIN_STEP = 1 << 20  # parameters x batch size of one client step
-
-
-def _cores() -> int:
-    """The cores this process may run on (its CPU affinity, so containers are respected)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _chunked_executor(
-    config: RunConfig,
-    task: TaskData,
-    trainer: Trainer,
-    strategy: Strategy,
-    population: ClientPopulation | None,
-) -> tuple[Trainer, CohortExecutor, str]:
-    """``process`` / ``ray``: the inner executor is ``worker_executor``, where ``auto`` means
-    vectorised only on the fused MLP path (the two-clients-at-a-time thread path would fight
-    the worker processes for the same cores), else sequential. The driver's trainer is built
-    exactly as a Ray worker builds its own (``executor = inner``), so both train alike."""
-    mode = config.worker_executor
-    if mode == "auto":
-        local, _, _ = choose_executor(
-            config.model_copy(update={"executor": "auto"}), task, trainer, strategy
-        )
-        fast = isinstance(local, VmapTrainer) and local.uses_fast_path
-        mode = "vectorised" if fast else "sequential"
-    inner: Inner = mode
-    n = config.workers
-    if config.executor == "process":
-        # forked workers must train on one torch thread (see fedfleet.sim.procpool); `threads`
-        # still applies to the driver's evaluation
-        one = config.model_copy(update={"executor": inner, "threads": 1})
-        trainer, _, _ = choose_executor(one, task, trainer, strategy, lanes=1)
-        executor: CohortExecutor = ProcessExecutor(workers=n, inner=inner, population=population)
-        return trainer, executor, f"process ({n} workers x 1 torch thread, {inner} in each)"
-    inner_config = config.model_copy(update={"executor": inner})
-    trainer, _, _ = choose_executor(inner_config, task, trainer, strategy, lanes=1)
-    from fedfleet.sim.ray_executor import RayExecutor
-
-    executor = RayExecutor(
-        inner_config,
-        address=config.ray_address,
-        num_tasks=n,
-        inner=inner,
-        num_gpus_per_task=1.0 / n if config.device == "cuda" else 0.0,
-    )
-    where = config.ray_address or os.environ.get("RAY_ADDRESS") or "a local Ray instance"
-    return trainer, executor, f"ray ({n} tasks a round on {where}, {inner} in each)"
