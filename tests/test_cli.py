@@ -122,7 +122,14 @@ def test_numpy_backend_and_federated_eval_from_the_cli(tmp_path):
 def test_datasets_command_lists_sources():
     proc = _fedfleet("datasets")
     assert proc.returncode == 0, proc.stderr
-    for name in ("digits", "mnist", "fashion-mnist", "femnist", "synthetic"):
+    for name in (
+        "digits",
+        "mnist",
+        "fashion-mnist",
+        "femnist",
+        "synthetic",
+        "synthetic-population",
+    ):
         assert name in proc.stdout
     assert "scikit-learn" in proc.stdout
 
