@@ -107,3 +107,16 @@ def test_server_needs_certificates_or_an_explicit_insecure_flag():
     with pytest.raises(FedfleetError, match="insecure"):
         ServerSettings()
     assert replace(ServerSettings(insecure=True), port=5).port == 5
+
+
+def test_a_stream_without_its_header_is_refused_naming_the_certified_client(
+    tls_server, certs_dir, procs
+):
+    _, make_client, _, _ = tls_server
+    with make_client(2, certs_dir=str(certs_dir))._channel() as channel:
+        stub = pb_grpc.FedFleetStub(channel)
+        chunk = pb.UpdateMessage(chunk=pb.Chunk(tensor=0, offset=0, data=b"\0" * 8))
+        reply = stub.SubmitUpdate(iter([chunk]), timeout=10)
+    assert not reply.accepted
+    assert reply.reason == "SubmitUpdate from client 2: the stream must start with a header"
+    wait_for(lambda: "refused SubmitUpdate from client 2" in procs.log("server"), 10, "the log")

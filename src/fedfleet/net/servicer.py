@@ -167,6 +167,22 @@ class Servicer(pb_grpc.FedFleetServicer):
             )
         return cid
 
+    def caller(self, context: grpc.ServicerContext) -> str:
+        """Who is calling, for a refusal that comes before the message names its sender:
+        ``client N`` from its certificate under TLS, else the peer's address."""
+        if not self.settings.insecure:
+            try:
+                return f"client {self._identify(context, -1)}"
+            except _Refused:
+                pass
+        return f"peer {context.peer()}"
+
+    def refuse_headless(self, context: grpc.ServicerContext, rpc: str) -> str:
+        """Log and return the reason for a stream that does not start with its header."""
+        reason = f"{rpc} from {self.caller(context)}: the stream must start with a header"
+        log.warning("refused %s", reason)
+        return reason
+
     # ----- RPCs ------------------------------------------------------------------------------
 
     def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> Any:
@@ -266,7 +282,8 @@ class Servicer(pb_grpc.FedFleetServicer):
         try:
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("body") != "header":
-                return pb.UpdateReply(accepted=False, reason="the stream must start with a header")
+                reason = self.refuse_headless(context, "SubmitUpdate")
+                return pb.UpdateReply(accepted=False, reason=reason)
             h = first.header
             cid = self._identify(context, h.client_id)
         except _Refused as r:

@@ -208,7 +208,10 @@ class HERounds(hpb_grpc.HEAggregationServicer):
     def SubmitEncrypted(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("body") != "header":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream must start with a header")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                self.fs.refuse_headless(context, "SubmitEncrypted"),
+            )
             raise AssertionError("unreachable")
         cid, r = self._open(context, first.header.ref)
         try:
@@ -266,7 +269,9 @@ class HERounds(hpb_grpc.HEAggregationServicer):
     def SubmitMean(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("body") != "header":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream must start with a header")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, self.fs.refuse_headless(context, "SubmitMean")
+            )
             raise AssertionError("unreachable")
         cid, r = self._open(context, first.header.ref)
         if r.holder != cid or r.mean is not None:

@@ -329,7 +329,9 @@ class SecAggRounds(spb_grpc.SecureAggregationServicer):
     def SubmitMasked(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("body") != "header":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream must start with a header")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, self.fs.refuse_headless(context, "SubmitMasked")
+            )
             raise AssertionError("unreachable")  # context.abort raises
         cid, r = self._open(context, first.header.ref)
         with self._lock:
