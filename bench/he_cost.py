@@ -29,12 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from fedfleet.privacy.he import (
-    CkksKeyHolder,
-    CkksPublic,
     EncryptedVector,
     PaillierKeyHolder,
     PaillierPublic,
     fixed_point_mean,
+)
+from fedfleet.privacy.he_ckks import (
+    CkksKeyHolder,
+    CkksPublic,
 )
 
 OUT = Path(__file__).resolve().parent / "out"

@@ -11,15 +11,17 @@ from torch import nn
 from fedfleet.client import TorchTrainer
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.privacy.he import (
-    CKKS_TOLERANCE,
-    CkksKeyHolder,
-    CkksPublic,
     EncryptedVector,
     FixedPoint,
     HEError,
     PaillierKeyHolder,
     PaillierPublic,
     fixed_point_mean,
+)
+from fedfleet.privacy.he_ckks import (
+    CKKS_TOLERANCE,
+    CkksKeyHolder,
+    CkksPublic,
 )
 from fedfleet.sim import Federation, Simulation
 from fedfleet.strategies import FedAvg, weighted_mean

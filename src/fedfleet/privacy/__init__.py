@@ -6,12 +6,14 @@ from fedfleet.privacy.accountant import DpAccounting, calibrate_noise_multiplier
 from fedfleet.privacy.dpsgd import DPSGDTrainer, dpsgd_epsilon
 from fedfleet.privacy.dpsgd_ledger import DPSGDLedger
 from fedfleet.privacy.he import (
-    CkksKeyHolder,
-    CkksPublic,
     EncryptedVector,
     HEError,
     PaillierKeyHolder,
     PaillierPublic,
+)
+from fedfleet.privacy.he_ckks import (
+    CkksKeyHolder,
+    CkksPublic,
 )
 from fedfleet.privacy.local_dp import LocalDP, local_epsilon
 from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian, secure_normal

@@ -12,7 +12,7 @@ steps over the network, with the key holder a client):
    travel in the clear, so the aggregate carries n = sum_k n_k;
 5. key holder (a client), :func:`decrypt_aggregate`: decrypt the aggregate only, giving
    sum_k n_k delta_k / n - FedAvg's mean delta (bit-exact to :func:`fedfleet.privacy.he.
-   fixed_point_mean` for Paillier, within :data:`fedfleet.privacy.he.CKKS_TOLERANCE` for CKKS);
+   fixed_point_mean` for Paillier, within :data:`fedfleet.privacy.he_ckks.CKKS_TOLERANCE` for CKKS);
 6. server, :meth:`HEFedAvg.apply`: the server transform on the mean (``sgd(1.0)`` = FedAvg).
 
 The strategy object holds only the public side (:class:`fedfleet.privacy.he.HEPublic`), so the
@@ -33,11 +33,13 @@ import numpy as np
 from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.errors import UpdateRejected
 from fedfleet.privacy.he import (
-    CkksKeyHolder,
     EncryptedVector,
     HEError,
     HEPublic,
     PaillierKeyHolder,
+)
+from fedfleet.privacy.he_ckks import (
+    CkksKeyHolder,
 )
 from fedfleet.strategies.base import ClientResult, StrategyState, plain_client_fit
 from fedfleet.strategies.sampling import cohort_size, sample_clients

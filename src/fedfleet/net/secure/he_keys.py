@@ -16,14 +16,16 @@ from typing import Literal
 import phe
 
 from fedfleet.privacy.he import (
-    CKKS_SECRET_MAGIC,
     PAILLIER_SECRET_MAGIC,
-    CkksKeyHolder,
-    CkksPublic,
     FixedPoint,
     HEError,
     PaillierKeyHolder,
     PaillierPublic,
+)
+from fedfleet.privacy.he_ckks import (
+    CKKS_SECRET_MAGIC,
+    CkksKeyHolder,
+    CkksPublic,
     _tenseal,
 )
 
