@@ -36,7 +36,6 @@ from fedfleet.net.secure import _rounds
 from fedfleet.net.secure import secagg_pb2 as spb
 from fedfleet.net.secure import secagg_pb2_grpc as spb_grpc
 from fedfleet.net.secure import secagg_wire as wire
-from fedfleet.privacy.secagg.config import SecAggConfig
 from fedfleet.privacy.secagg.errors import SecAggAborted, SecAggProtocolError
 from fedfleet.privacy.secagg.messages import AdvertiseKeys, MaskedInput
 from fedfleet.privacy.secagg.server import SecAggServer
@@ -132,15 +131,7 @@ class SecAggRounds(spb_grpc.SecureAggregationServicer):
         if len(ids) < 2:
             aborted = f"secure aggregation needs at least 2 clients; round {rnd} selected {ids}"
         else:
-            config = SecAggConfig(
-                vector_length=vector.size,
-                clip_range=s.clip_norm,
-                quant_range=s.quant_range,
-                neighbours=s.neighbours,
-                threshold=s.threshold,
-                round_id=rnd,
-            )
-            graph_rng = np.random.default_rng(np.random.SeedSequence(s.seed, spawn_key=(rnd, 0)))
+            config, graph_rng = s.round_setup(rnd, vector.size)
             machine = SecAggServer(config, ids, graph_rng)
         r = _SecureRound(rnd, task_ids, machine, aborted=aborted)
         if machine is not None:

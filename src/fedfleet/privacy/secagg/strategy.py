@@ -156,15 +156,7 @@ class SecAggFedAvg:
         included = 0
         if len(updates) >= 2:
             ids = [u.client_id for u in updates]
-            config = SecAggConfig(
-                vector_length=vector.size,
-                clip_range=self.clip_norm,
-                quant_range=self.quant_range,
-                neighbours=self.neighbours,
-                threshold=self.threshold,
-                round_id=rnd,
-            )
-            rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(rnd, 0)))
+            config, rng = self.round_setup(rnd, vector.size)
             drops = draw_dropouts(ids, self.drop_rates, rng) if self.drop_rates else None
             try:
                 run = run_secagg(
@@ -175,6 +167,20 @@ class SecAggFedAvg:
             except SecAggAborted:
                 metrics["secagg_aborted"] = 1.0
         return self.aggregate_sum(rnd, vector, state, total, included, metrics)
+
+    def round_setup(self, rnd: int, size: int) -> tuple[SecAggConfig, np.random.Generator]:
+        """Round ``rnd``'s protocol configuration and the generator its neighbour graph is drawn
+        from: the simulation and the network transport both take them from here, which is what
+        makes their sums (and so their models) bit-identical."""
+        config = SecAggConfig(
+            vector_length=size,
+            clip_range=self.clip_norm,
+            quant_range=self.quant_range,
+            neighbours=self.neighbours,
+            threshold=self.threshold,
+            round_id=rnd,
+        )
+        return config, np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(rnd, 0)))
 
     def aggregate_sum(
         self,
