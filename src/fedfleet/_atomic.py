@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash at any moment leaves the old file or the new one, never a mix.
+"""Atomic file writes (a crash at any moment leaves the old file or the new one, never a mix),
+and reading back a safetensors file with JSON metadata.
 
 The data go to ``NAME.tmp`` beside the target, which is fsynced, renamed over the target
 (``os.replace`` is atomic on POSIX) and the directory fsynced so the rename itself is durable.
@@ -7,14 +8,17 @@ Run directories, server checkpoints and clients' state files all write through h
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_safetensors"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_safetensors", "read_safetensors"]
 
 Hook = Callable[[Path], None]
 
@@ -65,3 +69,15 @@ def atomic_write_safetensors(
         save_file(dict(arrays), str(tmp), metadata=metadata)
 
     return atomic_write(path, write, before_commit=before_commit)
+
+
+def read_safetensors(path: str | Path, meta_key: str) -> tuple[Any, dict[str, np.ndarray]]:
+    """The JSON metadata under ``meta_key`` and every array of a safetensors file. Raises
+    ``ValueError`` with the reason when the file is missing, torn or not ours; callers add what
+    to do about it."""
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = json.loads((f.metadata() or {})[meta_key])
+            return meta, {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise ValueError(str(e) or type(e).__name__) from None

@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 
-from fedfleet._atomic import atomic_write_safetensors
+from fedfleet._atomic import atomic_write_safetensors, read_safetensors
 from fedfleet.errors import FedfleetError
 from fedfleet.runs.rundir import _jsonable
 
@@ -137,10 +136,8 @@ def save_checkpoint(
 def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     path = Path(run_dir) / CHECKPOINT_NAME
     try:
-        with safe_open(str(path), framework="np") as f:
-            meta = json.loads((f.metadata() or {})[_META])
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+        meta, arrays = read_safetensors(path, _META)
+    except ValueError as e:
         raise FedfleetError(
             f"cannot read checkpoint {str(path)!r}: {e}; start without --resume to begin afresh"
         ) from None

@@ -35,9 +35,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 
-from fedfleet._atomic import atomic_write_safetensors
+from fedfleet._atomic import atomic_write_safetensors, read_safetensors
 from fedfleet.client.state_store import ClientState
 from fedfleet.errors import FedfleetError
 
@@ -126,10 +125,8 @@ class ClientStateFile:
 
     def _load(self, path: Path) -> None:
         try:
-            with safe_open(str(path), framework="np") as f:
-                meta = json.loads((f.metadata() or {})[_META])
-                arrays = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+            meta, arrays = read_safetensors(path, _META)
+        except ValueError as e:
             raise FedfleetError(
                 f"cannot read client state {str(path)!r}: {e}; remove it to start this client "
                 "without state (its next update then starts from none)"
