@@ -66,7 +66,10 @@ def test_unknown_top_level_key_and_section():
         ("executor=threads", "executor: Input should be 'auto', 'sequential', 'vectorised', "),
         ("workers=0", "workers: Input should be greater than or equal to 1"),
         ("device=tpu", "device: Input should be 'cpu' or 'cuda'"),
-        ("worker_executor=ray", "worker_executor: Input should be 'auto', 'sequential' or"),
+        (
+            "worker_executor=ray",
+            "worker_executor: Input should be 'auto', 'sequential', 'vectorised' or 'compiled'",
+        ),
         ("data.max_samples=0", "data.max_samples: Input should be greater than or equal to 1"),
     ],
 )

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fedfleet.client import TorchTrainer
+from fedfleet.client.compiled_trainer import CompiledTrainer
 from fedfleet.client.vmap_trainer import VmapTrainer
 from fedfleet.errors import ConfigError
 from fedfleet.runs.build import build_run
@@ -25,18 +26,65 @@ SMALL = ["rounds=3", "data.num_clients=10", "strategy.clients_per_round=5"]
         (["client.optimizer=adam"], SequentialExecutor, TorchTrainer),
         (["executor=sequential"], SequentialExecutor, TorchTrainer),
         (["executor=vectorised", "strategy.name=scaffold"], VectorisedExecutor, VmapTrainer),
+        # 650 params x batch 16 <= 2^16: a torch step would be all dispatch
+        (["model.name=logreg"], VectorisedExecutor, CompiledTrainer),
+        (["model.name=logreg", "executor=vectorised"], VectorisedExecutor, VmapTrainer),
+        (["model.name=logreg", "client.optimizer=adam"], SequentialExecutor, TorchTrainer),
+        (["model.name=logreg", "strategy.name=scaffold"], SequentialExecutor, TorchTrainer),
+        (["executor=compiled", "strategy.name=scaffold"], VectorisedExecutor, CompiledTrainer),
     ],
 )
 def test_auto_choice(overrides, executor, trainer):
     pieces = build_run(load_config(None, [*SMALL, *overrides]))
     assert isinstance(pieces.simulation.executor, executor)
     assert isinstance(pieces.simulation.trainer, trainer)
-    assert pieces.executor.split()[0] in ("vectorised", "sequential")
+    assert pieces.executor.split()[0] in ("vectorised", "sequential", "compiled")
+
+
+def test_auto_compiles_small_mlps_one_client_per_core():
+    cores = len(os.sched_getaffinity(0))
+    pieces = build_run(load_config(None, [*SMALL, "model.name=logreg"]))
+    assert pieces.simulation.trainer.workers == cores
+    assert pieces.executor.startswith("compiled (each client's SGD loop one numba call")
+    threads = build_run(load_config(None, [*SMALL, "model.name=logreg", "threads=3"]))
+    assert threads.simulation.trainer.workers == 3
 
 
 def test_vectorised_is_refused_where_it_cannot_run():
     with pytest.raises(ConfigError, match="SGD only"):
         build_run(load_config(None, [*SMALL, "executor=vectorised", "client.optimizer=adam"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["client.optimizer=adam"], "trains with SGD, not 'adam'"),
+        (["model.name=cnn"], r"nn\.Sequential of Flatten, Linear and ReLU"),
+    ],
+)
+def test_compiled_is_refused_where_it_cannot_run(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_run(load_config(None, [*SMALL, "executor=compiled", *overrides]))
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "scaffold", "fednova"])
+def test_compiled_and_sequential_runs_agree_to_float32_rounding(strategy):
+    # scaffold and fednova train through the strategy's client_fit, i.e. CompiledTrainer.fit
+    momentum = 0.0 if strategy == "scaffold" else 0.5  # scaffold assumes plain SGD
+    common = [*SMALL, f"strategy.name={strategy}", "strategy.mu=0.1", f"client.momentum={momentum}"]
+    got = build_run(load_config(None, [*common, "executor=compiled"])).simulation.run(3)
+    ref = build_run(load_config(None, [*common, "executor=sequential"])).simulation.run(3)
+    assert np.max(np.abs(got.vector - ref.vector)) < 1e-5
+    assert np.max(np.abs(got.vector - ref.vector)) < np.max(np.abs(ref.vector)) * 1e-4
+    assert [h["num_clients"] for h in got.history] == [h["num_clients"] for h in ref.history]
+
+
+def test_compiled_runs_are_bit_identical_across_runs_and_lanes():
+    cfg = [*SMALL, "model.name=logreg", "executor=compiled"]
+    a = build_run(load_config(None, cfg)).simulation.run(3)
+    b = build_run(load_config(None, cfg)).simulation.run(3)
+    c = build_run(load_config(None, [*cfg, "threads=3"])).simulation.run(3)
+    assert np.array_equal(a.vector, b.vector) and np.array_equal(a.vector, c.vector)
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fednova", "fedadam"])

@@ -69,6 +69,18 @@ def test_vectorised_inner_matches_the_same_chunking_in_process():
     assert _records(got) == _records(expected)
 
 
+def test_compiled_inner_is_bit_identical_to_compiled_in_process():
+    # clients are independent compiled calls: no chunking changes a bit
+    common = [*SMALL, "model.name=logreg", "strategy.clients_per_round=7"]
+    ref = build_run(load_config(None, [*common, "executor=compiled"])).simulation.run(3)
+    pieces = build_run(load_config(None, [*common, "executor=process"]))
+    assert "compiled in each" in pieces.executor  # worker_executor=auto
+    with pieces.simulation.executor:
+        got = pieces.simulation.run(3)
+    assert np.array_equal(got.vector, ref.vector)
+    assert _records(got) == _records(ref)
+
+
 def test_driver_threads_do_not_reach_the_forked_workers():
     # the driver evaluates on 2 threads, the workers' VmapTrainer must stay on 1 (a forked child
     # opening an OpenMP parallel region after its parent did hangs)

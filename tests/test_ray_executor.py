@@ -62,6 +62,17 @@ def test_ray_run_is_bit_identical_to_the_local_sequential_run(local_ray, overrid
 
 
 @needs_ray
+def test_ray_with_compiled_tasks_is_bit_identical_to_compiled_in_process(local_ray):
+    common = [*SMALL, "model.name=logreg", "data.max_samples=100"]
+    ref = build_run(load_config(None, [*common, "executor=compiled"])).simulation.run(2)
+    pieces = build_run(load_config(None, [*common, "executor=ray"]))
+    assert pieces.executor.endswith("compiled in each)")
+    got = pieces.simulation.run(2)
+    assert np.array_equal(got.vector, ref.vector)
+    assert _records(got) == _records(ref)
+
+
+@needs_ray
 def test_a_separate_driver_joins_the_cluster_at_ray_address(local_ray, tmp_path):
     # what the README's cluster recipe does: `fedfleet run` in its own process, pointed at a
     # running Ray cluster (here the module's local instance) by address

@@ -297,15 +297,17 @@ class RunConfig(_Section):
     """Communication rounds."""
     threads: int = Field(1, ge=1)
     """torch intra-op threads for local training (1 is fastest for small models)."""
-    executor: Literal["auto", "sequential", "vectorised", "process", "ray"] = "auto"
+    executor: Literal["auto", "sequential", "vectorised", "compiled", "process", "ray"] = "auto"
     """How a round's clients train: 'vectorised' (all at once with torch.func; SGD, models
     without BatchNorm/dropout), 'sequential' (one after another; any model and optimizer),
-    'auto' (vectorised where it wins: MLP-like models with plain-training strategies),
+    'compiled' (small MLPs with SGD: each client's loop one numba-compiled call, one client
+    per core), 'auto' (compiled or vectorised where they win: MLP-like models with
+    plain-training strategies),
     'process' (contiguous chunks over `workers` forked processes, one torch thread each) or
     'ray' (chunks over `workers` Ray tasks on the cluster at `ray_address`)."""
     workers: int = Field(2, ge=1)
     """Worker processes ('process') or Ray tasks per round ('ray')."""
-    worker_executor: Literal["auto", "sequential", "vectorised"] = "auto"
+    worker_executor: Literal["auto", "sequential", "vectorised", "compiled"] = "auto"
     """How each process or Ray task trains its chunk ('auto' as for `executor`)."""
     ray_address: str | None = None
     """The Ray cluster, e.g. 'HEAD:6379'; unset uses $RAY_ADDRESS, else a local Ray instance."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from fedfleet.client.compiled_trainer import CompiledTrainer
 from fedfleet.client.protocol import Trainer
 from fedfleet.client.vmap_trainer import VmapTrainer
 from fedfleet.data.base import TaskData
@@ -36,9 +37,12 @@ def choose_executor(
 
     ``auto`` vectorises when the strategy's client side is plain local training and the client
     optimizer is SGD: MLP-like models (stacks of Linear/ReLU) take the hand-fused path, 2-6x
-    faster than the sequential loop per round on CPU; other models (convolutions, which lose
-    under vmap on CPU) train two clients at a time, one per core (see bench/README.md); with
-    ``device = 'cuda'`` every such model takes the vmap path on the GPU.
+    faster than the sequential loop per round on CPU, except small ones (parameters x batch
+    <= 2^16 on the CPU), where a torch step is mostly dispatch: those train each client as
+    one numba-compiled loop (:class:`CompiledTrainer`), one client per core; other models
+    (convolutions, which lose under vmap on CPU) train two clients at a time, one per core
+    (see bench/README.md); with ``device = 'cuda'`` every such model takes the vmap path on
+    the GPU.
 
     On the CPU, vectorised training uses every core as ``lanes`` worker threads of one torch
     thread each, each lane training its own chunks of the cohort (``VmapTrainer(workers=...)``,
@@ -59,10 +63,14 @@ def choose_executor(
         return trainer, SequentialExecutor(), "sequential (DP-SGD per-sample clipping)"
     if config.executor == "sequential" or config.model.backend != "torch":
         return trainer, SequentialExecutor(), "sequential"
+    if config.executor == "compiled":
+        compiled = _compiled(config, task, lanes or _default_lanes(config))
+        return compiled, VectorisedExecutor(), _compiled_why(compiled)
     plain = getattr(strategy, "client_fit", None) is plain_client_fit
     if config.executor == "auto" and not plain:
         return trainer, SequentialExecutor(), "sequential (the strategy trains each client itself)"
     c, m = config.client, config.model
+    compiled_lanes = _default_lanes(config) if lanes is None else lanes
     if lanes is None:
         auto = config.executor == "auto" and config.threads == 1 and config.device == "cpu"
         # a client step must be big enough to pay for the lanes' hand-offs: on 2 cores the
@@ -83,6 +91,14 @@ def choose_executor(
         if config.executor == "vectorised":
             raise
         return trainer, SequentialExecutor(), f"sequential ({err})"
+    small = trainer.layout.size * c.batch_size <= _COMPILED_MAX_STEP
+    if vmap.uses_fast_path and small and config.executor == "auto" and config.device == "cpu":
+        try:
+            compiled = _compiled(config, task, compiled_lanes)
+        except ConfigError:
+            pass  # not SGD, or numba missing: the vectorised cohort below
+        else:
+            return compiled, VectorisedExecutor(), _compiled_why(compiled)
     if vmap.uses_fast_path or config.executor == "vectorised" or config.device == "cuda":
         how = f", {lanes} lanes x 1 torch thread" if lanes > 1 else ""
         return vmap, VectorisedExecutor(), f"vectorised (torch.func cohort training{how})"
@@ -103,6 +119,33 @@ def choose_executor(
 
 
 _LANE_MIN_STEP = 1 << 20  # parameters x batch size of one client step
+_COMPILED_MAX_STEP = 1 << 16  # parameters x batch size up to which compiled loops win
+
+
+def _default_lanes(config: RunConfig) -> int:
+    """Compiled loops hand off whole clients, so they use every core under the defaults."""
+    return _cores() if config.threads == 1 else config.threads
+
+
+def _compiled(config: RunConfig, task: TaskData, lanes: int) -> CompiledTrainer:
+    """The compiled per-client trainer; ConfigError where it does not apply."""
+    c, m = config.client, config.model
+    if config.device != "cpu":
+        raise ConfigError("executor = 'compiled' runs on the CPU; use 'vectorised' on CUDA")
+    if c.optimizer.lower() != "sgd":
+        raise ConfigError(
+            f"executor = 'compiled' trains with SGD, not {c.optimizer!r}; use 'sequential'"
+        )
+    return CompiledTrainer(
+        lambda: build_model(m.name, task.input_shape, task.num_classes, hidden=m.hidden),
+        optimizer_args={"momentum": c.momentum, "weight_decay": c.weight_decay},
+        workers=lanes,
+    )
+
+
+def _compiled_why(trainer: CompiledTrainer) -> str:
+    lanes = f", {trainer.workers} clients at a time" if trainer.workers > 1 else ""
+    return f"compiled (each client's SGD loop one numba call{lanes})"
 
 
 def _cores() -> int:
@@ -130,7 +173,8 @@ def _chunked_executor(
             config.model_copy(update={"executor": "auto"}), task, trainer, strategy
         )
         fast = isinstance(local, VmapTrainer) and local.uses_fast_path
-        mode = "vectorised" if fast else "sequential"
+        mode = "compiled" if isinstance(local, CompiledTrainer) else "sequential"
+        mode = "vectorised" if fast else mode
     inner: Inner = mode
     n = config.workers
     if config.executor == "process":

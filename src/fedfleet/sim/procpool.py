@@ -61,7 +61,7 @@ from fedfleet.strategies.base import ClientResult, Strategy
 
 __all__ = ["ProcessExecutor", "chunk_bounds"]
 
-Inner = Literal["sequential", "vectorised"]
+Inner = Literal["sequential", "vectorised", "compiled"]
 
 
 def chunk_bounds(count: int, parts: int) -> list[tuple[int, int]]:
@@ -79,11 +79,13 @@ def chunk_bounds(count: int, parts: int) -> list[tuple[int, int]]:
 
 def inner_executor(inner: Inner) -> CohortExecutor:
     """The in-process executor a worker (process or Ray task) runs its chunk with."""
-    if inner == "vectorised":
+    if inner in ("vectorised", "compiled"):  # a compiled trainer has fit_cohort too
         return VectorisedExecutor()
     if inner == "sequential":
         return SequentialExecutor()
-    raise ConfigError(f"inner executor must be 'sequential' or 'vectorised', got {inner!r}")
+    raise ConfigError(
+        f"inner executor must be 'sequential', 'vectorised' or 'compiled', got {inner!r}"
+    )
 
 
 def _worker_main(
