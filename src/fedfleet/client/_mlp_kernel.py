@@ -8,8 +8,14 @@ a step costs what its arithmetic costs (a 60-10 logistic regression at batch 10:
 dispatch; numba is the well-kept tool for compiling such a loop.
 
 Arithmetic is float32 in a fixed order (no fastmath), so results are the same run to run and
-independent of threads. Flat layout: layer ``l``'s weight ``[dims[l + 1], dims[l]]`` (row-major,
-as ``nn.Linear`` stores it) at ``w_at[l]``, its bias at ``b_at[l]`` (-1: none).
+independent of threads. The inner loops run over 1-D slices, which is what lets LLVM vectorise
+them (indexing the whole arrays with offsets, it cannot rule out aliasing and stays scalar:
+measured 5-10x slower).
+
+Kernel layout (``compiled_trainer.kernel_order`` maps a model's flat vector to it): layer
+``l``'s weight transposed, ``[dims[l], dims[l + 1]]`` row-major, at ``w_at[l]``, so that the
+forward pass and the weight gradient both stream along output units; its bias at ``b_at[l]``
+(-1: none).
 """
 
 from __future__ import annotations
@@ -19,36 +25,85 @@ import numpy as np
 
 __all__ = ["train_mlp"]
 
+Array = np.ndarray
+
+
+@numba.njit(cache=True, nogil=True)
+def _forward(
+    z: Array, h_in: Array, h_out: Array, w: Array, wa: int, ba: int, rows: int, d_in: int,
+    d_out: int, relu: bool,
+) -> None:  # fmt: skip
+    """``z = h_in @ W^T + b`` row by row (summing inputs in order), ``h_out = relu(z)`` or z."""
+    zero = np.float32(0.0)
+    for i in range(rows):
+        zr = z[i * d_out : (i + 1) * d_out]
+        if ba >= 0:
+            zr[:] = w[ba : ba + d_out]
+        else:
+            zr[:] = zero
+        for j in range(d_in):
+            hv = h_in[i * d_in + j]
+            wr = w[wa + j * d_out : wa + (j + 1) * d_out]
+            for c in range(d_out):
+                zr[c] += hv * wr[c]
+        hr = h_out[i * d_out : (i + 1) * d_out]
+        for c in range(d_out):
+            hr[c] = max(zr[c], zero) if relu else zr[c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _weight_grad(
+    grad: Array, err: Array, h_in: Array, wa: int, ba: int, rows: int, d_in: int, d_out: int
+) -> None:
+    """``grad += h_in^T @ err`` (the transposed weight's gradient, summed over rows in order)
+    and the bias's ``sum(err)``."""
+    for i in range(rows):
+        er = err[i * d_out : (i + 1) * d_out]
+        if ba >= 0:
+            gb = grad[ba : ba + d_out]
+            for c in range(d_out):
+                gb[c] += er[c]
+        for j in range(d_in):
+            hv = h_in[i * d_in + j]
+            gr = grad[wa + j * d_out : wa + (j + 1) * d_out]
+            for c in range(d_out):
+                gr[c] += hv * er[c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _backprop(
+    below: Array, err: Array, z_below: Array, w: Array, wa: int, rows: int, d_in: int,
+    d_out: int, relu: bool,
+) -> None:  # fmt: skip
+    """``below = err @ W`` (summing output units in order), zeroed where ReLU was off."""
+    zero = np.float32(0.0)
+    for i in range(rows):
+        er = err[i * d_out : (i + 1) * d_out]
+        for j in range(d_in):
+            wr = w[wa + j * d_out : wa + (j + 1) * d_out]
+            acc = zero
+            for c in range(d_out):
+                acc += er[c] * wr[c]
+            if relu and z_below[i * d_in + j] <= zero:
+                acc = zero
+            below[i * d_in + j] = acc
+
 
 @numba.njit(cache=True, nogil=True)
 def train_mlp(
-    w: np.ndarray,
-    w0: np.ndarray,
-    corr: np.ndarray,
-    mom: np.ndarray,
-    grad: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    batches: np.ndarray,
-    sgd: np.ndarray,
-    nesterov: bool,
-    dims: np.ndarray,
-    w_at: np.ndarray,
-    b_at: np.ndarray,
-    relu: np.ndarray,
-    h: np.ndarray,
-    z: np.ndarray,
-    d: np.ndarray,
-) -> float:
-    """Train ``w`` (float32, starts as the global vector ``w0``) in place on every row of
-    ``batches`` (``[steps, B]`` sample indices, -1 past the end of an epoch's last batch) and
-    return the sum of the per-sample losses.
+    w: Array, w0: Array, corr: Array, mom: Array, grad: Array, x: Array, y: Array,
+    batches: Array, sgd: Array, nesterov: bool, dims: Array, w_at: Array, b_at: Array,
+    relu: Array, h: Array, z: Array, d: Array,
+) -> float:  # fmt: skip
+    """Train ``w`` (float32, kernel layout, starts as the global vector ``w0``) in place on
+    every row of ``batches`` (``[steps, B]`` sample indices, -1 past the end of an epoch's last
+    batch) and return the sum of the per-sample losses.
 
     ``sgd = [lr, mu, weight_decay, momentum, dampening]`` (float32): each step follows
-    ``torch.optim.SGD`` on ``g + mu (w - w0) + corr + weight_decay w`` (``corr`` empty: none).
-    ``mom``, ``grad``: ``[P]`` scratch; ``h`` ``[L + 1, B * widest]``, ``z`` and ``d``
-    ``[L, B * widest]``: activations, pre-activations and back-propagated errors. Labels must
-    lie in ``[0, dims[-1])``: they index without bounds checks.
+    ``torch.optim.SGD`` on ``g + mu (w - w0) + corr + weight_decay w`` (``corr`` in kernel
+    layout, or empty: none). ``mom``, ``grad``: ``[P]`` scratch; ``h`` ``[L + 1, B * widest]``,
+    ``z`` and ``d`` ``[L, B * widest]``: activations, pre-activations and back-propagated
+    errors. Labels must lie in ``[0, dims[-1])``: they index without bounds checks.
     """
     layers = dims.shape[0] - 1
     steps, width = batches.shape
@@ -64,64 +119,41 @@ def train_mlp(
             rows += 1
         d_in = dims[0]
         for i in range(rows):
-            src = batches[t, i]
-            for j in range(d_in):
-                h[0, i * d_in + j] = x[src, j]
+            h[0, i * d_in : (i + 1) * d_in] = x[batches[t, i]]
         for layer in range(layers):
-            d_in, d_out = dims[layer], dims[layer + 1]
-            wa, ba = w_at[layer], b_at[layer]
-            for i in range(rows):
-                for c in range(d_out):
-                    acc = w[ba + c] if ba >= 0 else zero
-                    row = wa + c * d_in
-                    for j in range(d_in):
-                        acc += h[layer, i * d_in + j] * w[row + j]
-                    z[layer, i * d_out + c] = acc
-                    h[layer + 1, i * d_out + c] = max(acc, zero) if relu[layer] else acc
+            _forward(
+                z[layer], h[layer], h[layer + 1], w, w_at[layer], b_at[layer], rows,
+                dims[layer], dims[layer + 1], relu[layer],
+            )  # fmt: skip
         # cross-entropy: d loss / d logits = (softmax - onehot) / rows
-        last = layers - 1
+        logits, err = h[layers], d[layers - 1]
         inv = one / np.float32(rows)
         for i in range(rows):
-            base = i * classes
-            top = h[layers, base]
+            lr_, er = logits[i * classes : (i + 1) * classes], err[i * classes : (i + 1) * classes]
+            top = lr_[0]
             for c in range(1, classes):
-                top = max(top, h[layers, base + c])
+                top = max(top, lr_[c])
             s = zero
             for c in range(classes):
-                e = np.exp(h[layers, base + c] - top)
-                d[last, base + c] = e
+                e = np.exp(lr_[c] - top)
+                er[c] = e
                 s += e
             label = y[batches[t, i]]
-            total += np.log(s) - (h[layers, base + label] - top)
+            total += np.log(s) - (lr_[label] - top)
             for c in range(classes):
-                d[last, base + c] = d[last, base + c] / s * inv
-            d[last, base + label] -= inv
+                er[c] = er[c] / s * inv
+            er[label] -= inv
         grad[:] = zero
         for layer in range(layers - 1, -1, -1):
-            d_in, d_out = dims[layer], dims[layer + 1]
-            wa, ba = w_at[layer], b_at[layer]
-            for i in range(rows):
-                for c in range(d_out):
-                    err = d[layer, i * d_out + c]
-                    if ba >= 0:
-                        grad[ba + c] += err
-                    row = wa + c * d_in
-                    for j in range(d_in):
-                        grad[row + j] += err * h[layer, i * d_in + j]
+            _weight_grad(
+                grad, d[layer], h[layer], w_at[layer], b_at[layer], rows, dims[layer],
+                dims[layer + 1],
+            )  # fmt: skip
             if layer > 0:  # the error below, through this layer's weights and ReLU
-                below = layer - 1
-                for i in range(rows):
-                    for j in range(d_in):
-                        d[below, i * d_in + j] = zero
-                    for c in range(d_out):
-                        err = d[layer, i * d_out + c]
-                        row = wa + c * d_in
-                        for j in range(d_in):
-                            d[below, i * d_in + j] += err * w[row + j]
-                    if relu[below]:
-                        for j in range(d_in):
-                            if z[below, i * d_in + j] <= zero:
-                                d[below, i * d_in + j] = zero
+                _backprop(
+                    d[layer - 1], d[layer], z[layer - 1], w, w_at[layer], rows, dims[layer],
+                    dims[layer + 1], relu[layer - 1],
+                )  # fmt: skip
         for p in range(size):
             g = grad[p]
             if mu != zero:

@@ -135,7 +135,7 @@ class CompiledTrainer:
             DatasetError: a client's samples do not match the model's input, or a label is out
                 of range (named by the client's position in the cohort).
         """
-        from fedfleet.client._mlp_kernel import train_mlp  # compiles on first use (~2 s)
+        from fedfleet.client._mlp_kernel import train_mlp
 
         self.layout.check(vector, who="the global vector")
         if not len(datasets) == len(instructions) == len(seeds):
@@ -143,7 +143,8 @@ class CompiledTrainer:
                 f"fit_cohort got {len(datasets)} datasets, {len(instructions)} instructions and "
                 f"{len(seeds)} seeds; pass one of each per client"
             )
-        w0 = np.ascontiguousarray(vector, dtype=np.float32)
+        net = self._net
+        w0 = np.ascontiguousarray(vector[net.order], dtype=np.float32)  # kernel layout
         jobs = [
             self._job(i, d, ins, s)
             for i, (d, ins, s) in enumerate(zip(datasets, instructions, seeds, strict=True))
@@ -152,7 +153,6 @@ class CompiledTrainer:
         losses = np.zeros(len(jobs))
         order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].batches))  # longest first
         queue, lock = iter(order), threading.Lock()
-        net = self._net
 
         def run() -> None:
             mom, grad, h, z, d = net.scratch(max((j.batches.shape[1] for j in jobs), default=1))
@@ -161,13 +161,13 @@ class CompiledTrainer:
                     i = next(queue, None)
                 if i is None:
                     return
-                job, row = jobs[i], out[i]
-                row[:] = w0
+                job, row = jobs[i], w0.copy()
                 if len(job.batches):
                     losses[i] = train_mlp(
                         row, w0, job.correction, mom, grad, job.x, job.y, job.batches,
                         job.sgd, self.nesterov, net.dims, net.w_at, net.b_at, net.relu, h, z, d,
                     )  # fmt: skip
+                np.take(row, net.back, out=out[i])
 
         lanes = min(self.workers, len(jobs))
         if lanes > 1:
@@ -204,8 +204,19 @@ class CompiledTrainer:
         decay, momentum, dampening = self._sgd
         sgd = np.array([ins.lr, mu, decay, momentum, dampening], dtype=np.float32)
         empty = np.empty(0, dtype=np.float32)
-        corr = empty if correction is None else np.ascontiguousarray(correction, np.float32)
+        corr = empty if correction is None else correction[self._net.order]
         return _Job(x, y, batch_table(n, ins, seed), sgd, corr)
+
+
+def kernel_order(dims: np.ndarray, w_at: np.ndarray, size: int) -> np.ndarray:
+    """Indices ``perm`` with ``vector[perm]`` in kernel layout (each ``nn.Linear`` weight
+    ``[out, in]`` at ``w_at[l]`` transposed in place); ``argsort(perm)`` maps back."""
+    perm = np.arange(size, dtype=np.int64)
+    for layer, at in enumerate(w_at):
+        d_in, d_out = int(dims[layer]), int(dims[layer + 1])
+        block = np.arange(at, at + d_in * d_out, dtype=np.int64).reshape(d_out, d_in)
+        perm[at : at + d_in * d_out] = block.T.reshape(-1)
+    return perm
 
 
 class _Job:
@@ -233,6 +244,8 @@ class _Net:
     ) -> None:
         self.dims, self.w_at, self.b_at, self.relu = dims, w_at, b_at, relu
         self.size, self.flatten = size, flatten
+        self.order = kernel_order(dims, w_at, size)  # vector[order]: the kernel's layout
+        self.back = np.argsort(self.order)  # kernel_vector[back]: the model's layout
 
     @classmethod
     def of(cls, module: nn.Module, layout: Layout) -> _Net:
