@@ -365,8 +365,9 @@ class VmapTrainer:
         glob = self._globals(w)
         # one thread: the stacks are the result rows, no copy at the end (torch multiplies
         # strided stacks one matrix at a time, which costs nothing on one thread but one
-        # OpenMP barrier per matrix on more); else contiguous stacks and MKL's batched products
-        direct = torch.get_num_threads() == 1
+        # OpenMP barrier per matrix on more); else contiguous stacks and MKL's batched products.
+        # The result rows are host memory, so on a GPU the stacks are always device buffers.
+        direct = torch.get_num_threads() == 1 and dev.type == "cpu"
         if direct:
             params = {
                 s.name: out[:, s.offset : s.offset + s.numel].view(k, *s.shape)

@@ -243,17 +243,20 @@ class DPSGDTrainer:
         corr = None if correction is None else torch.from_numpy(correction).to(self.device)
         std = self.noise_multiplier * self.clip_norm
         self._module.train()
-        loss_sum, seen, clipped = 0.0, 0, 0
+        # device-side sums: no host sync inside the loop (the same float64 / int64 arithmetic)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        clipped = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen = 0
         for idx in _batches(n, b, steps, self.sampling, rng):
             total = torch.zeros_like(w)
             if len(idx):
                 ti = torch.from_numpy(idx).to(self.device)
                 g, norms = self.clipped_grads(w, x[ti], y[ti])
                 total += g.sum(dim=0)
-                clipped += int((norms > self.clip_norm).sum())
+                clipped += (norms > self.clip_norm).sum()
                 with torch.no_grad():
                     out = functional_call(self._module, self._views(w), (x[ti],))
-                    loss_sum += float(self.loss_fn(out, y[ti])) * len(idx)
+                    loss_sum += self.loss_fn(out, y[ti]).double() * len(idx)
                 seen += len(idx)
             if std > 0:
                 noise = gaussian(w.numel(), std, self.noise, noise_rng)
@@ -265,11 +268,11 @@ class DPSGDTrainer:
                 step += corr
             w = w - instructions.lr * step
         metrics: dict[str, float] = {
-            "dpsgd_clipped_fraction": clipped / seen if seen else 0.0,
+            "dpsgd_clipped_fraction": int(clipped) / seen if seen else 0.0,
             "dpsgd_sample_rate": min(1.0, b / n),  # for the cumulative DPSGDLedger
         }
         if seen:
-            metrics["train_loss"] = loss_sum / seen
+            metrics["train_loss"] = float(loss_sum) / seen
         if self.noise_multiplier > 0:  # metrics must be finite: no epsilon without noise
             metrics["dpsgd_epsilon"] = dpsgd_epsilon(
                 self.noise_multiplier,

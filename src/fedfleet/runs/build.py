@@ -161,14 +161,22 @@ def build_trainer(config: RunConfig, task: TaskData) -> Trainer:
 
 
 def check_device(config: RunConfig) -> None:
-    """Refuse ``device = 'cuda'`` where torch sees no CUDA device, before anything loads."""
-    if config.device == "cuda" and not torch.cuda.is_available():
+    """Refuse ``device = 'cuda'`` where torch sees no CUDA device, before anything loads; on
+    CUDA, make cuDNN exact and deterministic (no TF32 convolutions, no autotuned algorithms),
+    so that the same seed gives the same bits and CNNs agree with the CPU to float32 rounding."""
+    if config.device != "cuda":
+        return
+    if not torch.cuda.is_available():
         raise ConfigError(
             "device = 'cuda' but no CUDA device is visible to torch (torch.cuda.is_available() "
             f"is False; torch {torch.__version__}, CUDA_VISIBLE_DEVICES="
             f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); use device = 'cpu', or "
             "install a CUDA build of torch on a machine with a GPU"
         )
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def _last_layer(layout: Layout) -> tuple[str, ...]:

@@ -86,6 +86,8 @@ def choose_executor(
             num_threads=config.threads,
             device=config.device,
             workers=lanes,
+            # the CPU's default budget keeps chunks in cache; a GPU wants whole cohorts
+            max_chunk_bytes=_CUDA_CHUNK_BYTES if config.device == "cuda" else 32 << 20,
         )
     except ConfigError as err:
         if config.executor == "vectorised":
@@ -119,6 +121,7 @@ def choose_executor(
 
 
 _LANE_MIN_STEP = 1 << 20  # parameters x batch size of one client step
+_CUDA_CHUNK_BYTES = 2 << 30  # a chunk's memory budget on a GPU
 _COMPILED_MAX_STEP = 1 << 16  # parameters x batch size up to which compiled loops win
 
 

@@ -154,7 +154,11 @@ class RayExecutor:
                 ray.init(include_dashboard=False, logging_level=logging.WARNING)
             self._started_ray = True
         if self._remote is None:
-            self._remote = ray.remote(num_cpus=1, num_gpus=self.num_gpus_per_task)(_train_chunk)
+            # Ray's default for a task asking for GPUs is max_calls=1, a fresh worker process
+            # per task, which would rebuild the cached run (and a CUDA context) every round
+            self._remote = ray.remote(num_cpus=1, num_gpus=self.num_gpus_per_task, max_calls=0)(
+                _train_chunk
+            )
             self._config_ref = ray.put(self.config_toml)
         return ray
 
