@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from torch import nn
 
+import fedfleet._threads
 from fedfleet.client import FitInstructions, NumpyLogisticRegression, TorchTrainer
 from fedfleet.evaluation import fairness_stats
 from fedfleet.sim import TIMING_KEYS, Federation, Simulation, client_seed
@@ -103,7 +104,15 @@ class _Faulty:
         return res
 
 
-def test_bad_updates_are_rejected_and_the_round_goes_on(blobs):
+@pytest.fixture(params=["one thread", "over the cores"])
+def bulk(request, monkeypatch):
+    """Run the engine's [K, P] passes on the calling thread, or (BULK = 0) over the cores."""
+    if request.param == "over the cores":
+        monkeypatch.setattr(fedfleet._threads, "BULK", 0)
+    return request.param
+
+
+def test_bad_updates_are_rejected_and_the_round_goes_on(blobs, bulk):
     clean = _sim(blobs, seed=1)
     plan = clean.strategy.configure_fit(
         1,
@@ -168,7 +177,7 @@ def test_fraction_sampling_selects_c_times_n(blobs):
     assert sim.run(1).history[0]["num_clients"] == 5
 
 
-def test_a_bad_update_between_good_ones_is_left_out_of_the_aggregate(blobs):
+def test_a_bad_update_between_good_ones_is_left_out_of_the_aggregate(blobs, bulk):
     """The accepted deltas are packed into consecutive rows as they pass validation: a rejected
     client in the middle must not leave its values, or a gap, in the aggregate."""
     clean = _sim(blobs, seed=4)
@@ -219,7 +228,7 @@ class _Keeper:
         return self.inner.aggregate_fit(rnd, vector, state, updates)
 
 
-def test_deltas_a_strategy_keeps_are_never_overwritten_by_later_rounds(blobs):
+def test_deltas_a_strategy_keeps_are_never_overwritten_by_later_rounds(blobs, bulk):
     fed = Federation(blobs, _parts(len(blobs.train), 8))
     keeper = _Keeper(FedAvg(clients_per_round=4, local=LOCAL))
     result = Simulation(TorchTrainer(_factory), fed, keeper, seed=3).run(3)
@@ -247,3 +256,22 @@ def test_weighted_mean_is_the_same_bits_from_one_matrix_or_separate_vectors():
     np.testing.assert_allclose(
         weighted_mean(reversed_rows, weights[::-1]), ref, rtol=1e-12, atol=1e-12
     )
+
+
+def test_weighted_mean_over_the_cores_is_the_same_bits(monkeypatch):
+    rng = np.random.default_rng(1)
+    m = rng.normal(size=(7, 10_001)).astype(np.float32)
+    weights = [2, 7, 1, 8, 2, 8, 1]
+    one = weighted_mean(list(m), weights)
+    monkeypatch.setattr(fedfleet._threads, "BULK", 0)
+    monkeypatch.setattr(fedfleet._threads, "cores", lambda: 3)  # uneven blocks
+    assert np.array_equal(weighted_mean(list(m), weights), one)
+    assert np.array_equal(weighted_mean([r.copy() for r in m], weights), one)
+
+
+def test_runs_are_the_same_bits_with_the_round_passes_over_the_cores(blobs, monkeypatch):
+    one = _sim(blobs, seed=2).run(3)
+    monkeypatch.setattr(fedfleet._threads, "BULK", 0)
+    many = _sim(blobs, seed=2).run(3)
+    assert np.array_equal(one.vector, many.vector)
+    assert _strip(one.history) == _strip(many.history)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from fedfleet._threads import cores
 from fedfleet.client.compiled_trainer import CompiledTrainer
 from fedfleet.client.protocol import Trainer
 from fedfleet.client.vmap_trainer import VmapTrainer
@@ -77,7 +78,7 @@ def choose_executor(
         # digits MLP (9,610 params x batch 16) ran 2x slower on 2 lanes, the peers' MLP
         # (101,770 x 32) 1.5x faster
         big = trainer.layout.size * c.batch_size >= _LANE_MIN_STEP
-        lanes = _cores() if auto and big else 1
+        lanes = cores() if auto and big else 1
     try:
         vmap = VmapTrainer(
             lambda: build_model(m.name, task.input_shape, task.num_classes, hidden=m.hidden),
@@ -127,7 +128,7 @@ _COMPILED_MAX_STEP = 1 << 16  # parameters x batch size up to which compiled loo
 
 def _default_lanes(config: RunConfig) -> int:
     """Compiled loops hand off whole clients, so they use every core under the defaults."""
-    return _cores() if config.threads == 1 else config.threads
+    return cores() if config.threads == 1 else config.threads
 
 
 def _compiled(config: RunConfig, task: TaskData, lanes: int) -> CompiledTrainer:
@@ -149,14 +150,6 @@ def _compiled(config: RunConfig, task: TaskData, lanes: int) -> CompiledTrainer:
 def _compiled_why(trainer: CompiledTrainer) -> str:
     lanes = f", {trainer.workers} clients at a time" if trainer.workers > 1 else ""
     return f"compiled (each client's SGD loop one numba call{lanes})"
-
-
-def _cores() -> int:
-    """The cores this process may run on (its CPU affinity, so containers are respected)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _chunked_executor(

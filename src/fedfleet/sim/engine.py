@@ -18,6 +18,7 @@ longer when the policy made the server wait for a deadline), ``sim_time_s`` (cum
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -27,6 +28,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from fedfleet._threads import map_items
 from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientStateStore, MemoryStateStore
 from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted, UpdateRejected
@@ -34,7 +36,7 @@ from fedfleet.evaluation import fairness_stats
 from fedfleet.params import Layout
 from fedfleet.sim.cohort import ClientJob, CohortExecutor, SequentialExecutor
 from fedfleet.sim.deadline import DeadlinePolicy, RoundClock
-from fedfleet.sim.federation import ClientPopulation
+from fedfleet.sim.federation import ClientPopulation, Federation
 from fedfleet.sim.profiles import ClientProfiles
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
 from fedfleet.strategies.stragglers import RoundPlan
@@ -208,25 +210,31 @@ class Simulation:
         jobs = [
             ClientJob(
                 cid,
-                self.federation.train_data(cid),
+                data,
                 instructions,
                 client_seed(self.seed, rnd, cid),
                 self.client_states.get(cid),
             )
-            for cid, instructions in plan
+            for (cid, instructions), data in zip(plan, self._train_data(plan), strict=True)
         ]
         results = self.executor.run(self.strategy, self.trainer, vector, jobs, on_client)
         rows = self._delta_rows.take(len(jobs), vector.shape[0])
-        updates: list[ClientUpdate] = []
-        for job, result in zip(jobs, results, strict=True):
+        layout = self.trainer.layout
+
+        def check(i: int) -> tuple[ClientUpdate, UpdateRejected | None, bool]:
+            """Client ``i``'s update (its delta written into row ``i`` when it is well-formed),
+            its validation verdict, and whether the delta is that row."""
+            job, result = jobs[i], results[i]
             fit = result.fit
             trained = fit.vector
+            in_row = False
             if (
                 isinstance(trained, np.ndarray)
                 and trained.shape == vector.shape
                 and trained.dtype == vector.dtype
             ):
-                delta = np.subtract(trained, vector, out=rows[len(updates)])
+                delta = np.subtract(trained, vector, out=rows[i])
+                in_row = True
             elif isinstance(trained, np.ndarray) and trained.shape == vector.shape:
                 delta = trained - vector  # wrong dtype: validation says so
             else:
@@ -237,20 +245,44 @@ class Simulation:
             try:
                 validate_update(
                     update,
-                    self.trainer.layout,
+                    layout,
                     rnd,
                     selected,
                     max_samples=len(job.data),
                     instructions=job.instructions,
                 )
             except UpdateRejected as err:
+                return update, err.with_traceback(None), in_row  # a traceback would pin this
+            return update, None, in_row
+
+        # subtracting and checking K deltas is a [K, P] pass: over the cores when it is large
+        checked = map_items(check, range(len(jobs)), len(jobs) * vector.shape[0])
+        updates: list[ClientUpdate] = []
+        for i, (update, err, in_row) in enumerate(checked):
+            if err is not None:
                 log.warning("%s", err)
-                rejected.append(err.with_traceback(None))  # a traceback would pin this frame
+                rejected.append(err)
                 continue
+            k = len(updates)
+            if k != i and in_row:
+                # after a rejection the accepted deltas move up, so they stay consecutive rows
+                np.copyto(rows[k], rows[i])
+                update = dataclasses.replace(update, delta=rows[k])
             updates.append(update)
-            if result.state is not None:
-                self.client_states.put(job.client_id, result.state)
+            state = results[i].state
+            if state is not None:
+                self.client_states.put(jobs[i].client_id, state)
         return updates, [r.fit.num_steps for r in results]
+
+    def _train_data(self, plan: Sequence[tuple[int, FitInstructions]]) -> list[Any]:
+        """The planned clients' training data; a :class:`Federation`'s subsets (pure copies out
+        of one array) are gathered over the cores when they are large."""
+        fed, ids = self.federation, [cid for cid, _ in plan]
+        if not isinstance(fed, Federation):  # another population may not be thread-safe
+            return [fed.train_data(cid) for cid in ids]
+        sample = int(np.prod(fed.task.train.x.shape[1:]))
+        work = sample * sum(len(fed.train_parts[cid]) for cid in ids if 0 <= cid < fed.num_clients)
+        return map_items(fed.train_data, ids, work)
 
     def _check_profiles(self) -> None:
         if self.deadline is not None and self.profiles is None:

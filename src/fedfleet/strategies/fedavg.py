@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedfleet._threads import map_blocks
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.strategies.base import ClientUpdate, StrategyState, plain_client_fit
 from fedfleet.strategies.sampling import cohort_size, default_cohort, sample_clients
@@ -36,13 +37,21 @@ def weighted_mean(deltas: Sequence[np.ndarray], weights: Sequence[float]) -> np.
     (the engine hands them over that way) the array itself, else a stacked copy. ``np.einsum``
     widens the float32 values to float64 block by block as it goes; a whole float64 copy of the
     matrix would cost more than the product (measured 140 ms against 17 ms for 100 x 101,770).
-    The same inputs give the same bits, whichever way they are held.
+    The same inputs give the same bits, whichever way they are held; large matrices are split
+    by columns over the cores (``fedfleet._threads``), which changes no bit.
     """
     w = np.asarray(weights, dtype=np.float64)
     matrix = _shared_rows(deltas)
     if matrix is None:
         matrix = np.stack(deltas)
-    return np.einsum("k,kp->p", w / w.sum(), matrix, dtype=np.float64)
+    share = w / w.sum()
+    out = np.empty(matrix.shape[1], dtype=np.float64)
+
+    def block(start: int, stop: int) -> None:  # per column the same sum, however split
+        np.einsum("k,kp->p", share, matrix[:, start:stop], dtype=np.float64, out=out[start:stop])
+
+    map_blocks(block, matrix.shape[1], matrix.size)
+    return out
 
 
 def _shared_rows(vectors: Sequence[np.ndarray]) -> np.ndarray | None:
