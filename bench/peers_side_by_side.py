@@ -152,6 +152,7 @@ def child_fedfleet(argv: Sequence[str], peers: Path) -> None:
     p = common.build_parser("fedfleet")
     p.add_argument("--lanes", type=int, default=None, help="choose_executor's lanes (auto)")
     p.add_argument("--task", choices=["peers", "synthetic"], default="peers")
+    p.add_argument("--executor", default="auto", help="RunConfig.executor (default auto)")
     args = p.parse_args(argv)
     import numpy as np
 
@@ -188,6 +189,7 @@ def child_fedfleet(argv: Sequence[str], peers: Path) -> None:
         {
             "seed": args.seed,
             "threads": threads,
+            "executor": args.executor,
             "model": {"name": name},
             "client": {"epochs": args.local_epochs, "batch_size": args.batch_size, "lr": args.lr},
         }
@@ -227,7 +229,12 @@ def child_fedfleet(argv: Sequence[str], peers: Path) -> None:
         rounds.append(record["round_time_s"] - (timed.seconds - evaluated[0]))
         evaluated[0] = timed.seconds
 
-    result = sim.run(args.rounds, on_round=on_round)
+    try:
+        result = sim.run(args.rounds, on_round=on_round)
+    finally:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()  # process workers, Ray
     t_end = time.time()
     t_first = starts[0] if starts else t_end
     common.emit(
