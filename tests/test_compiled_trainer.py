@@ -162,3 +162,35 @@ def test_evaluate_and_export_are_the_sequential_trainers():
     model = trainer.export(w0)
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
     assert np.array_equal(flat, w0)
+
+
+def test_a_relu_on_the_logits_matches_torch_trainer():
+    def relu_out():
+        return nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4), nn.ReLU())
+
+    _compare(relu_out, {}, FitInstructions(epochs=3, batch_size=4, lr=0.1))
+
+
+def test_a_batch_wider_than_the_data_trains_the_whole_data_per_step():
+    _compare(_mlp, {"momentum": 0.5}, FitInstructions(epochs=4, batch_size=10**6, lr=0.05))
+    trainer = CompiledTrainer(_logreg)
+    job = trainer._job(0, _datasets([5])[0], FitInstructions(epochs=2, batch_size=10**6), 0)
+    assert job.batches.shape == (2, 5)  # not 10**6 columns of padding
+
+
+def test_more_bad_settings_are_refused_with_what_and_who():
+    with pytest.raises(ConfigError, match="momentum and weight_decay must be >= 0"):
+        CompiledTrainer(_mlp, {"momentum": -0.5})
+    with pytest.raises(ConfigError, match="momentum and weight_decay must be >= 0"):
+        CompiledTrainer(_mlp, {"weight_decay": -1e-3})
+    trainer = CompiledTrainer(_mlp)
+    w0 = trainer.init_vector(seed=0)
+    good = _datasets([6])[0]
+    with pytest.raises(ConfigError, match="client 0: lr must be >= 0"):
+        trainer.fit(w0, good, FitInstructions(lr=-0.1), 0)
+    float_labels = ArrayDataset(good.x, good.y.astype(np.float32))
+    with pytest.raises(DatasetError, match="client 1's labels are float32"):
+        trainer.fit_cohort(w0, [good, float_labels], [FitInstructions()] * 2, [0, 1])
+    two_d = ArrayDataset(good.x, good.y.reshape(6, 1))
+    with pytest.raises(DatasetError, match="client 0's labels"):
+        trainer.fit(w0, two_d, FitInstructions(), 0)

@@ -275,3 +275,12 @@ def test_runs_are_the_same_bits_with_the_round_passes_over_the_cores(blobs, monk
     many = _sim(blobs, seed=2).run(3)
     assert np.array_equal(one.vector, many.vector)
     assert _strip(one.history) == _strip(many.history)
+
+
+def test_the_shared_pool_runs_nested_calls_inline_instead_of_deadlocking(monkeypatch):
+    monkeypatch.setattr(fedfleet._threads, "BULK", 0)
+
+    def outer(x):  # a pass started from inside one of the pool's threads
+        return sum(fedfleet._threads.map_items(lambda y: x * y, range(4), 1))
+
+    assert fedfleet._threads.map_items(outer, range(8), 1) == [6 * x for x in range(8)]

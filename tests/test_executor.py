@@ -48,6 +48,9 @@ def test_auto_compiles_small_mlps_one_client_per_core():
     assert pieces.executor.startswith("compiled (each client's SGD loop one numba call")
     threads = build_run(load_config(None, [*SMALL, "model.name=logreg", "threads=3"]))
     assert threads.simulation.trainer.workers == 3
+    # by name (as inside Ray and process workers, one CPU each): `threads` clients at a time
+    named = build_run(load_config(None, [*SMALL, "model.name=logreg", "executor=compiled"]))
+    assert named.simulation.trainer.workers == 1
 
 
 def test_vectorised_is_refused_where_it_cannot_run():

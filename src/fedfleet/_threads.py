@@ -25,6 +25,7 @@ R = TypeVar("R")
 BULK = 1 << 21
 """Elements of work below which a pass stays on the calling thread (hand-offs cost ~50 us)."""
 
+_PREFIX = "fedfleet-bulk"
 _pool: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
 
@@ -41,7 +42,7 @@ def _shared() -> ThreadPoolExecutor:
     global _pool
     with _lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(cores(), thread_name_prefix="fedfleet-bulk")
+            _pool = ThreadPoolExecutor(cores(), thread_name_prefix=_PREFIX)
         return _pool
 
 
@@ -54,10 +55,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+def _inside() -> bool:
+    """Whether this thread is one of the pool's: waiting on the pool from there could deadlock."""
+    return threading.current_thread().name.startswith(_PREFIX)
+
+
 def map_items(fn: Callable[[T], R], items: Iterable[T], work: int) -> list[R]:
     """``[fn(x) for x in items]``, spread over the cores when ``work`` (elements) >= BULK."""
     todo = list(items)
-    if work < BULK or cores() < 2 or len(todo) < 2:
+    if work < BULK or cores() < 2 or len(todo) < 2 or _inside():
         return [fn(x) for x in todo]
     return list(_shared().map(fn, todo))
 
@@ -65,7 +71,7 @@ def map_items(fn: Callable[[T], R], items: Iterable[T], work: int) -> list[R]:
 def map_blocks(fn: Callable[[int, int], None], size: int, work: int) -> None:
     """``fn(start, stop)`` over contiguous blocks covering ``range(size)``: one block, or one per
     core when ``work`` (elements) >= BULK. Block edges are multiples of 64 elements."""
-    parts = cores() if work >= BULK else 1
+    parts = cores() if work >= BULK and not _inside() else 1
     edges = sorted({min(size, int(e) // 64 * 64) for e in np.linspace(0, size, parts + 1)})
     edges[-1] = size
     blocks = [(a, b) for a, b in pairwise(edges) if b > a]

@@ -143,6 +143,11 @@ def train_mlp(
             for c in range(classes):
                 er[c] = er[c] / s * inv
             er[label] -= inv
+            if relu[layers - 1]:  # a ReLU on the logits passes no gradient where it was off
+                zr = z[layers - 1, i * classes : (i + 1) * classes]
+                for c in range(classes):
+                    if zr[c] <= zero:
+                        er[c] = zero
         grad[:] = zero
         for layer in range(layers - 1, -1, -1):
             _weight_grad(

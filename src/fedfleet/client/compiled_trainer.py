@@ -97,7 +97,13 @@ class CompiledTrainer:
                 f"nesterov momentum requires momentum > 0 and dampening = 0 (as in "
                 f"torch.optim.SGD); got momentum={momentum}, dampening={dampening}"
             )
-        self._sgd = (float(args.get("weight_decay", 0.0)), momentum, dampening)
+        decay = float(args.get("weight_decay", 0.0))
+        if not (momentum >= 0 and decay >= 0):  # as torch.optim.SGD refuses them
+            raise ConfigError(
+                f"momentum and weight_decay must be >= 0, got momentum={momentum}, "
+                f"weight_decay={decay}"
+            )
+        self._sgd = (decay, momentum, dampening)
         self._net = _Net.of(self.sequential.model, self.layout)
 
     @property
@@ -186,6 +192,8 @@ class CompiledTrainer:
     def _job(self, i: int, data: ArrayDataset, ins: FitInstructions, seed: int) -> _Job:
         if ins.batch_size < 1:
             raise ConfigError(f"client {i}: batch_size must be >= 1, got {ins.batch_size}")
+        if not ins.lr >= 0:
+            raise ConfigError(f"client {i}: lr must be >= 0, got {ins.lr}")
         mu, correction = gradient_terms(ins, self.layout)
         n, dims = len(data), self._net.dims
         features = int(np.prod(data.x.shape[1:]))
@@ -194,6 +202,11 @@ class CompiledTrainer:
             raise DatasetError(
                 f"client {i}'s samples have {features} features ({data.x.shape[1:]}); the "
                 f"model's first layer takes {dims[0]}"
+            )
+        if data.y.ndim != 1 or len(data.y) != n or not np.issubdtype(data.y.dtype, np.integer):
+            raise DatasetError(
+                f"client {i}'s labels are {data.y.dtype} of shape {data.y.shape}; cross-entropy "
+                f"takes one integer class per sample ({n})"
             )
         y = np.ascontiguousarray(data.y, dtype=np.int64)
         if n and (y.min() < 0 or y.max() >= dims[-1]):
@@ -205,7 +218,10 @@ class CompiledTrainer:
         sgd = np.array([ins.lr, mu, decay, momentum, dampening], dtype=np.float32)
         empty = np.empty(0, dtype=np.float32)
         corr = empty if correction is None else correction[self._net.order]
-        return _Job(x, y, batch_table(n, ins, seed), sgd, corr)
+        batches = batch_table(n, ins, seed)
+        # a batch wider than the data holds n samples and padding: keep the n columns, so the
+        # scratch is sized by the rows a step really has
+        return _Job(x, y, batches[:, : max(n, 1)], sgd, corr)
 
 
 def kernel_order(dims: np.ndarray, w_at: np.ndarray, size: int) -> np.ndarray:

@@ -300,8 +300,8 @@ class RunConfig(_Section):
     executor: Literal["auto", "sequential", "vectorised", "compiled", "process", "ray"] = "auto"
     """How a round's clients train: 'vectorised' (all at once with torch.func; SGD, models
     without BatchNorm/dropout), 'sequential' (one after another; any model and optimizer),
-    'compiled' (small MLPs with SGD: each client's loop one numba-compiled call, one client
-    per core), 'auto' (compiled or vectorised where they win: MLP-like models with
+    'compiled' (small MLPs with SGD: each client's loop one numba-compiled call, `threads`
+    clients at a time), 'auto' (compiled or vectorised where they win: MLP-like models with
     plain-training strategies),
     'process' (contiguous chunks over `workers` forked processes, one torch thread each) or
     'ray' (chunks over `workers` Ray tasks on the cluster at `ray_address`)."""

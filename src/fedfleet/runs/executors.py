@@ -65,7 +65,8 @@ def choose_executor(
     if config.executor == "sequential" or config.model.backend != "torch":
         return trainer, SequentialExecutor(), "sequential"
     if config.executor == "compiled":
-        compiled = _compiled(config, task, lanes or _default_lanes(config))
+        # asked for by name (as inside process and Ray workers): `threads` clients at a time
+        compiled = _compiled(config, task, lanes or config.threads)
         return compiled, VectorisedExecutor(), _compiled_why(compiled)
     plain = getattr(strategy, "client_fit", None) is plain_client_fit
     if config.executor == "auto" and not plain:
@@ -127,7 +128,8 @@ _COMPILED_MAX_STEP = 1 << 16  # parameters x batch size up to which compiled loo
 
 
 def _default_lanes(config: RunConfig) -> int:
-    """Compiled loops hand off whole clients, so they use every core under the defaults."""
+    """Under ``auto``: compiled loops hand off whole clients, so they use every core when
+    ``threads`` is left at 1."""
     return cores() if config.threads == 1 else config.threads
 
 
