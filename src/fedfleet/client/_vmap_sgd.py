@@ -5,7 +5,7 @@ and ``torch.optim.SGD``'s update applied to ``[clients, ...]`` stacks of paramet
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +15,12 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
 from fedfleet.client._vmap_schedule import Hyper, Workspace
+from fedfleet.errors import ConfigError
 
-__all__ = ["StackedSGD", "per_client_grads"]
+__all__ = ["SGD_ARGS", "StackedSGD", "per_client_grads"]
+
+SGD_ARGS = ("dampening", "momentum", "nesterov", "weight_decay")
+"""The ``torch.optim.SGD`` options the stacked and compiled trainers implement."""
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Tensors = dict[str, torch.Tensor]
@@ -56,6 +60,34 @@ class StackedSGD:
     dampening: float
     nesterov: bool
     weight_decay: float
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any], trainer: str) -> StackedSGD:
+        """The settings in ``optimizer_args``, refused where ``torch.optim.SGD`` refuses them
+        (``trainer`` names who asks, for the message)."""
+        unknown = sorted(set(args) - set(SGD_ARGS))
+        if unknown:
+            raise ConfigError(
+                f"{trainer}'s SGD does not take {', '.join(unknown)}; valid optimizer_args: "
+                f"{', '.join(SGD_ARGS)}; use TorchTrainer for other SGD options"
+            )
+        sgd = cls(
+            momentum=float(args.get("momentum", 0.0)),
+            dampening=float(args.get("dampening", 0.0)),
+            nesterov=bool(args.get("nesterov", False)),
+            weight_decay=float(args.get("weight_decay", 0.0)),
+        )
+        if not (sgd.momentum >= 0 and sgd.weight_decay >= 0):
+            raise ConfigError(
+                f"momentum and weight_decay must be >= 0, got momentum={sgd.momentum}, "
+                f"weight_decay={sgd.weight_decay}"
+            )
+        if sgd.nesterov and (sgd.momentum <= 0 or sgd.dampening != 0):
+            raise ConfigError(
+                f"nesterov momentum requires momentum > 0 and dampening = 0 (as in "
+                f"torch.optim.SGD); got momentum={sgd.momentum}, dampening={sgd.dampening}"
+            )
+        return sgd
 
     def update(
         self,

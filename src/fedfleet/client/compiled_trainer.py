@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from fedfleet.client._vmap_mlp import mlp_layers
 from fedfleet.client._vmap_schedule import batch_table
+from fedfleet.client._vmap_sgd import StackedSGD
 from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult, gradient_terms
 from fedfleet.client.torch_trainer import TorchTrainer
 from fedfleet.data.base import ArrayDataset
@@ -38,8 +39,6 @@ from fedfleet.errors import ConfigError, DatasetError
 from fedfleet.params import Layout
 
 __all__ = ["CompiledTrainer"]
-
-SGD_ARGS = ("dampening", "momentum", "nesterov", "weight_decay")
 
 
 class CompiledTrainer:
@@ -78,32 +77,14 @@ class CompiledTrainer:
         except ImportError as err:
             raise ConfigError(f"CompiledTrainer needs numba (pip install numba): {err}") from err
         args = dict(optimizer_args or {})
-        unknown = sorted(set(args) - set(SGD_ARGS))
-        if unknown:
-            raise ConfigError(
-                f"CompiledTrainer's SGD does not take {', '.join(unknown)}; valid "
-                f"optimizer_args: {', '.join(SGD_ARGS)}"
-            )
+        sgd = StackedSGD.from_args(args, "CompiledTrainer")
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         self.sequential = TorchTrainer(model, F.cross_entropy, "sgd", args, "cpu", eval_batch_size)
         """The sequential trainer on the same model: evaluation, initialisation, export."""
         self.workers = workers
-        self.nesterov = bool(args.get("nesterov", False))
-        momentum = float(args.get("momentum", 0.0))
-        dampening = float(args.get("dampening", 0.0))
-        if self.nesterov and (momentum <= 0 or dampening != 0):
-            raise ConfigError(
-                f"nesterov momentum requires momentum > 0 and dampening = 0 (as in "
-                f"torch.optim.SGD); got momentum={momentum}, dampening={dampening}"
-            )
-        decay = float(args.get("weight_decay", 0.0))
-        if not (momentum >= 0 and decay >= 0):  # as torch.optim.SGD refuses them
-            raise ConfigError(
-                f"momentum and weight_decay must be >= 0, got momentum={momentum}, "
-                f"weight_decay={decay}"
-            )
-        self._sgd = (decay, momentum, dampening)
+        self.nesterov = sgd.nesterov
+        self._sgd = (sgd.weight_decay, sgd.momentum, sgd.dampening)
         self._net = _Net.of(self.sequential.model, self.layout)
 
     @property

@@ -78,8 +78,6 @@ __all__ = ["VmapTrainer"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Tensors = dict[str, torch.Tensor]
 
-_SGD_ARGS = ("dampening", "momentum", "nesterov", "weight_decay")
-
 
 class VmapTrainer:
     """Trains many clients at once with torch.func; a drop-in :class:`Trainer`.
@@ -140,26 +138,15 @@ class VmapTrainer:
                 "for other optimizers"
             )
         args = dict(optimizer_args or {})
-        unknown = sorted(set(args) - set(_SGD_ARGS))
-        if unknown:
-            raise ConfigError(
-                f"VmapTrainer's SGD does not take {', '.join(unknown)}; valid optimizer_args: "
-                f"{', '.join(_SGD_ARGS)}; use TorchTrainer for other SGD options"
-            )
+        self._sgd = StackedSGD.from_args(args, "VmapTrainer")
         if max_cohort_chunk is not None and max_cohort_chunk < 1:
             raise ConfigError(f"max_cohort_chunk must be >= 1 or None, got {max_cohort_chunk}")
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
-        self.momentum = float(args.get("momentum", 0.0))
-        self.dampening = float(args.get("dampening", 0.0))
-        self.nesterov = bool(args.get("nesterov", False))
-        self.weight_decay = float(args.get("weight_decay", 0.0))
-        self._sgd = StackedSGD(self.momentum, self.dampening, self.nesterov, self.weight_decay)
-        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise ConfigError(
-                f"nesterov momentum requires momentum > 0 and dampening = 0 (as in "
-                f"torch.optim.SGD); got momentum={self.momentum}, dampening={self.dampening}"
-            )
+        self.momentum = self._sgd.momentum
+        self.dampening = self._sgd.dampening
+        self.nesterov = self._sgd.nesterov
+        self.weight_decay = self._sgd.weight_decay
         self.sequential = TorchTrainer(model, loss_fn, "sgd", args, device, eval_batch_size)
         """The sequential trainer on the same model: evaluation, and any fit this one can't do."""
         module = self.sequential.model
