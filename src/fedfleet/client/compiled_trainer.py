@@ -29,10 +29,11 @@ import numpy as np
 from torch import nn
 from torch.nn import functional as F
 
+from fedfleet.client._cohort_base import CohortTrainer
 from fedfleet.client._vmap_mlp import mlp_layers
 from fedfleet.client._vmap_schedule import batch_table
 from fedfleet.client._vmap_sgd import StackedSGD
-from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult, gradient_terms
+from fedfleet.client.protocol import FitInstructions, FitResult, gradient_terms
 from fedfleet.client.torch_trainer import TorchTrainer
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, DatasetError
@@ -41,7 +42,7 @@ from fedfleet.params import Layout
 __all__ = ["CompiledTrainer"]
 
 
-class CompiledTrainer:
+class CompiledTrainer(CohortTrainer):
     """Trains each client of a cohort in one compiled call; a drop-in :class:`Trainer`.
 
     Args:
@@ -86,26 +87,6 @@ class CompiledTrainer:
         self.nesterov = sgd.nesterov
         self._sgd = (sgd.weight_decay, sgd.momentum, sgd.dampening)
         self._net = _Net.of(self.sequential.model, self.layout)
-
-    @property
-    def layout(self) -> Layout:
-        return self.sequential.layout
-
-    def init_vector(self, seed: int) -> np.ndarray:
-        return self.sequential.init_vector(seed)
-
-    def export(self, vector: np.ndarray) -> nn.Module:
-        """A standalone copy of the model holding ``vector``'s weights."""
-        return self.sequential.export(vector)
-
-    def evaluate(self, vector: np.ndarray, data: ArrayDataset) -> EvalResult:
-        return self.sequential.evaluate(vector, data)
-
-    def fit(
-        self, vector: np.ndarray, data: ArrayDataset, instructions: FitInstructions, seed: int
-    ) -> FitResult:
-        """One client: :meth:`fit_cohort` of a cohort of one."""
-        return self.fit_cohort(vector, [data], [instructions], [seed])[0]
 
     def fit_cohort(
         self,

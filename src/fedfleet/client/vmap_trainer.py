@@ -53,6 +53,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedfleet.client._cohort_base import CohortTrainer
 from fedfleet.client._vmap_checks import check_static_buffers, refuse_unsupported
 from fedfleet.client._vmap_mlp import mlp_layers
 from fedfleet.client._vmap_schedule import (
@@ -67,11 +68,10 @@ from fedfleet.client._vmap_schedule import (
     torch_threads,
 )
 from fedfleet.client._vmap_sgd import StackedSGD, per_client_grads
-from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult, gradient_terms
+from fedfleet.client.protocol import FitInstructions, FitResult, gradient_terms
 from fedfleet.client.torch_trainer import TorchTrainer
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, DatasetError
-from fedfleet.params import Layout
 
 __all__ = ["VmapTrainer"]
 
@@ -79,7 +79,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Tensors = dict[str, torch.Tensor]
 
 
-class VmapTrainer:
+class VmapTrainer(CohortTrainer):
     """Trains many clients at once with torch.func; a drop-in :class:`Trainer`.
 
     Args:
@@ -180,30 +180,9 @@ class VmapTrainer:
         self._checked_buffers = False
 
     @property
-    def layout(self) -> Layout:
-        return self.sequential.layout
-
-    @property
     def uses_fast_path(self) -> bool:
         """Whether fits take the hand-written MLP path (else ``vmap(grad(functional_call))``)."""
         return self._mlp is not None
-
-    def init_vector(self, seed: int) -> np.ndarray:
-        return self.sequential.init_vector(seed)
-
-    def export(self, vector: np.ndarray) -> nn.Module:
-        """A standalone copy of the model holding ``vector``'s weights."""
-        return self.sequential.export(vector)
-
-    def evaluate(self, vector: np.ndarray, data: ArrayDataset) -> EvalResult:
-        """Mean loss and top-1 accuracy of ``vector`` on ``data`` (the sequential trainer's)."""
-        return self.sequential.evaluate(vector, data)
-
-    def fit(
-        self, vector: np.ndarray, data: ArrayDataset, instructions: FitInstructions, seed: int
-    ) -> FitResult:
-        """One client: :meth:`fit_cohort` of a cohort of one."""
-        return self.fit_cohort(vector, [data], [instructions], [seed])[0]
 
     def fit_cohort(
         self,

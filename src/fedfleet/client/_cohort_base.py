@@ -1,0 +1,53 @@
+"""What the cohort trainers (:class:`VmapTrainer`, :class:`CompiledTrainer`) share: everything
+but training is their sequential :class:`TorchTrainer`'s, and one client is a cohort of one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from torch import nn
+
+from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult
+from fedfleet.client.torch_trainer import TorchTrainer
+from fedfleet.data.base import ArrayDataset
+from fedfleet.params import Layout
+
+__all__ = ["CohortTrainer"]
+
+
+class CohortTrainer:
+    """Base of trainers that train a whole cohort in :meth:`fit_cohort`; ``sequential`` is the
+    :class:`TorchTrainer` on the same model, which evaluates, initialises and exports."""
+
+    sequential: TorchTrainer
+
+    @property
+    def layout(self) -> Layout:
+        return self.sequential.layout
+
+    def init_vector(self, seed: int) -> np.ndarray:
+        return self.sequential.init_vector(seed)
+
+    def export(self, vector: np.ndarray) -> nn.Module:
+        """A standalone copy of the model holding ``vector``'s weights."""
+        return self.sequential.export(vector)
+
+    def evaluate(self, vector: np.ndarray, data: ArrayDataset) -> EvalResult:
+        """Mean loss and top-1 accuracy of ``vector`` on ``data`` (the sequential trainer's)."""
+        return self.sequential.evaluate(vector, data)
+
+    def fit(
+        self, vector: np.ndarray, data: ArrayDataset, instructions: FitInstructions, seed: int
+    ) -> FitResult:
+        """One client: :meth:`fit_cohort` of a cohort of one."""
+        return self.fit_cohort(vector, [data], [instructions], [seed])[0]
+
+    def fit_cohort(
+        self,
+        vector: np.ndarray,
+        datasets: Sequence[ArrayDataset],
+        instructions: Sequence[FitInstructions],
+        seeds: Sequence[int],
+    ) -> list[FitResult]:
+        raise NotImplementedError
