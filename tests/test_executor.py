@@ -7,6 +7,7 @@ import pytest
 
 from fedfleet.client import TorchTrainer
 from fedfleet.client.compiled_trainer import CompiledTrainer
+from fedfleet.client.threaded_trainer import ThreadedTrainer
 from fedfleet.client.vmap_trainer import VmapTrainer
 from fedfleet.errors import ConfigError
 from fedfleet.runs.build import build_run
@@ -21,7 +22,7 @@ SMALL = ["rounds=3", "data.num_clients=10", "strategy.clients_per_round=5"]
     [
         ([], VectorisedExecutor, VmapTrainer),
         (["strategy.name=fedprox"], VectorisedExecutor, VmapTrainer),
-        (["model.name=cnn"], VectorisedExecutor, VmapTrainer),  # 2 clients at a time
+        (["model.name=cnn"], VectorisedExecutor, ThreadedTrainer),  # a client per core
         (["strategy.name=scaffold"], SequentialExecutor, TorchTrainer),
         (["client.optimizer=adam"], SequentialExecutor, TorchTrainer),
         (["executor=sequential"], SequentialExecutor, TorchTrainer),
@@ -38,7 +39,7 @@ def test_auto_choice(overrides, executor, trainer):
     pieces = build_run(load_config(None, [*SMALL, *overrides]))
     assert isinstance(pieces.simulation.executor, executor)
     assert isinstance(pieces.simulation.trainer, trainer)
-    assert pieces.executor.split()[0] in ("vectorised", "sequential", "compiled")
+    assert pieces.executor.split()[0] in ("vectorised", "sequential", "compiled", "threaded")
 
 
 def test_auto_compiles_small_mlps_one_client_per_core():
@@ -99,15 +100,20 @@ def test_vectorised_and_sequential_runs_agree_to_float32_rounding(strategy):
     assert [h["num_clients"] for h in vec.history] == [h["num_clients"] for h in seq.history]
 
 
-def test_cnn_on_worker_threads_agrees_with_the_sequential_loop():
+def test_cnn_on_worker_threads_is_the_sequential_loop_bit_for_bit():
+    cores = len(os.sched_getaffinity(0))
+    common = [*SMALL, "model.name=cnn", "client.lr=0.02"]
+    threaded = build_run(load_config(None, common))
+    if cores > 1:
+        assert threaded.executor.startswith(f"threaded (the sequential loop, {cores} clients")
+        assert "channels-last convolutions" in threaded.executor
+    a = threaded.simulation.run(2)
+    b = build_run(load_config(None, [*common, "executor=sequential"])).simulation.run(2)
+    assert np.array_equal(a.vector, b.vector)
     # lr 0.02: at lr 0.2 two epochs of a CNN amplify float32 rounding to ~1e-3 in any
     # reordering of the arithmetic, so the comparison would test chaos, not the code
-    common = [*SMALL, "model.name=cnn", "client.lr=0.02"]
-    vec = build_run(load_config(None, common))
-    assert vec.executor.startswith("vectorised (2 clients")
-    a = vec.simulation.run(2)
-    b = build_run(load_config(None, [*common, "executor=sequential"])).simulation.run(2)
-    assert np.max(np.abs(a.vector - b.vector)) < 1e-5
+    vec = build_run(load_config(None, [*common, "executor=vectorised"])).simulation.run(2)
+    assert np.max(np.abs(a.vector - vec.vector)) < 1e-5
 
 
 def test_vectorised_runs_are_bit_identical_across_runs():

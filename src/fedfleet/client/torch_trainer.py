@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedfleet.client._flat_buffer import FlatBuffer, conv2d_weights
 from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult, gradient_terms
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError
@@ -32,6 +33,8 @@ from fedfleet.params import Layout
 __all__ = ["OptimizerFactory", "TorchTrainer", "optimizer_names", "resolve_optimizer"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 """Called as ``factory(params, lr=lr, **optimizer_args)``; a ``torch.optim`` class fits."""
 
 
@@ -69,6 +72,10 @@ class TorchTrainer:
         optimizer_args: extra keyword arguments for the optimizer (momentum, weight_decay, ...).
         device: where training runs (``"cpu"`` or ``"cuda"``).
         eval_batch_size: batch size for :meth:`evaluate`.
+        memory_format: how the working copy stores ``nn.Conv2d`` weights: ``"channels_last"``
+            (oneDNN's faster convolutions on CPU), ``"contiguous"`` (NCHW), or ``"auto"``:
+            channels-last on CPU when the model has a Conv2d, contiguous otherwise. Vectors in
+            and out are in the layout's order either way; results agree to float32 rounding.
 
     Example:
         >>> trainer = TorchTrainer(lambda: torch.nn.Linear(4, 3), optimizer="sgd")
@@ -83,7 +90,12 @@ class TorchTrainer:
         optimizer_args: Mapping[str, Any] | None = None,
         device: str | torch.device = "cpu",
         eval_batch_size: int = 1024,
+        memory_format: str = "auto",
     ) -> None:
+        if memory_format not in MEMORY_FORMATS:
+            raise ConfigError(
+                f"memory_format {memory_format!r} is not one of {', '.join(MEMORY_FORMATS)}"
+            )
         self._factory = model if not isinstance(model, nn.Module) else None
         module = model if isinstance(model, nn.Module) else model()
         self.device = torch.device(device)
@@ -92,15 +104,25 @@ class TorchTrainer:
         self.model = module.to(self.device)
         self._layout = Layout.from_module(self.model)
         self._initial = self._layout.flatten(self.model.state_dict())
-        self._flat = torch.zeros(self._layout.size, dtype=torch.float32, device=self.device)
-        self._layout.bind(self.model, self._flat)
-        # (parameter, offset in the flat vector) for every trainable federated parameter: where
-        # the extra gradient terms of FedProx and SCAFFOLD apply
-        storage = self._flat.untyped_storage().data_ptr()
+        convs = conv2d_weights(self.model, self._layout)
+        if memory_format == "auto":
+            memory_format = "channels_last" if convs and self.device.type == "cpu" else "contiguous"
+        self.memory_format = memory_format
+        self._buffer = FlatBuffer(
+            self._layout,
+            self.model,
+            self.device,
+            convs if memory_format == "channels_last" else frozenset(),
+        )
+        self._flat = self._buffer.flat
+        # (parameter, its spec) for every trainable federated parameter: where the extra
+        # gradient terms of FedProx and SCAFFOLD apply
+        params = {id(p): p for p in self.model.parameters() if p.requires_grad}
+        state = self.model.state_dict(keep_vars=True)
         self._trainable = [
-            (p, p.storage_offset())
-            for p in self.model.parameters()
-            if p.requires_grad and p.untyped_storage().data_ptr() == storage
+            (params[id(state[s.name])], s)
+            for s in self._layout.specs
+            if id(state[s.name]) in params
         ]
         self.loss_fn = loss_fn
         self.optimizer = resolve_optimizer(optimizer)
@@ -126,8 +148,7 @@ class TorchTrainer:
         return module.to(self.device)
 
     def _load(self, vector: np.ndarray) -> None:
-        self._layout.check(vector)
-        self._flat.copy_(torch.from_numpy(vector))
+        self._buffer.load(vector)
 
     def _tensors(self, data: ArrayDataset) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.as_tensor(data.x, device=self.device)
@@ -173,7 +194,7 @@ class TorchTrainer:
                     seen += len(idx)
                     steps += 1
         return FitResult(
-            vector=self._flat.detach().to("cpu").numpy().copy(),
+            vector=self._buffer.vector(),
             num_samples=n,
             num_steps=steps,
             metrics={"train_loss": float(loss_sum) / seen} if seen else {},
@@ -186,19 +207,20 @@ class TorchTrainer:
 
         The difference ``w - vector`` is one subtraction over the flat buffer into a scratch
         buffer; the per-parameter additions are ``torch._foreach_add_`` over views of it, so a
-        step costs two passes over the parameters and no host sync.
+        step costs two passes over the parameters and no host sync. Anchor, scratch and
+        correction are kept in the buffer's order, so each view has its parameter's strides.
         """
         params = [p for p, _ in self._trainable]
 
         def views(flat: torch.Tensor) -> list[torch.Tensor]:
-            return [flat[o : o + p.numel()].view_as(p) for p, o in self._trainable]
+            return [self._buffer.view(flat, s) for _, s in self._trainable]
 
-        anchor = torch.from_numpy(vector).to(self.device)  # read only: vector is not mutated
+        anchor = self._buffer.working(vector)
         diff = torch.empty_like(self._flat)
         diff_views = views(diff)
         corr_views = None
         if correction is not None:
-            corr_views = views(torch.from_numpy(correction).to(self.device))
+            corr_views = views(self._buffer.working(correction))
 
         def add_terms() -> None:
             grads = []

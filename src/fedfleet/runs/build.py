@@ -60,8 +60,6 @@ __all__ = [
 
 _ADAPTIVE = ("fedadam", "fedyogi", "fedadagrad")
 
-_OPTIMIZERS_WITH_MOMENTUM = {"sgd", "rmsprop"}
-
 
 @dataclass(frozen=True)
 class RunPieces:
@@ -149,13 +147,10 @@ def build_trainer(config: RunConfig, task: TaskData) -> Trainer:
             delta=p.delta,
             device=config.device,
         )
-    args: dict[str, float] = {"weight_decay": c.weight_decay}
-    if c.optimizer in _OPTIMIZERS_WITH_MOMENTUM:
-        args["momentum"] = c.momentum
     return TorchTrainer(
         lambda: build_model(m.name, task.input_shape, task.num_classes, hidden=m.hidden),
         optimizer=c.optimizer,
-        optimizer_args=args,
+        optimizer_args=c.optimizer_args(),
         device=config.device,
     )
 

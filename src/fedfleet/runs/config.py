@@ -282,6 +282,14 @@ class ClientConfig(_Section):
             raise ValueError(f"unknown optimizer {v!r}; valid: {', '.join(optimizer_names())}")
         return v.lower()
 
+    def optimizer_args(self) -> dict[str, float]:
+        """Keyword arguments for the ``torch.optim`` class: weight decay, and momentum for the
+        optimizers that take it."""
+        args = {"weight_decay": self.weight_decay}
+        if self.optimizer in ("sgd", "rmsprop"):
+            args["momentum"] = self.momentum
+        return args
+
 
 class EvalConfig(_Section):
     every: int = Field(1, ge=0)
@@ -297,12 +305,15 @@ class RunConfig(_Section):
     """Communication rounds."""
     threads: int = Field(1, ge=1)
     """torch intra-op threads for local training (1 is fastest for small models)."""
-    executor: Literal["auto", "sequential", "vectorised", "compiled", "process", "ray"] = "auto"
+    executor: Literal[
+        "auto", "sequential", "threaded", "vectorised", "compiled", "process", "ray"
+    ] = "auto"
     """How a round's clients train: 'vectorised' (all at once with torch.func; SGD, models
     without BatchNorm/dropout), 'sequential' (one after another; any model and optimizer),
-    'compiled' (small MLPs with SGD: each client's loop one numba-compiled call, `threads`
-    clients at a time), 'auto' (compiled or vectorised where they win: MLP-like models with
-    plain-training strategies),
+    'threaded' (the sequential loop, one client per core on worker threads; models without
+    dropout), 'compiled' (small MLPs with SGD: each client's loop one numba-compiled call,
+    `threads` clients at a time), 'auto' (compiled, vectorised or threaded where each wins,
+    with plain-training strategies),
     'process' (contiguous chunks over `workers` forked processes, one torch thread each) or
     'ray' (chunks over `workers` Ray tasks on the cluster at `ray_address`)."""
     workers: int = Field(2, ge=1)

@@ -11,6 +11,7 @@ import os
 from fedfleet._threads import cores
 from fedfleet.client.compiled_trainer import CompiledTrainer
 from fedfleet.client.protocol import Trainer
+from fedfleet.client.threaded_trainer import ThreadedTrainer
 from fedfleet.client.vmap_trainer import VmapTrainer
 from fedfleet.data.base import TaskData
 from fedfleet.errors import ConfigError
@@ -41,9 +42,10 @@ def choose_executor(
     faster than the sequential loop per round on CPU, except small ones (parameters x batch
     <= 2^16 on the CPU), where a torch step is mostly dispatch: those train each client as
     one numba-compiled loop (:class:`CompiledTrainer`), one client per core; other models
-    (convolutions, which lose under vmap on CPU) train two clients at a time, one per core
-    (see bench/README.md); with ``device = 'cuda'`` every such model takes the vmap path on
-    the GPU.
+    (convolutions, which lose under vmap on CPU) run the sequential loop on every core, one
+    client per lane (:class:`ThreadedTrainer`, channels-last convolutions; see
+    bench/README.md); with ``device = 'cuda'`` every such model takes the vmap path on the
+    GPU.
 
     On the CPU, vectorised training uses every core as ``lanes`` worker threads of one torch
     thread each, each lane training its own chunks of the cohort (``VmapTrainer(workers=...)``,
@@ -59,7 +61,7 @@ def choose_executor(
     if config.executor in ("process", "ray"):
         return _chunked_executor(config, task, trainer, strategy, population)
     if config.privacy.sgd_noise_multiplier is not None:
-        if config.executor == "vectorised":
+        if config.executor in ("vectorised", "threaded"):
             raise ConfigError("DP-SGD trains client by client; set executor = 'sequential'")
         return trainer, SequentialExecutor(), "sequential (DP-SGD per-sample clipping)"
     if config.executor == "sequential" or config.model.backend != "torch":
@@ -68,6 +70,8 @@ def choose_executor(
         # asked for by name (as inside process and Ray workers): `threads` clients at a time
         compiled = _compiled(config, task, lanes or config.threads)
         return compiled, VectorisedExecutor(), _compiled_why(compiled)
+    if config.executor == "threaded":
+        return _threaded(config, task, lanes or _default_lanes(config))
     plain = getattr(strategy, "client_fit", None) is plain_client_fit
     if config.executor == "auto" and not plain:
         return trainer, SequentialExecutor(), "sequential (the strategy trains each client itself)"
@@ -106,20 +110,26 @@ def choose_executor(
     if vmap.uses_fast_path or config.executor == "vectorised" or config.device == "cuda":
         how = f", {lanes} lanes x 1 torch thread" if lanes > 1 else ""
         return vmap, VectorisedExecutor(), f"vectorised (torch.func cohort training{how})"
-    # Convolutions under vmap lose to the sequential loop on CPU; what wins there is two
-    # clients at a time, one per core, on worker threads (bench/README.md, workload c).
-    workers = min(2, lanes)
-    if workers < 2:
+    # Convolutions under vmap lose to the sequential loop on CPU; what wins there is that
+    # loop on every core, one client per lane (bench/README.md, workload c).
+    if lanes < 2:
         return trainer, SequentialExecutor(), "sequential (one core)"
-    parallel = VmapTrainer(
+    return _threaded(config, task, lanes)
+
+
+def _threaded(config: RunConfig, task: TaskData, lanes: int) -> tuple[Trainer, CohortExecutor, str]:
+    c, m = config.client, config.model
+    threaded = ThreadedTrainer(
         lambda: build_model(m.name, task.input_shape, task.num_classes, hidden=m.hidden),
         optimizer=c.optimizer,
-        optimizer_args={"momentum": c.momentum, "weight_decay": c.weight_decay},
-        num_threads=1,
-        workers=workers,
-        max_cohort_chunk=1,
+        optimizer_args=c.optimizer_args(),
+        device=config.device,
+        workers=lanes,
     )
-    return parallel, VectorisedExecutor(), f"vectorised ({workers} clients at a time, one per core)"
+    why = f"threaded (the sequential loop, {lanes} clients at a time, one per core"
+    if threaded.sequential.memory_format == "channels_last":
+        why += ", channels-last convolutions"
+    return threaded, VectorisedExecutor(), why + ")"
 
 
 _LANE_MIN_STEP = 1 << 20  # parameters x batch size of one client step
