@@ -63,7 +63,10 @@ def test_unknown_top_level_key_and_section():
         ("client.optimizer=sgdd", "unknown optimizer 'sgdd'; valid: "),
         ("rounds=0", "rounds: Input should be greater than or equal to 1"),
         ("eval.federated_every=1", "needs held-out client data"),
-        ("executor=threads", "executor: Input should be 'auto', 'sequential', 'vectorised', "),
+        (
+            "executor=threads",
+            "executor: Input should be 'auto', 'sequential', 'threaded', 'vectorised', ",
+        ),
         ("workers=0", "workers: Input should be greater than or equal to 1"),
         ("device=tpu", "device: Input should be 'cpu' or 'cuda'"),
         (

@@ -284,3 +284,120 @@ def test_the_shared_pool_runs_nested_calls_inline_instead_of_deadlocking(monkeyp
         return sum(fedfleet._threads.map_items(lambda y: x * y, range(4), 1))
 
     assert fedfleet._threads.map_items(outer, range(8), 1) == [6 * x for x in range(8)]
+
+
+@dataclasses.dataclass
+class _RowsBackwards:
+    """A cohort trainer handing its results over as the rows of one array, last client first;
+    the clients with the given seeds send NaN."""
+
+    inner: TorchTrainer
+    nan_seeds: set = dataclasses.field(default_factory=set)
+    hands_over_results: bool = True
+
+    @property
+    def layout(self):
+        return self.inner.layout
+
+    def init_vector(self, seed):
+        return self.inner.init_vector(seed)
+
+    def evaluate(self, vector, data):
+        return self.inner.evaluate(vector, data)
+
+    def fit(self, vector, data, instructions, seed):
+        return self.fit_cohort(vector, [data], [instructions], [seed])[0]
+
+    def fit_cohort(self, vector, datasets, instructions, seeds):
+        fits = [
+            self.inner.fit(vector, *args)
+            for args in zip(datasets, instructions, seeds, strict=True)
+        ]
+        out = np.empty((len(fits), vector.shape[0]), dtype=np.float32)
+        results = []
+        for i, (fit, seed) in enumerate(zip(fits, seeds, strict=True)):
+            row = out[len(fits) - 1 - i]
+            row[:] = fit.vector
+            if seed in self.nan_seeds:
+                row[5] = np.nan
+            results.append(dataclasses.replace(fit, vector=row))
+        return results
+
+
+def test_results_handed_over_as_rows_become_deltas_in_place(blobs):
+    from fedfleet.sim.cohort import VectorisedExecutor
+
+    clean = _sim(blobs, seed=2)
+    plan = clean.strategy.configure_fit(
+        1,
+        None,
+        {},
+        clean.federation.client_ids,
+        np.random.default_rng(np.random.SeedSequence(2, spawn_key=(1, 0))),
+    )
+    ids = [cid for cid, _ in plan]
+    bad = {client_seed(2, 1, ids[1])}
+    runs = {}
+    for handed in (True, False):
+        trainer = _RowsBackwards(TorchTrainer(_factory), bad, hands_over_results=handed)
+        sim = _sim(blobs, seed=2, trainer=trainer, executor=VectorisedExecutor())
+        runs[handed] = sim.run(1)
+    got = runs[True]
+    assert [e.client_id for e in got.rejected] == [ids[1]]
+    assert "non-finite" in str(got.rejected[0])
+    trainer = TorchTrainer(_factory)
+    w0 = trainer.init_vector(2)
+    fits = [
+        trainer.fit(w0, clean.federation.train_data(c), LOCAL, client_seed(2, 1, c))
+        for c in (ids[0], ids[2], ids[3])
+    ]
+    expected = w0 + weighted_mean([f.vector - w0 for f in fits], [f.num_samples for f in fits])
+    np.testing.assert_allclose(got.vector, expected, atol=1e-7)
+    np.testing.assert_allclose(runs[False].vector, expected, atol=1e-7)
+    assert got.history[0]["num_clients"] == 3
+
+
+def test_handed_over_block_takes_exactly_one_block_of_rows():
+    from fedfleet.sim.engine import _handed_over_block
+
+    class Hands:
+        hands_over_results = True
+
+    base = np.zeros((5, 7), dtype=np.float32)
+    v = np.ones(7, dtype=np.float32)
+    block, order = _handed_over_block(Hands(), [base[3], base[1], base[2]], v)
+    assert np.shares_memory(block, base) and block.shape == (3, 7)
+    assert order == [1, 2, 0]  # row j of the block holds result order[j]
+    assert np.shares_memory(block[0], base[1])
+    assert _handed_over_block(object(), [base[1], base[2]], v) is None  # no hand-over
+    assert _handed_over_block(Hands(), [base[1], base[1]], v) is None  # a row twice
+    assert _handed_over_block(Hands(), [base[0], base[2]], v) is None  # a gap
+    assert _handed_over_block(Hands(), [base[0], base[1].copy()], v) is None  # two arrays
+    frozen = base.copy()
+    frozen.flags.writeable = False
+    assert _handed_over_block(Hands(), [frozen[0], frozen[1]], v) is None
+    assert _handed_over_block(Hands(), [base[0], base[1]], base[2]) is None  # holds the global
+
+
+def test_deltas_kept_from_a_vectorised_cohort_are_never_overwritten(blobs):
+    from fedfleet.client.vmap_trainer import VmapTrainer
+    from fedfleet.sim.cohort import VectorisedExecutor
+    from fedfleet.strategies.base import plain_client_fit
+
+    @dataclasses.dataclass
+    class PlainKeeper(_Keeper):  # plain local training: the cohort trains in one fit_cohort
+        client_fit = staticmethod(plain_client_fit)
+
+    fed = Federation(blobs, _parts(len(blobs.train), 8))
+    keeper = PlainKeeper(FedAvg(clients_per_round=4, local=LOCAL))
+    trainer = VmapTrainer(_factory)
+    sim = Simulation(trainer, fed, keeper, seed=3, executor=VectorisedExecutor())
+    result = sim.run(3)
+    assert len(keeper.kept) == 12
+    for delta, values in keeper.kept:
+        assert np.array_equal(delta, values)
+    # each round's deltas were made in place in the trainer's result rows
+    assert all(keeper.kept[0][0].base is d.base for d, _ in keeper.kept[:4])
+    assert keeper.kept[0][0].base is not keeper.kept[4][0].base
+    plain = Simulation(VmapTrainer(_factory), fed, FedAvg(clients_per_round=4, local=LOCAL), seed=3)
+    assert np.array_equal(result.vector, plain.run(3).vector)

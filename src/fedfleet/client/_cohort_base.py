@@ -22,6 +22,10 @@ class CohortTrainer:
 
     sequential: TorchTrainer
 
+    hands_over_results = True
+    """Result vectors are new arrays, or rows of one, that the trainer never reads again (a
+    reused result array is reused only once no result refers to it): see :class:`Trainer`."""
+
     @property
     def layout(self) -> Layout:
         return self.sequential.layout

@@ -109,7 +109,12 @@ class EvalResult:
 
 @runtime_checkable
 class Trainer(Protocol):
-    """Local training and evaluation over flat float32 vectors of ``layout``."""
+    """Local training and evaluation over flat float32 vectors of ``layout``.
+
+    A trainer may set ``hands_over_results = True``: the vectors its fits return belong to the
+    caller, which may overwrite them (nothing in the trainer reads them again). The simulation
+    engine then turns a cohort's result rows into deltas in place instead of copying them.
+    """
 
     @property
     def layout(self) -> Layout: ...

@@ -202,9 +202,12 @@ class Simulation:
         """Train the planned clients and return the accepted updates (and every client's step
         count, for the simulated clock).
 
-        The accepted deltas are consecutive rows of one reused ``[K, P]`` float32 array, filled
-        in plan order as each update passes validation (a rejected client's row is taken by the
-        next one), so aggregation reads one matrix and no round pays for K fresh vectors.
+        The accepted deltas are consecutive rows of one ``[K, P]`` float32 array (a rejected
+        client's row is taken by the next one), so aggregation reads one matrix and no round
+        pays for K fresh vectors. When the trainer hands its results over as the rows of one
+        array (:func:`_handed_over_block`), the deltas are subtracted in place there, in the
+        trainer's row order: writing a second 40 MB matrix cost as much as the subtraction
+        (workload b: 8.8 against 4.0 ms). Otherwise they go into one reused array, in plan order.
         """
         selected = {cid for cid, _ in plan}
         jobs = [
@@ -218,12 +221,17 @@ class Simulation:
             for (cid, instructions), data in zip(plan, self._train_data(plan), strict=True)
         ]
         results = self.executor.run(self.strategy, self.trainer, vector, jobs, on_client)
-        rows = self._delta_rows.take(len(jobs), vector.shape[0])
+        block = _handed_over_block(self.trainer, [r.fit.vector for r in results], vector)
+        if block is not None:
+            rows, order = block  # result order[j] is row j
+        else:
+            rows, order = self._delta_rows.take(len(jobs), vector.shape[0]), list(range(len(jobs)))
         layout = self.trainer.layout
 
-        def check(i: int) -> tuple[ClientUpdate, UpdateRejected | None, bool]:
-            """Client ``i``'s update (its delta written into row ``i`` when it is well-formed),
-            its validation verdict, and whether the delta is that row."""
+        def check(j: int) -> tuple[ClientUpdate, UpdateRejected | None, bool]:
+            """The update of the client at row ``j`` (its delta written into row ``j`` when it
+            is well-formed), its validation verdict, and whether the delta is that row."""
+            i = order[j]
             job, result = jobs[i], results[i]
             fit = result.fit
             trained = fit.vector
@@ -233,7 +241,7 @@ class Simulation:
                 and trained.shape == vector.shape
                 and trained.dtype == vector.dtype
             ):
-                delta = np.subtract(trained, vector, out=rows[i])
+                delta = np.subtract(trained, vector, out=rows[j])
                 in_row = True
             elif isinstance(trained, np.ndarray) and trained.shape == vector.shape:
                 delta = trained - vector  # wrong dtype: validation says so
@@ -258,17 +266,18 @@ class Simulation:
         # subtracting and checking K deltas is a [K, P] pass: over the cores when it is large
         checked = map_items(check, range(len(jobs)), len(jobs) * vector.shape[0])
         updates: list[ClientUpdate] = []
-        for i, (update, err, in_row) in enumerate(checked):
+        for j, (update, err, in_row) in enumerate(checked):
             if err is not None:
                 log.warning("%s", err)
                 rejected.append(err)
                 continue
             k = len(updates)
-            if k != i and in_row:
+            if k != j and in_row:
                 # after a rejection the accepted deltas move up, so they stay consecutive rows
-                np.copyto(rows[k], rows[i])
+                np.copyto(rows[k], rows[j])
                 update = dataclasses.replace(update, delta=rows[k])
             updates.append(update)
+            i = order[j]
             state = results[i].state
             if state is not None:
                 self.client_states.put(jobs[i].client_id, state)
@@ -340,6 +349,47 @@ class Simulation:
             out.update({f"global_client_accuracy_{k}": v for k, v in stats.items()})
             out["global_client_loss_mean"] = float(np.average(global_losses, weights=counts))
         return out
+
+
+def _handed_over_block(
+    trainer: Trainer, vectors: Sequence[Any], vector: np.ndarray
+) -> tuple[np.ndarray, list[int]] | None:
+    """``(block, order)`` when the trainer hands its results over (``hands_over_results``)
+    and they are exactly the rows of one C-contiguous block of an array, in any order:
+    result ``order[j]`` is ``block[j]``. None otherwise (another trainer, misshaped results,
+    a row given twice, or rows that are not one block)."""
+    if not getattr(trainer, "hands_over_results", False) or not vectors:
+        return None
+    base = getattr(vectors[0], "base", None)
+    if (
+        not isinstance(base, np.ndarray)
+        or base.ndim != 2
+        or base.dtype != vector.dtype
+        or base.shape[1] != vector.shape[0]
+        or not base.flags.c_contiguous
+        or not base.flags.writeable
+        or np.may_share_memory(base, vector)
+    ):
+        return None
+    pitch, origin = base.strides[0], base.ctypes.data
+    at: list[int] = []
+    for v in vectors:
+        if (
+            not isinstance(v, np.ndarray)
+            or v.base is not base
+            or v.shape != vector.shape
+            or v.strides != (base.itemsize,)
+        ):
+            return None
+        row, rest = divmod(v.ctypes.data - origin, pitch)
+        if rest:
+            return None
+        at.append(row)
+    first = min(at)
+    if sorted(at) != list(range(first, first + len(at))):
+        return None
+    order = sorted(range(len(at)), key=at.__getitem__)
+    return base[first : first + len(at)], order
 
 
 class _RowBuffer:
