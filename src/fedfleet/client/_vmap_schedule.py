@@ -200,8 +200,9 @@ class Staged:
         k = len(clients)
         self.clients = clients
         self.span = window
-        self.xs = workspace.array("x", (window, k, width, *first.x.shape[1:]), first.x.dtype)
-        self.ys = workspace.array("y", (window, k, width), first.y.dtype)
+        x0, y0 = first.rows(np.zeros(1, dtype=np.int64))
+        self.xs = workspace.array("x", (window, k, width, *first.sample_shape), x0.dtype)
+        self.ys = workspace.array("y", (window, k, width), y0.dtype)
         self.real = workspace.array("r", (window, k, width), np.bool_)
         self.sizes = np.zeros((window, k), dtype=np.int64)
 
@@ -217,9 +218,12 @@ class Staged:
                 break  # sorted by steps: the rest are done too
             batches = c.batches[t0 : t0 + n]
             size = batches.shape[1]
-            self.xs[:n, row, :size] = c.data.x[batches]  # -1 (padding) reads a real sample
+            # one gather per client (from the federation's pool for a Subset); -1 (padding)
+            # reads a real sample
+            xb, yb = c.data.rows(batches)
+            self.xs[:n, row, :size] = xb
             self.xs[:n, row, size:] = 0
-            self.ys[:n, row, :size] = c.data.y[batches]
+            self.ys[:n, row, :size] = yb
             self.ys[:n, row, size:] = 0
             self.real[:n, row, :size] = batches >= 0
             self.real[:n, row, size:] = False

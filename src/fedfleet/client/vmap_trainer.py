@@ -205,12 +205,12 @@ class VmapTrainer(CohortTrainer):
                 f"fit_cohort got {len(datasets)} datasets, {len(instructions)} instructions and "
                 f"{len(seeds)} seeds; pass one of each per client"
             )
-        shapes = {d.x.shape[1:] for d in datasets}
+        shapes = {d.sample_shape for d in datasets}
         if len(shapes) > 1:
-            first = datasets[0].x.shape[1:]
-            i = next(i for i, d in enumerate(datasets) if d.x.shape[1:] != first)
+            first = datasets[0].sample_shape
+            i = next(i for i, d in enumerate(datasets) if d.sample_shape != first)
             raise DatasetError(
-                f"client {i}'s samples have shape {datasets[i].x.shape[1:]}, client 0's "
+                f"client {i}'s samples have shape {datasets[i].sample_shape}, client 0's "
                 f"{first}; a cohort trains one model on samples of one shape"
             )
         clients = [
@@ -287,7 +287,7 @@ class VmapTrainer(CohortTrainer):
         params = sum(s.numel for s in self._trainable)
         copies = 2 + (self.momentum != 0) + any(c.correction is not None for c in clients)
         width = max(c.batches.shape[1] for c in clients)
-        sample = clients[0].data.x[:1]
+        sample, _ = clients[0].data.rows(np.zeros(1, dtype=np.int64))
         if self._activation_floats is None:
             self._activation_floats = activation_floats(self._modules[0], sample, self.device)
         staged = min(max(c.steps for c in clients), STAGE_STEPS) * width * (sample.nbytes + 9)

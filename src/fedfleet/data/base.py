@@ -6,26 +6,94 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ArrayDataset", "TaskData"]
+__all__ = ["ArrayDataset", "Subset", "TaskData"]
 
 
-@dataclass(frozen=True)
 class ArrayDataset:
-    """Samples held as arrays: ``x`` float32 ``[N, *input_shape]``, ``y`` int64 ``[N]``."""
+    """Samples held as arrays: ``x`` float32 ``[N, *input_shape]``, ``y`` int64 ``[N]``.
 
-    x: np.ndarray
-    y: np.ndarray
+    Read-only attributes; :class:`Subset` is the same samples gathered out of a larger set
+    only when they are read.
+    """
 
-    def __post_init__(self) -> None:
-        if len(self.x) != len(self.y):
-            raise ValueError(f"x has {len(self.x)} samples but y has {len(self.y)}")
+    __slots__ = ("_x", "_y")
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+        self._x: np.ndarray | None = x
+        self._y: np.ndarray | None = y
+
+    @property
+    def x(self) -> np.ndarray:
+        assert self._x is not None
+        return self._x
+
+    @property
+    def y(self) -> np.ndarray:
+        assert self._y is not None
+        return self._y
 
     def __len__(self) -> int:
         return len(self.y)
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} samples of shape {self.sample_shape})"
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample (``x.shape[1:]``)."""
+        return tuple(self.x.shape[1:])
+
+    def rows(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(x[index], y[index])`` for an integer index array of any shape."""
+        return self.x[index], self.y[index]
+
     def subset(self, indices: np.ndarray) -> ArrayDataset:
         """The samples at ``indices`` (a copy, in that order)."""
         return ArrayDataset(self.x[indices], self.y[indices])
+
+
+class Subset(ArrayDataset):
+    """``source``'s samples at ``indices``, gathered the first time ``x`` or ``y`` is read.
+
+    A federation hands its clients' data out this way: a trainer that stages its own batches
+    (:class:`fedfleet.client.VmapTrainer`) reads them straight out of ``source`` with
+    :meth:`rows`, so a round of 100 clients does not copy their 19 MB of samples twice
+    (workload b, ``bench/README.md``); any other reader gets the copy
+    :meth:`ArrayDataset.subset` would give.
+    """
+
+    __slots__ = ("indices", "source")
+
+    def __init__(self, source: ArrayDataset, indices: np.ndarray) -> None:
+        self.source = source
+        self.indices = np.asarray(indices)
+        self._x = self._y = None
+
+    @property
+    def x(self) -> np.ndarray:
+        if self._x is None:
+            self._x = self.source.x[self.indices]
+        return self._x
+
+    @property
+    def y(self) -> np.ndarray:
+        if self._y is None:
+            self._y = self.source.y[self.indices]
+        return self._y
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.source.sample_shape
+
+    def rows(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._x is not None and self._y is not None:
+            return self._x[index], self._y[index]
+        return self.source.rows(self.indices[index])
 
 
 @dataclass(frozen=True)

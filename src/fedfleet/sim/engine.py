@@ -36,7 +36,7 @@ from fedfleet.evaluation import fairness_stats
 from fedfleet.params import Layout
 from fedfleet.sim.cohort import ClientJob, CohortExecutor, SequentialExecutor
 from fedfleet.sim.deadline import DeadlinePolicy, RoundClock
-from fedfleet.sim.federation import ClientPopulation, Federation
+from fedfleet.sim.federation import ClientPopulation
 from fedfleet.sim.profiles import ClientProfiles
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
 from fedfleet.strategies.stragglers import RoundPlan
@@ -284,14 +284,9 @@ class Simulation:
         return updates, [r.fit.num_steps for r in results]
 
     def _train_data(self, plan: Sequence[tuple[int, FitInstructions]]) -> list[Any]:
-        """The planned clients' training data; a :class:`Federation`'s subsets (pure copies out
-        of one array) are gathered over the cores when they are large."""
-        fed, ids = self.federation, [cid for cid, _ in plan]
-        if not isinstance(fed, Federation):  # another population may not be thread-safe
-            return [fed.train_data(cid) for cid in ids]
-        sample = int(np.prod(fed.task.train.x.shape[1:]))
-        work = sample * sum(len(fed.train_parts[cid]) for cid in ids if 0 <= cid < fed.num_clients)
-        return map_items(fed.train_data, ids, work)
+        """The planned clients' training data (a :class:`Federation`'s are lazy subsets of
+        its pool: nothing is copied here)."""
+        return [self.federation.train_data(cid) for cid, _ in plan]
 
     def _check_profiles(self) -> None:
         if self.deadline is not None and self.profiles is None:

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fedfleet.data.base import ArrayDataset, TaskData
+from fedfleet.data.base import ArrayDataset, Subset, TaskData
 
 __all__ = ["ClientPopulation", "Federation"]
 
@@ -42,7 +42,8 @@ class Federation:
 
     Attributes:
         task: the dataset; its ``test`` set is the server's centralized test set.
-        train_parts: client k trains on ``task.train[train_parts[k]]``.
+        train_parts: client k trains on ``task.train[train_parts[k]]`` (index arrays; an
+            index out of the pool's range is an IndexError when the client's data is read).
         test_parts: client k's held-out samples for federated evaluation (optional), indices
             into ``task.train`` (a per-client split) or, when ``test_from_task_test`` is set,
             into ``task.test`` (natural per-user test data such as LEAF's).
@@ -71,7 +72,9 @@ class Federation:
         return len(self.train_parts[cid])
 
     def train_data(self, cid: int) -> ArrayDataset:
-        return self.task.train.subset(self.train_parts[cid])
+        """Client ``cid``'s training samples: a :class:`~fedfleet.data.base.Subset` of the
+        task's pool, gathered when first read (trainers that stage batches read the pool)."""
+        return Subset(self.task.train, self.train_parts[cid])
 
     def test_data(self, cid: int) -> ArrayDataset | None:
         if self.test_parts is None:
