@@ -16,6 +16,7 @@ from fedfleet.client.state_store import (
     DiskStateStore,
     MemoryStateStore,
 )
+from fedfleet.client.threaded_trainer import ThreadedTrainer
 from fedfleet.client.torch_trainer import TorchTrainer, optimizer_names, resolve_optimizer
 from fedfleet.client.vmap_trainer import VmapTrainer
 
@@ -31,6 +32,7 @@ __all__ = [
     "MemoryStateStore",
     "NumpyLogisticRegression",
     "SklearnTrainer",
+    "ThreadedTrainer",
     "TorchTrainer",
     "Trainer",
     "VmapTrainer",

@@ -7,7 +7,7 @@ has them); :mod:`fedfleet.data.partition` splits the train pool across clients; 
 
 from fedfleet.data import partition
 from fedfleet.data.arrays import load_arrays, save_arrays
-from fedfleet.data.base import ArrayDataset, TaskData
+from fedfleet.data.base import ArrayDataset, Subset, TaskData
 from fedfleet.data.digits import load_digits
 from fedfleet.data.idx import fashion_mnist, load_idx, mnist
 from fedfleet.data.leaf import femnist, load_leaf
@@ -18,6 +18,7 @@ __all__ = [
     "DATASETS",
     "ArrayDataset",
     "DatasetInfo",
+    "Subset",
     "SyntheticDevice",
     "TaskData",
     "fashion_mnist",
