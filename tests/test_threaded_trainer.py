@@ -9,7 +9,7 @@ from fedfleet.client import FitInstructions, TorchTrainer
 from fedfleet.client._vmap_schedule import torch_threads
 from fedfleet.client.threaded_trainer import ThreadedTrainer
 from fedfleet.data.base import ArrayDataset
-from fedfleet.errors import ConfigError
+from fedfleet.errors import ConfigError, DatasetError
 from fedfleet.runs.build import build_run
 from fedfleet.runs.config import load_config
 
@@ -100,3 +100,70 @@ def test_executor_threaded_by_name_runs_any_strategy_like_the_sequential_loop():
         build_run(
             load_config(None, [*common, "executor=threaded", "privacy.sgd_noise_multiplier=1.0"])
         )
+
+
+def test_a_clients_bad_input_is_refused_naming_it_and_no_lane_goes_on():
+    threaded = ThreadedTrainer(_net, workers=2)
+    w0 = threaded.init_vector(seed=0)
+    data = _cohort(3)
+    bad = [FitInstructions(), FitInstructions(batch_size=0), FitInstructions()]
+    with pytest.raises(ConfigError, match="client 1: batch_size must be >= 1"):
+        threaded.fit_cohort(w0, data, bad, [1, 2, 3])
+    wrong = [data[0], ArrayDataset(data[1].x[:, :35], data[1].y), data[2]]
+    with pytest.raises(DatasetError, match=r"client 1's samples have shape \(35,\)"):
+        threaded.fit_cohort(w0, wrong, [FitInstructions()] * 3, [1, 2, 3])
+    labels = [data[0], data[1], ArrayDataset(data[2].x, np.full(len(data[2]), 7))]
+    with pytest.raises(IndexError) as info:
+        threaded.fit_cohort(w0, labels, [FitInstructions()] * 3, [1, 2, 3])
+    assert "while training client 2 of the cohort" in " ".join(info.value.__notes__)
+
+
+class _DropsInForward(nn.Module):  # a random draw no module type would reveal
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(36, 3)
+
+    def forward(self, x):
+        return self.fc(nn.functional.dropout(x, 0.5, self.training))
+
+
+def test_models_that_draw_random_numbers_in_forward_are_refused_on_lanes():
+    threaded = ThreadedTrainer(_DropsInForward, workers=2)
+    w0 = threaded.init_vector(seed=0)
+    with pytest.raises(ConfigError, match="draw random numbers in training"):
+        threaded.fit_cohort(w0, _cohort(3), [FitInstructions()] * 3, [1, 2, 3])
+    one = ThreadedTrainer(_DropsInForward, workers=1)  # one lane: seeded like the loop
+    a = one.fit_cohort(w0, _cohort(3), [FitInstructions()] * 3, [1, 2, 3])
+    b = one.fit_cohort(w0, _cohort(3), [FitInstructions()] * 3, [1, 2, 3])
+    assert all(np.array_equal(x.vector, y.vector) for x, y in zip(a, b, strict=True))
+
+
+def test_a_clients_bits_do_not_depend_on_its_cohorts_size():
+    threaded = ThreadedTrainer(_net, workers=2)
+    w0 = threaded.init_vector(seed=0)
+    data = _cohort(2)
+    with torch_threads(2):
+        alone = threaded.fit_cohort(w0, data[:1], [FitInstructions()], [5])[0]
+        pair = threaded.fit_cohort(w0, data, [FitInstructions()] * 2, [5, 6])[0]
+    assert np.array_equal(alone.vector, pair.vector)
+
+
+def _cumulative_bn() -> nn.Module:  # momentum=None: the statistics use num_batches_tracked
+    return nn.Sequential(nn.Linear(36, 8), nn.BatchNorm1d(8, momentum=None), nn.Linear(8, 3))
+
+
+def test_client_local_buffers_restart_with_every_fit():
+    trainer = TorchTrainer(_cumulative_bn)
+    w0 = trainer.init_vector(seed=0)
+    data = _cohort(3)
+    instr = FitInstructions(epochs=3, batch_size=64, lr=0.05)  # whole-client batches (>= 5)
+    first = trainer.fit(w0, data[0], instr, seed=1).vector
+    trainer.fit(w0, data[1], instr, seed=2)  # another client in between
+    assert np.array_equal(trainer.fit(w0, data[0], instr, seed=1).vector, first)
+    threaded = ThreadedTrainer(_cumulative_bn, workers=2)
+    got = threaded.fit_cohort(w0, data, [instr] * 3, [1, 2, 3])
+    ref = TorchTrainer(_cumulative_bn)
+    with torch_threads(1):
+        want = [ref.fit(w0, d, instr, s) for d, s in zip(data, [1, 2, 3], strict=True)]
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g.vector, w.vector)

@@ -59,3 +59,13 @@ def _task(pool):
     from fedfleet.data.base import TaskData
 
     return TaskData("pool", pool, pool, 3, (6,))
+
+
+def test_subset_indices_may_be_empty_lists_or_masks_but_not_floats():
+    pool = _pool(10)
+    assert len(Subset(pool, [])) == 0 and Subset(pool, []).x.shape == (0, 6)
+    mask = np.zeros(10, dtype=bool)
+    mask[[2, 5]] = True
+    assert np.array_equal(Subset(pool, mask).x, pool.x[[2, 5]])
+    with pytest.raises(TypeError, match="must be integers or a boolean mask, got float64"):
+        Subset(pool, np.array([1.0, 2.0]))

@@ -28,7 +28,7 @@ from fedfleet.client._vmap_schedule import torch_threads
 from fedfleet.client.protocol import FitInstructions, FitResult
 from fedfleet.client.torch_trainer import OptimizerFactory, TorchTrainer
 from fedfleet.data.base import ArrayDataset
-from fedfleet.errors import ConfigError
+from fedfleet.errors import ConfigError, DatasetError
 
 __all__ = ["ThreadedTrainer"]
 
@@ -82,6 +82,8 @@ class ThreadedTrainer(CohortTrainer):
                 "process executor"
             )
         self.workers = workers
+        self.device = self.sequential.device
+        self._checked_random = False
         self._lanes = [self.sequential]
         self._args = (loss_fn, optimizer, optimizer_args, device, eval_batch_size, memory_format)
 
@@ -91,6 +93,11 @@ class ThreadedTrainer(CohortTrainer):
             self._lanes.append(TorchTrainer(module, *self._args))
         return self._lanes[i]
 
+    @property
+    def model(self) -> nn.Module:
+        """Lane 0's module (the sequential trainer's), which trains single-client fits."""
+        return self.sequential.model
+
     def fit_cohort(
         self,
         vector: np.ndarray,
@@ -99,32 +106,62 @@ class ThreadedTrainer(CohortTrainer):
         seeds: Sequence[int],
     ) -> list[FitResult]:
         """Train every client from ``vector`` (not mutated); result ``i`` is client ``i``'s,
-        bit for bit ``TorchTrainer.fit`` with one torch thread (``workers > 1``)."""
+        bit for bit ``TorchTrainer.fit`` with one torch thread (``workers > 1``).
+
+        Raises:
+            ConfigError: mismatched arguments, a bad batch size, or a model that draws random
+                numbers in training (found on the first call) when there are several lanes.
+            DatasetError: clients' samples of different shapes (named by position). Any other
+                error of a client's fit is raised with a note naming the client; no lane
+                starts another client after it.
+        """
         self.layout.check(vector, who="the global vector")
         if not len(datasets) == len(instructions) == len(seeds):
             raise ConfigError(
                 f"fit_cohort got {len(datasets)} datasets, {len(instructions)} instructions and "
                 f"{len(seeds)} seeds; pass one of each per client"
             )
+        for i, ins in enumerate(instructions):
+            if ins.batch_size < 1:
+                raise ConfigError(f"client {i}: batch_size must be >= 1, got {ins.batch_size}")
+        if datasets:
+            first = datasets[0].sample_shape
+            for i, d in enumerate(datasets):
+                if d.sample_shape != first:
+                    raise DatasetError(
+                        f"client {i}'s samples have shape {d.sample_shape}, client 0's {first}; "
+                        "a cohort trains one model on samples of one shape"
+                    )
+        if self.workers > 1 and not self._checked_random:
+            self._refuse_random_draws(next((d for d in datasets if len(d)), None))
         work = [len(d) * max(ins.epochs, 0) for d, ins in zip(datasets, instructions, strict=True)]
         order = sorted(range(len(work)), key=lambda i: -work[i])  # longest first
         results: list[FitResult | None] = [None] * len(order)
         queue, lock = iter(order), threading.Lock()
+        failed = threading.Event()
         lanes = min(self.workers, len(order))
         trainers = [self._lane(i) for i in range(lanes)]
 
         def run(lane: int) -> None:
             trainer = trainers[lane]
-            while True:
+            while not failed.is_set():
                 with lock:
                     i = next(queue, None)
                 if i is None:
                     return
-                results[i] = trainer.fit(vector, datasets[i], instructions[i], seeds[i])
+                try:
+                    results[i] = trainer.fit(vector, datasets[i], instructions[i], seeds[i])
+                except Exception as err:
+                    failed.set()
+                    err.add_note(f"while training client {i} of the cohort (ThreadedTrainer)")
+                    raise
 
         devices = self.sequential._rng_devices
-        # the lanes' fits seed torch's global generator; the caller gets its state back
-        with torch.random.fork_rng(devices=devices), torch_threads(1 if lanes > 1 else None):
+        # the lanes' fits seed torch's global generator; the caller gets its state back. One
+        # torch thread whenever there can be lanes, so a client's bits never depend on how
+        # many clients its cohort has.
+        threads = 1 if self.workers > 1 else None
+        with torch.random.fork_rng(devices=devices), torch_threads(threads):
             if lanes > 1:
                 with ThreadPoolExecutor(lanes) as pool:
                     for f in [pool.submit(run, lane) for lane in range(lanes)]:
@@ -132,3 +169,25 @@ class ThreadedTrainer(CohortTrainer):
             elif lanes:
                 run(0)
         return [r for r in results if r is not None]
+
+    def _refuse_random_draws(self, data: ArrayDataset | None) -> None:
+        """One training-mode forward pass on a copy of the model: if it moved torch's
+        generator (``F.dropout`` in a ``forward``, ``torch.randn`` in a layer), the lanes
+        would share the draws, so the model is refused."""
+        if data is None:
+            return
+        probe = copy.deepcopy(self.sequential.model).train()
+        x = torch.as_tensor(data.rows(np.arange(min(2, len(data))))[0], device=self.device)
+        devices = self.sequential._rng_devices
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            before = [torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in devices)]
+            probe(x)
+            after = [torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in devices)]
+        if any(not torch.equal(a, b) for a, b in zip(before, after, strict=True)):
+            raise ConfigError(
+                f"ThreadedTrainer refuses models that draw random numbers in training "
+                f"({type(self.sequential.model).__name__}'s forward pass moved torch's "
+                "generator): its lanes would share it; use workers=1 or the sequential or "
+                "process executor"
+            )
+        self._checked_random = True

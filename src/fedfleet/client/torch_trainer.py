@@ -115,6 +115,14 @@ class TorchTrainer:
             convs if memory_format == "channels_last" else frozenset(),
         )
         self._flat = self._buffer.flat
+        # client-local state outside the vector (BatchNorm's num_batches_tracked): reset at
+        # every load, so no client's fit depends on which clients this object trained before
+        federated = set(self._layout.names)
+        self._local_state = [
+            (t, t.detach().clone())
+            for name, t in self.model.state_dict(keep_vars=True).items()
+            if name not in federated
+        ]
         # (parameter, its spec) for every trainable federated parameter: where the extra
         # gradient terms of FedProx and SCAFFOLD apply
         params = {id(p): p for p in self.model.parameters() if p.requires_grad}
@@ -149,6 +157,9 @@ class TorchTrainer:
 
     def _load(self, vector: np.ndarray) -> None:
         self._buffer.load(vector)
+        with torch.no_grad():
+            for tensor, initial in self._local_state:
+                tensor.copy_(initial)
 
     def _tensors(self, data: ArrayDataset) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.as_tensor(data.x, device=self.device)

@@ -67,8 +67,17 @@ class Subset(ArrayDataset):
     __slots__ = ("indices", "source")
 
     def __init__(self, source: ArrayDataset, indices: np.ndarray) -> None:
+        idx = np.asarray(indices)
+        if idx.dtype == np.bool_:
+            idx = np.flatnonzero(idx)
+        elif idx.size == 0:
+            idx = idx.astype(np.intp)
+        elif idx.dtype.kind not in "iu":
+            raise TypeError(f"Subset indices must be integers or a boolean mask, got {idx.dtype}")
+        if idx.ndim != 1:
+            raise ValueError(f"Subset indices must be 1-D, got shape {idx.shape}")
         self.source = source
-        self.indices = np.asarray(indices)
+        self.indices = idx
         self._x = self._y = None
 
     @property
