@@ -11,6 +11,7 @@ from torch import nn
 from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult
 from fedfleet.client.torch_trainer import TorchTrainer
 from fedfleet.data.base import ArrayDataset
+from fedfleet.errors import ConfigError, DatasetError
 from fedfleet.params import Layout
 
 __all__ = ["CohortTrainer"]
@@ -46,6 +47,32 @@ class CohortTrainer:
     ) -> FitResult:
         """One client: :meth:`fit_cohort` of a cohort of one."""
         return self.fit_cohort(vector, [data], [instructions], [seed])[0]
+
+    def _check_cohort(
+        self,
+        vector: np.ndarray,
+        datasets: Sequence[ArrayDataset],
+        instructions: Sequence[FitInstructions],
+        seeds: Sequence[int],
+        one_shape: bool = True,
+    ) -> None:
+        """What every ``fit_cohort`` refuses first: a vector of another layout, unequal
+        numbers of datasets, instructions and seeds, and (``one_shape``) samples of different
+        shapes in one cohort (named by the client's position)."""
+        self.layout.check(vector, who="the global vector")
+        if not len(datasets) == len(instructions) == len(seeds):
+            raise ConfigError(
+                f"fit_cohort got {len(datasets)} datasets, {len(instructions)} instructions and "
+                f"{len(seeds)} seeds; pass one of each per client"
+            )
+        if one_shape and datasets:
+            first = datasets[0].sample_shape
+            for i, d in enumerate(datasets):
+                if d.sample_shape != first:
+                    raise DatasetError(
+                        f"client {i}'s samples have shape {d.sample_shape}, client 0's {first}; "
+                        "a cohort trains one model on samples of one shape"
+                    )
 
     def fit_cohort(
         self,

@@ -105,12 +105,7 @@ class CompiledTrainer(CohortTrainer):
         """
         from fedfleet.client._mlp_kernel import train_mlp
 
-        self.layout.check(vector, who="the global vector")
-        if not len(datasets) == len(instructions) == len(seeds):
-            raise ConfigError(
-                f"fit_cohort got {len(datasets)} datasets, {len(instructions)} instructions and "
-                f"{len(seeds)} seeds; pass one of each per client"
-            )
+        self._check_cohort(vector, datasets, instructions, seeds, one_shape=False)
         net = self._net
         w0 = np.ascontiguousarray(vector[net.order], dtype=np.float32)  # kernel layout
         jobs = [

@@ -28,7 +28,7 @@ from fedfleet.client._vmap_schedule import torch_threads
 from fedfleet.client.protocol import FitInstructions, FitResult
 from fedfleet.client.torch_trainer import OptimizerFactory, TorchTrainer
 from fedfleet.data.base import ArrayDataset
-from fedfleet.errors import ConfigError, DatasetError
+from fedfleet.errors import ConfigError
 
 __all__ = ["ThreadedTrainer"]
 
@@ -115,23 +115,10 @@ class ThreadedTrainer(CohortTrainer):
                 error of a client's fit is raised with a note naming the client; no lane
                 starts another client after it.
         """
-        self.layout.check(vector, who="the global vector")
-        if not len(datasets) == len(instructions) == len(seeds):
-            raise ConfigError(
-                f"fit_cohort got {len(datasets)} datasets, {len(instructions)} instructions and "
-                f"{len(seeds)} seeds; pass one of each per client"
-            )
+        self._check_cohort(vector, datasets, instructions, seeds)
         for i, ins in enumerate(instructions):
             if ins.batch_size < 1:
                 raise ConfigError(f"client {i}: batch_size must be >= 1, got {ins.batch_size}")
-        if datasets:
-            first = datasets[0].sample_shape
-            for i, d in enumerate(datasets):
-                if d.sample_shape != first:
-                    raise DatasetError(
-                        f"client {i}'s samples have shape {d.sample_shape}, client 0's {first}; "
-                        "a cohort trains one model on samples of one shape"
-                    )
         if self.workers > 1 and not self._checked_random:
             self._refuse_random_draws(next((d for d in datasets if len(d)), None))
         work = [len(d) * max(ins.epochs, 0) for d, ins in zip(datasets, instructions, strict=True)]

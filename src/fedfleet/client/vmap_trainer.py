@@ -71,7 +71,7 @@ from fedfleet.client._vmap_sgd import StackedSGD, per_client_grads
 from fedfleet.client.protocol import FitInstructions, FitResult, gradient_terms
 from fedfleet.client.torch_trainer import TorchTrainer
 from fedfleet.data.base import ArrayDataset
-from fedfleet.errors import ConfigError, DatasetError
+from fedfleet.errors import ConfigError
 
 __all__ = ["VmapTrainer"]
 
@@ -198,21 +198,7 @@ class VmapTrainer(CohortTrainer):
         vectors are rows of one ``[K, params]`` array (in step-count order), which the next
         call reuses once no result refers to it any more.
         """
-        layout = self.layout
-        layout.check(vector, who="the global vector")
-        if not len(datasets) == len(instructions) == len(seeds):
-            raise ConfigError(
-                f"fit_cohort got {len(datasets)} datasets, {len(instructions)} instructions and "
-                f"{len(seeds)} seeds; pass one of each per client"
-            )
-        shapes = {d.sample_shape for d in datasets}
-        if len(shapes) > 1:
-            first = datasets[0].sample_shape
-            i = next(i for i, d in enumerate(datasets) if d.sample_shape != first)
-            raise DatasetError(
-                f"client {i}'s samples have shape {datasets[i].sample_shape}, client 0's "
-                f"{first}; a cohort trains one model on samples of one shape"
-            )
+        self._check_cohort(vector, datasets, instructions, seeds)
         clients = [
             self._client(i, d, ins, s)
             for i, (d, ins, s) in enumerate(zip(datasets, instructions, seeds, strict=True))

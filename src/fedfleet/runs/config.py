@@ -283,8 +283,7 @@ class ClientConfig(_Section):
         return v.lower()
 
     def optimizer_args(self) -> dict[str, float]:
-        """Keyword arguments for the ``torch.optim`` class: weight decay, and momentum for the
-        optimizers that take it."""
+        """The ``torch.optim`` keyword arguments: weight decay, momentum where it applies."""
         args = {"weight_decay": self.weight_decay}
         if self.optimizer in ("sgd", "rmsprop"):
             args["momentum"] = self.momentum
@@ -310,10 +309,9 @@ class RunConfig(_Section):
     ] = "auto"
     """How a round's clients train: 'vectorised' (all at once with torch.func; SGD, models
     without BatchNorm/dropout), 'sequential' (one after another; any model and optimizer),
-    'threaded' (the sequential loop, one client per core on worker threads; models without
-    dropout), 'compiled' (small MLPs with SGD: each client's loop one numba-compiled call,
-    `threads` clients at a time), 'auto' (compiled, vectorised or threaded where each wins,
-    with plain-training strategies),
+    'threaded' (the sequential loop, a client per core; no dropout), 'compiled' (small MLPs with
+    SGD: a client's loop one numba call, `threads` clients at a time), 'auto' (compiled,
+    vectorised or threaded where each wins, with plain-training strategies),
     'process' (contiguous chunks over `workers` forked processes, one torch thread each) or
     'ray' (chunks over `workers` Ray tasks on the cluster at `ray_address`)."""
     workers: int = Field(2, ge=1)
