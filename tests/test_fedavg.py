@@ -100,3 +100,23 @@ def test_sampling_is_uniform():
         counts[sample_clients(list(range(10)), 3, rng)] += 1
     # each client is picked with probability 0.3: 1500 expected, sd ~ 32
     assert np.all(np.abs(counts - 1500) < 160)
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (5, 1000), (33, 4099)])
+def test_weighted_mean_is_numpys_float64_contraction_bit_for_bit(shape):
+    from fedfleet.strategies import weighted_mean
+
+    rng = np.random.default_rng(shape[1])
+    m = rng.normal(scale=3.0, size=shape).astype(np.float32)
+    w = rng.integers(1, 600, size=shape[0])
+    share = w / w.sum()
+    want = np.einsum("k,kp->p", share, m, dtype=np.float64)
+    got = weighted_mean(list(m), w)
+    assert got.dtype == np.float64 and np.array_equal(got, want)
+    # and the textbook formula, to float64 rounding
+    np.testing.assert_allclose(
+        got,
+        sum(s * r.astype(np.float64) for s, r in zip(share, m, strict=True)),
+        rtol=1e-12,
+        atol=1e-12,
+    )
