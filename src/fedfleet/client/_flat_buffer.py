@@ -58,10 +58,6 @@ class FlatBuffer:
             tensor.data = self.view(self.flat, s)
             tensor.data.copy_(value)
 
-    @property
-    def channels_last(self) -> bool:
-        return bool(self._permuted)
-
     def view(self, buffer: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
         """``spec``'s tensor inside a buffer in this buffer's order (the module's strides)."""
         segment = buffer[spec.offset : spec.offset + spec.numel]

@@ -33,9 +33,10 @@ from fedfleet.params import Layout
 __all__ = ["OptimizerFactory", "TorchTrainer", "optimizer_names", "resolve_optimizer"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+"""Called as ``factory(params, lr=lr, **optimizer_args)``; a ``torch.optim`` class fits."""
 
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
-"""Called as ``factory(params, lr=lr, **optimizer_args)``; a ``torch.optim`` class fits."""
+"""How :class:`TorchTrainer` may store Conv2d weights in its working copy."""
 
 
 def optimizer_names() -> list[str]:
@@ -118,15 +119,13 @@ class TorchTrainer:
         # client-local state outside the vector (BatchNorm's num_batches_tracked): reset at
         # every load, so no client's fit depends on which clients this object trained before
         federated = set(self._layout.names)
+        state = self.model.state_dict(keep_vars=True)
         self._local_state = [
-            (t, t.detach().clone())
-            for name, t in self.model.state_dict(keep_vars=True).items()
-            if name not in federated
+            (t, t.detach().clone()) for name, t in state.items() if name not in federated
         ]
         # (parameter, its spec) for every trainable federated parameter: where the extra
         # gradient terms of FedProx and SCAFFOLD apply
         params = {id(p): p for p in self.model.parameters() if p.requires_grad}
-        state = self.model.state_dict(keep_vars=True)
         self._trainable = [
             (params[id(state[s.name])], s)
             for s in self._layout.specs

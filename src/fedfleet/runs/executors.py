@@ -154,7 +154,7 @@ def _compiled(config: RunConfig, task: TaskData, lanes: int) -> CompiledTrainer:
         )
     return CompiledTrainer(
         lambda: build_model(m.name, task.input_shape, task.num_classes, hidden=m.hidden),
-        optimizer_args={"momentum": c.momentum, "weight_decay": c.weight_decay},
+        optimizer_args=c.optimizer_args(),
         workers=lanes,
     )
 

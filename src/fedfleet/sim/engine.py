@@ -29,6 +29,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from fedfleet._rows import rows_of
 from fedfleet._threads import cores, map_items
 from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientStateStore, MemoryStateStore
@@ -359,33 +360,17 @@ def _handed_over_block(
     and they are exactly the rows of one C-contiguous block of an array, in any order:
     result ``order[j]`` is ``block[j]``. None otherwise (another trainer, misshaped results,
     a row given twice, or rows that are not one block)."""
-    if not getattr(trainer, "hands_over_results", False) or not vectors:
+    found = rows_of(vectors) if getattr(trainer, "hands_over_results", False) else None
+    if found is None:
         return None
-    base = getattr(vectors[0], "base", None)
+    base, at = found
     if (
-        not isinstance(base, np.ndarray)
-        or base.ndim != 2
-        or base.dtype != vector.dtype
+        base.dtype != vector.dtype
         or base.shape[1] != vector.shape[0]
-        or not base.flags.c_contiguous
         or not base.flags.writeable
         or np.may_share_memory(base, vector)
     ):
         return None
-    pitch, origin = base.strides[0], base.ctypes.data
-    at: list[int] = []
-    for v in vectors:
-        if (
-            not isinstance(v, np.ndarray)
-            or v.base is not base
-            or v.shape != vector.shape
-            or v.strides != (base.itemsize,)
-        ):
-            return None
-        row, rest = divmod(v.ctypes.data - origin, pitch)
-        if rest:
-            return None
-        at.append(row)
     first = min(at)
     if sorted(at) != list(range(first, first + len(at))):
         return None

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedfleet._rows import rows_of
 from fedfleet._threads import map_blocks
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.strategies.base import ClientUpdate, StrategyState, plain_client_fit
@@ -59,34 +60,14 @@ def weighted_mean(deltas: Sequence[np.ndarray], weights: Sequence[float]) -> np.
 
 def _shared_rows(vectors: Sequence[np.ndarray]) -> np.ndarray | None:
     """The ``[K, P]`` block of one array whose rows are ``vectors`` in order, if there is one."""
-    if not vectors or not isinstance(vectors[0], np.ndarray):
+    found = rows_of(vectors)
+    if found is None:
         return None
-    first = vectors[0]
-    base = first.base
-    if (
-        not isinstance(base, np.ndarray)
-        or base.ndim != 2
-        or not base.flags.c_contiguous
-        or first.ndim != 1
-        or first.dtype != base.dtype
-        or first.shape[0] != base.shape[1]
-        or first.strides != (base.itemsize,)
-    ):
+    base, rows = found
+    start = rows[0]
+    if rows != list(range(start, start + len(rows))):
         return None
-    pitch = base.strides[0]
-    start, rest = divmod(first.ctypes.data - base.ctypes.data, pitch)
-    if rest or start + len(vectors) > base.shape[0]:
-        return None
-    for i, v in enumerate(vectors):
-        if (
-            not isinstance(v, np.ndarray)
-            or v.base is not base
-            or v.shape != first.shape
-            or v.strides != first.strides
-            or v.ctypes.data != first.ctypes.data + i * pitch
-        ):
-            return None
-    return base[start : start + len(vectors)]
+    return base[start : start + len(rows)]
 
 
 def uniform_plan(
