@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,20 +26,48 @@ needs_ray = pytest.mark.skipif(
 SMALL = ["rounds=3", "data.num_clients=10", "strategy.clients_per_round=5"]
 
 
+def _ray_log_tails(temp_dir: Path) -> str:
+    """The last lines of the newest session's raylet and GCS logs: why a start-up failed."""
+    logs = temp_dir / "session_latest" / "logs"
+    tails = []
+    for name in ("raylet.err", "raylet.out", "gcs_server.err", "gcs_server.out"):
+        f = logs / name
+        if f.is_file():
+            lines = f.read_text(errors="replace").splitlines()[-15:]
+            tails.append(f"--- {f}\n" + "\n".join(lines))
+    return "\n".join(tails) or f"(no Ray logs under {logs})"
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     import ray
 
+    # Ray's start-up waits a fixed 30 s for the raylet to register with its GCS and raises a
+    # bare Exception when it does not ("The current node timed out during startup"), or a
+    # RuntimeError when the GCS port file is late; both were seen on a loaded 2-core CI
+    # machine. Try three times, each in a fresh temp dir, with a small object store (the tests
+    # move kilobytes) so that start-up allocates little; a failure shows Ray's own logs.
+    failures = []
     for attempt in range(3):
+        # short: Ray's socket paths under it must fit AF_UNIX's 107 bytes
+        temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
         try:
-            ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+            ray.init(
+                num_cpus=2,
+                include_dashboard=False,
+                logging_level="WARNING",
+                object_store_memory=128 * 1024**2,
+                _temp_dir=str(temp_dir),
+            )
             break
-        except RuntimeError:  # Ray's own start-up wait ("Timed out waiting for file
-            ray.shutdown()  # .../gcs_server_port"), seen once on a loaded 2-core machine
-            if attempt == 2:
-                raise
+        except Exception as e:  # Ray raises a bare Exception here
+            failures.append(f"attempt {attempt + 1}: {e!r}\n{_ray_log_tails(temp_dir)}")
+            ray.shutdown()
+    else:
+        pytest.fail("a local Ray instance did not start:\n" + "\n".join(failures))
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _records(result):
