@@ -162,3 +162,20 @@ def test_fedfleet_imports_without_ray_and_names_the_extra():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "optional extra" in proc.stdout and ".[ray]" in proc.stdout
+
+
+@needs_ray
+def test_a_bad_ray_address_is_a_clear_error_naming_it(tmp_path):
+    # its own process: the module's local Ray instance would be joined instead of the address
+    sets = [*SMALL, "rounds=1", "executor=ray", "ray_address=127.0.0.1:notaport"]
+    args = [a for s in sets for a in ("--set", s)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedfleet", "run", "-q", "--out", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    err = " ".join(proc.stderr.split())
+    assert "could not join the Ray cluster at '127.0.0.1:notaport'" in err, proc.stderr
+    assert "Traceback" not in proc.stderr

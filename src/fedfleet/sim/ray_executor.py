@@ -148,10 +148,14 @@ class RayExecutor:
         ray = _import_ray()
         if not ray.is_initialized():
             address = self.address or os.environ.get("RAY_ADDRESS")
-            if address:
-                ray.init(address=address, logging_level=logging.WARNING)
-            else:
-                ray.init(include_dashboard=False, logging_level=logging.WARNING)
+            try:
+                if address:
+                    ray.init(address=address, logging_level=logging.WARNING)
+                else:
+                    ray.init(include_dashboard=False, logging_level=logging.WARNING)
+            except Exception as e:  # Ray raises ValueError, RuntimeError, or a bare Exception
+                where = f"join the Ray cluster at {address!r}" if address else "start Ray here"
+                raise FedfleetError(f"executor = 'ray': could not {where}: {e}") from e
             self._started_ray = True
         if self._remote is None:
             # Ray's default for a task asking for GPUs is max_calls=1, a fresh worker process
