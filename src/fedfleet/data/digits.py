@@ -8,8 +8,6 @@ federated run takes seconds, which makes it the default dataset for examples and
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_digits as _sklearn_digits
-from sklearn.model_selection import train_test_split
 
 from fedfleet.data.base import ArrayDataset, TaskData
 from fedfleet.errors import DatasetError
@@ -34,6 +32,12 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> TaskData:
     """
     if not 0.0 < test_fraction < 1.0:
         raise DatasetError(f"digits: test_fraction must be in (0, 1), got {test_fraction}")
+    # imported here, not at module level: scikit-learn (and the SciPy it pulls in) is ~1.4 s of
+    # every process's start-up (CLI, network clients, process and Ray workers) that only a
+    # digits run needs
+    from sklearn.datasets import load_digits as _sklearn_digits
+    from sklearn.model_selection import train_test_split
+
     bunch = _sklearn_digits()
     x = (np.asarray(bunch.data, dtype=np.float64) / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     y = np.asarray(bunch.target, dtype=np.int64)

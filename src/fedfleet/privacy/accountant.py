@@ -19,13 +19,14 @@ which is what lets every round report its epsilon.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-import dp_accounting as dpa
-from dp_accounting.pld import pld_privacy_accountant
-from dp_accounting.rdp import rdp_privacy_accountant
+from typing import TYPE_CHECKING, Literal
 
 from fedfleet.errors import ConfigError
+
+# dp_accounting is imported in the functions that use it: with the SciPy it pulls in, it is
+# ~1 s of every process's start-up (CLI, network clients, workers) that only DP runs need
+if TYPE_CHECKING:
+    import dp_accounting as dpa
 
 __all__ = ["DpAccounting", "calibrate_noise_multiplier"]
 
@@ -98,6 +99,8 @@ class DpAccounting:
 
     def round_event(self, noise_multiplier: float | None = None) -> dpa.DpEvent:
         """The DP event of one round."""
+        import dp_accounting as dpa
+
         z = self.noise_multiplier if noise_multiplier is None else noise_multiplier
         if self.sampling == "poisson":
             return dpa.PoissonSampledDpEvent(self.sampling_rate, dpa.GaussianDpEvent(z))
@@ -108,6 +111,10 @@ class DpAccounting:
         )
 
     def _new_accountant(self) -> dpa.PrivacyAccountant:
+        import dp_accounting as dpa
+        from dp_accounting.pld import pld_privacy_accountant
+        from dp_accounting.rdp import rdp_privacy_accountant
+
         if self.accountant == "pld":
             return pld_privacy_accountant.PLDAccountant(
                 value_discretization_interval=self.pld_discretization
@@ -121,6 +128,8 @@ class DpAccounting:
 
     def epsilon(self, rounds: int) -> float:
         """Epsilon at ``delta`` after ``rounds`` rounds (0 rounds: 0)."""
+        import dp_accounting as dpa
+
         if rounds <= 0:
             return 0.0
         if self.noise_multiplier == 0:
@@ -151,6 +160,8 @@ def calibrate_noise_multiplier(
     """The smallest noise multiplier z whose epsilon after ``rounds`` rounds is at most
     ``target_epsilon`` with ``accounting``'s sampling, delta and accountant (bisection through
     ``dp_accounting.calibrate_dp_mechanism``)."""
+    import dp_accounting as dpa
+
     if target_epsilon <= 0:
         raise ConfigError(f"target_epsilon must be > 0, got {target_epsilon}")
 

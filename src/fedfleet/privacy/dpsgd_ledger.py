@@ -26,10 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
-import dp_accounting as dpa
 import numpy as np
-from dp_accounting.pld import pld_privacy_accountant
-from dp_accounting.rdp import rdp_privacy_accountant
 
 from fedfleet.errors import ConfigError
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
@@ -56,6 +53,11 @@ def composed_dpsgd_epsilon(
         >>> round(composed_dpsgd_epsilon(((0.1, 100, 100), (0.1, 100, 100)), 1.0, 1e-5), 2)
         9.97
     """
+    # imported here: dp_accounting and its SciPy are ~1 s of start-up only DP runs need
+    import dp_accounting as dpa
+    from dp_accounting.pld import pld_privacy_accountant
+    from dp_accounting.rdp import rdp_privacy_accountant
+
     if noise_multiplier <= 0:
         return float("inf")
     events: list[dpa.DpEvent] = []

@@ -36,10 +36,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-import dp_accounting as dpa
 import numpy as np
-from dp_accounting.pld import privacy_loss_mechanism
-from dp_accounting.rdp import rdp_privacy_accountant
 
 from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
 from fedfleet.client.state_store import ClientState
@@ -74,6 +71,11 @@ def local_epsilon(
         >>> round(local_epsilon(10.0, 1, 1e-5), 2)
         0.73
     """
+    # imported here: dp_accounting and its SciPy are ~1 s of start-up only DP runs need
+    import dp_accounting as dpa
+    from dp_accounting.pld import privacy_loss_mechanism
+    from dp_accounting.rdp import rdp_privacy_accountant
+
     if noise_multiplier < 0:
         raise ConfigError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
     if not 0 < delta < 1:
