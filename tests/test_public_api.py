@@ -240,3 +240,19 @@ def test_public_names_are_pinned_and_importable(module):
     assert sorted(mod.__all__) == PUBLIC[module]
     for name in mod.__all__:
         assert getattr(mod, name) is not None
+
+
+def test_importing_fedfleet_leaves_heavy_optional_imports_to_their_users():
+    # scikit-learn (digits) and dp_accounting (DP runs) bring SciPy, ~2 s of every process's
+    # start-up (CLI, network clients, process and Ray workers); they load where they are used
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fedfleet, fedfleet.cli, fedfleet.net\n"
+        "heavy = {'sklearn', 'scipy', 'dp_accounting'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
