@@ -70,6 +70,17 @@ def local_ray():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _fedfleet_run(out: Path, sets: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``fedfleet run -q`` in its own process with ``--set`` for each of ``sets``."""
+    args = [a for s in sets for a in ("--set", s)]
+    return subprocess.run(
+        [sys.executable, "-m", "fedfleet", "run", "-q", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _records(result):
     return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in result.history]
 
@@ -109,14 +120,7 @@ def test_a_separate_driver_joins_the_cluster_at_ray_address(local_ray, tmp_path)
     # running Ray cluster (here the module's local instance) by address
     address = local_ray.get_runtime_context().gcs_address
     sets = [*SMALL, "rounds=2", "executor=ray", "worker_executor=sequential"]
-    sets.append(f"ray_address={address}")
-    args = [a for s in sets for a in ("--set", s)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedfleet", "run", "-q", "--out", str(tmp_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _fedfleet_run(tmp_path, [*sets, f"ray_address={address}"], timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert f"ray (2 tasks a round on {address}, sequential in each)" in " ".join(
         proc.stderr.split()
@@ -168,13 +172,7 @@ def test_fedfleet_imports_without_ray_and_names_the_extra():
 def test_a_bad_ray_address_is_a_clear_error_naming_it(tmp_path):
     # its own process: the module's local Ray instance would be joined instead of the address
     sets = [*SMALL, "rounds=1", "executor=ray", "ray_address=127.0.0.1:notaport"]
-    args = [a for s in sets for a in ("--set", s)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedfleet", "run", "-q", "--out", str(tmp_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _fedfleet_run(tmp_path, sets, timeout=120)
     assert proc.returncode != 0
     err = " ".join(proc.stderr.split())
     assert "could not join the Ray cluster at '127.0.0.1:notaport'" in err, proc.stderr
