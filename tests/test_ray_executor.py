@@ -43,10 +43,10 @@ def local_ray():
     import ray
 
     # Ray's start-up waits a fixed 30 s for the raylet to register with its GCS and raises a
-    # bare Exception when it does not ("The current node timed out during startup"), or a
-    # RuntimeError when the GCS port file is late; both were seen on a loaded 2-core CI
-    # machine. Try three times, each in a fresh temp dir, with a small object store (the tests
-    # move kilobytes) so that start-up allocates little; a failure shows Ray's own logs.
+    # bare Exception when it does not ("The current node timed out during startup": CI, once),
+    # or a RuntimeError when the GCS port file is late (a loaded 2-core machine, once). Try
+    # three times, each in a fresh temp dir, with a small object store (the tests move
+    # kilobytes) so that start-up allocates little; a failure shows Ray's own logs.
     failures = []
     for attempt in range(3):
         # short: Ray's socket paths under it must fit AF_UNIX's 107 bytes
@@ -63,6 +63,7 @@ def local_ray():
         except Exception as e:  # Ray raises a bare Exception here
             failures.append(f"attempt {attempt + 1}: {e!r}\n{_ray_log_tails(temp_dir)}")
             ray.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
     else:
         pytest.fail("a local Ray instance did not start:\n" + "\n".join(failures))
     yield ray
