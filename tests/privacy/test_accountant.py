@@ -6,6 +6,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 
 from fedfleet.errors import ConfigError
 from fedfleet.privacy import DpAccounting, calibrate_noise_multiplier
+from fedfleet.privacy.accountant import pld_epsilon
 
 
 def _acc(q, z=1.0, kind="pld"):
@@ -73,3 +74,33 @@ def test_bad_parameters_are_refused(kwargs, message):
     base = dict(noise_multiplier=1.0, population=100)
     with pytest.raises(ConfigError, match=message):
         DpAccounting(**{**base, **kwargs})
+
+
+# (q, z, steps, epsilon on a 1e-5 grid): the DP-SGD vectors, where the old fixed 1e-3
+# grid said 2.3905 and 1.7259, and the DP-FedAvg vectors above
+FINE_GRID = [
+    (256 / 60000, 1.1, 14062, 2.38160),
+    (0.001, 1.0, 100_000, 1.63718),
+    (0.01, 1.0, 1000, 1.82824),
+    (0.1, 1.0, 100, 7.04660),
+]
+
+
+@pytest.mark.parametrize(("q", "z", "steps", "fine"), FINE_GRID)
+def test_adaptive_grid_is_within_1e_3_of_a_fine_grid_and_above_it(q, z, steps, fine):
+    eps = DpAccounting(noise_multiplier=z, population=100_000, sampling_rate=q, delta=1e-5).epsilon(
+        steps
+    )
+    assert eps == pytest.approx(fine, rel=1e-3)
+    assert eps >= fine - 1e-5  # pessimistic: an upper bound
+    event = dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(z)), steps)
+    assert pld_epsilon(event, 1e-5) == eps  # the same policy for DP-SGD's accountant
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("q", "z", "steps", "fine"), FINE_GRID[:2])
+def test_the_fine_grid_references_are_dp_accountings(q, z, steps, fine):
+    event = dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(z)), steps)
+    assert pld_epsilon(event, 1e-5, interval=1e-5) == pytest.approx(fine, abs=1e-5)
+    # and the old fixed grid was off by more than the tolerance there
+    assert pld_epsilon(event, 1e-5, interval=1e-3) > fine * (1 + 3e-3)

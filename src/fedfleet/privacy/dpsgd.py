@@ -83,7 +83,6 @@ def dpsgd_epsilon(
             sampling_rate=sample_rate,
             delta=delta,
             accountant=accountant,
-            pld_discretization=1e-3,
         )
     else:
         if dataset_size is None:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fedfleet.errors import ConfigError
+from fedfleet.privacy.accountant import pld_epsilon
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
 from fedfleet.strategies.wrapper import Wrapper
 
@@ -55,7 +56,6 @@ def composed_dpsgd_epsilon(
     """
     # imported here: dp_accounting and its SciPy are ~1 s of start-up only DP runs need
     import dp_accounting as dpa
-    from dp_accounting.pld import pld_privacy_accountant
     from dp_accounting.rdp import rdp_privacy_accountant
 
     if noise_multiplier <= 0:
@@ -76,16 +76,14 @@ def composed_dpsgd_epsilon(
         events.append(dpa.SelfComposedDpEvent(event, steps))
     if not events:
         return 0.0
-    acc: dpa.PrivacyAccountant
     if sampling == "poisson" and accountant == "pld":
-        acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
-    else:
-        relation = (
-            dpa.NeighboringRelation.REPLACE_ONE
-            if sampling == "fixed"
-            else dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
-        )
-        acc = rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
+        return pld_epsilon(dpa.ComposedDpEvent(events), delta)  # the grid chosen per call
+    relation = (
+        dpa.NeighboringRelation.REPLACE_ONE
+        if sampling == "fixed"
+        else dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
+    )
+    acc = rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
     acc.compose(dpa.ComposedDpEvent(events))
     return float(acc.get_epsilon(delta))
 
