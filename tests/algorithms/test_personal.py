@@ -137,7 +137,7 @@ def test_fedrep_trains_the_head_then_the_body(blobs):
     with torch.no_grad():
         feats = torch.relu(layers[0](torch.as_tensor(data.x))).numpy()
     head_trainer = TorchTrainer(lambda: nn.Linear(16, 4))
-    head_seed = int(np.random.SeedSequence(11, spawn_key=(1,)).generate_state(1)[0])
+    head_seed = int(np.random.SeedSequence(11, spawn_key=(3,)).generate_state(1)[0])
     head = head_trainer.fit(
         w0[mask], ArrayDataset(feats, data.y), dataclasses.replace(LOCAL, epochs=2), head_seed
     ).vector

@@ -24,13 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedfleet import _streams
 from fedfleet.data.base import ArrayDataset, TaskData
 from fedfleet.errors import DatasetError
 
 __all__ = ["SyntheticDevice", "device_rng", "synthetic", "synthetic_device"]
-
-_STREAM = 0x53594E  # "SYN": keeps these streams apart from other consumers of the same seed
-_DEVICE, _SHARED = 0, 1
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ def device_rng(seed: int, k: int) -> np.random.Generator:
     Its first draw is the device size, ``int(lognormal(4, 2)) + 50``, so a caller can learn a
     device's size without generating its samples.
     """
-    return np.random.default_rng(np.random.SeedSequence([_STREAM, seed], spawn_key=(_DEVICE, k)))
+    return _streams.generator([_streams.SYNTHETIC_ENTROPY, seed], _streams.synthetic_device(k))
 
 
 def synthetic_device(
@@ -88,9 +86,7 @@ def synthetic_device(
     rng = device_rng(seed, k)
     n = int(rng.lognormal(4.0, 2.0)) + 50
     if iid:
-        shared = np.random.default_rng(
-            np.random.SeedSequence([_STREAM, seed], spawn_key=(_SHARED,))
-        )
+        shared = _streams.generator([_streams.SYNTHETIC_ENTROPY, seed], _streams.synthetic_shared())
         w = shared.normal(0.0, 1.0, size=(num_classes, dim))
         b = shared.normal(0.0, 1.0, size=num_classes)
         v = np.zeros(dim)

@@ -39,6 +39,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
+from fedfleet import _streams
 from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult, gradient_terms
 from fedfleet.client.torch_trainer import TorchTrainer
 from fedfleet.data.base import ArrayDataset
@@ -50,9 +51,6 @@ from fedfleet.privacy.mechanisms import NoiseSource, gaussian
 __all__ = ["DPSGDTrainer", "dpsgd_epsilon"]
 
 BatchSampling = Literal["poisson", "fixed"]
-
-_NOISE_KEY = 1
-"""Spawn key of the gradient-noise stream under the fit's seed (batches use the root stream)."""
 
 
 @lru_cache(maxsize=256)
@@ -224,7 +222,7 @@ class DPSGDTrainer:
         self, vector: np.ndarray, data: ArrayDataset, instructions: FitInstructions, seed: int
     ) -> FitResult:
         """DP-SGD from ``vector`` on ``data``; batches from ``default_rng(seed)``, noise from
-        ``SeedSequence(seed, spawn_key=(1,))`` (or the CSPRNG)."""
+        ``SeedSequence(seed, spawn_key=(2,))`` (or the CSPRNG; local DP has key (1,))."""
         mu, correction = gradient_terms(instructions, self.layout)
         self.layout.check(vector)
         x = torch.as_tensor(data.x, device=self.device)
@@ -235,7 +233,7 @@ class DPSGDTrainer:
         b = instructions.batch_size
         steps = self.steps_for(n, instructions)
         rng = np.random.default_rng(seed)
-        noise_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_NOISE_KEY,)))
+        noise_rng = _streams.generator(seed, _streams.DPSGD_NOISE)
         denominator = min(b, n) if self.sampling == "fixed" else min(1.0, b / n) * n
         w0 = torch.from_numpy(vector).to(self.device)
         w = w0.clone()

@@ -38,19 +38,17 @@ from typing import Literal
 
 import numpy as np
 
+from fedfleet import _streams
 from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError
-from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian
+from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian, is_seeded
 from fedfleet.strategies.base import ClientResult, ClientUpdate, Strategy, StrategyState
 
 __all__ = ["LocalDP", "local_epsilon"]
 
 Adjacency = Literal["replace_one", "add_remove"]
-
-_NOISE_KEY = 1
-"""Spawn key of the local-DP noise stream under a client's seed (training uses the root)."""
 
 
 @lru_cache(maxsize=256)
@@ -136,8 +134,10 @@ class LocalDP:
             raise ConfigError(f"clip_norm must be a finite number > 0, got {self.clip_norm}")
         if not 0 <= self.noise_multiplier < math.inf:
             raise ConfigError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
-        if self.noise not in ("seeded", "secure"):
-            raise ConfigError(f"noise must be 'seeded' or 'secure', got {self.noise!r}")
+        if self.noise not in ("seeded", "seeded-testing-only", "secure"):
+            raise ConfigError(
+                f"noise must be 'seeded', 'seeded-testing-only' or 'secure', got {self.noise!r}"
+            )
         if not 0 < self.delta < 1:
             raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
 
@@ -163,8 +163,8 @@ class LocalDP:
         """``clip(delta, S) + N(0, (z S)^2)`` in float64 and the delta's original norm."""
         clipped, norm = clip_by_l2(delta, self.clip_norm)
         rng = None
-        if self.noise == "seeded":
-            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_NOISE_KEY,)))
+        if is_seeded(self.noise):
+            rng = _streams.generator(seed, _streams.LOCAL_DP_NOISE)
         if self.noise_multiplier > 0:
             clipped = clipped + gaussian(clipped.size, self.noise_std, self.noise, rng)
         return clipped, norm

@@ -15,9 +15,17 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["NoiseSource", "clip_by_l2", "gaussian", "secure_normal"]
+__all__ = ["NoiseSource", "clip_by_l2", "gaussian", "is_seeded", "secure_normal"]
 
-NoiseSource = Literal["seeded", "secure"]
+NoiseSource = Literal["seeded", "seeded-testing-only", "secure"]
+"""'seeded': reproducible from the run's seed (simulation); 'seeded-testing-only': the same
+noise, by the name a deployed run must use to get it (plain 'seeded' is refused there, see
+:func:`fedfleet.runs.deploy_policy.for_deployment`); 'secure': the OS CSPRNG."""
+
+
+def is_seeded(source: NoiseSource) -> bool:
+    """Whether ``source`` draws its noise from a seeded generator (reproducible from the seed)."""
+    return source in ("seeded", "seeded-testing-only")
 
 
 def clip_by_l2(vector: np.ndarray, bound: float) -> tuple[np.ndarray, float]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedfleet import _streams
 from fedfleet.errors import ConfigError
 from fedfleet.sim.profiles import ClientProfiles
 
@@ -66,7 +67,7 @@ class ClientClock:
         elif self.speed_sigma == 0.0:
             speed = np.ones(num_clients)
         else:
-            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, 2)))
+            rng = _streams.generator(seed, _streams.clock_speeds())
             speed = rng.lognormal(0.0, self.speed_sigma, num_clients)
         if isinstance(self.bandwidth, tuple):
             bandwidth = _per_client("bandwidth", self.bandwidth, num_clients)

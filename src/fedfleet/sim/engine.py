@@ -29,6 +29,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from fedfleet import _streams
 from fedfleet._rows import rows_of
 from fedfleet._threads import cores, map_items
 from fedfleet.client.protocol import FitInstructions, Trainer
@@ -57,11 +58,11 @@ ClientCallback = Callable[[int, int], None]
 
 def client_seed(seed: int, rnd: int, cid: int) -> int:
     """The seed for client ``cid``'s local training in round ``rnd``."""
-    return int(np.random.SeedSequence(seed, spawn_key=(rnd, 1, cid)).generate_state(1)[0])
+    return _streams.derive_seed(seed, _streams.client_training(rnd, cid))
 
 
 def _sampling_rng(seed: int, rnd: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(rnd, 0)))
+    return _streams.generator(seed, _streams.sampling(rnd))
 
 
 @dataclass

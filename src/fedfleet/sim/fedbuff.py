@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from fedfleet import _streams
 from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, FedfleetError, UpdateRejected
@@ -199,8 +200,8 @@ class FedBuffSimulation:
             if free <= 0:
                 return
             idle = [cid for cid in fed.client_ids if cid not in flight]
-            seq = np.random.SeedSequence(self.seed, spawn_key=(dispatched + 1, 0))
-            for cid in sample_clients(idle, free, np.random.default_rng(seq)):
+            rng = _streams.generator(self.seed, _streams.sampling(dispatched + 1))
+            for cid in sample_clients(idle, free, rng):
                 dispatched += 1
                 flight[cid] = _Job(version, vector, dispatched)
                 steps = _nominal_steps(len(fed.train_parts[cid]), self.local)

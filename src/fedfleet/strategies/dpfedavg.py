@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedfleet import _streams
 from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, PrivacyBudgetExhausted
 from fedfleet.privacy.accountant import DpAccounting
-from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian
+from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian, is_seeded
 from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState
 from fedfleet.strategies.sampling import sample_clients
 from fedfleet.transforms.base import ServerTransform, sgd
@@ -92,7 +93,7 @@ class DPFedAvg:
     server_optimizer: ServerTransform = field(default_factory=sgd)
 
     def __post_init__(self) -> None:
-        if self.noise == "seeded" and self.noise_seed is None:
+        if is_seeded(self.noise) and self.noise_seed is None:
             raise ConfigError(
                 "seeded DP noise needs noise_seed (e.g. the run's seed); use noise='secure' for "
                 "noise from the OS CSPRNG"
@@ -195,8 +196,8 @@ class DPFedAvg:
             total += clipped
             unclipped += norm <= bound  # counted here, never taken from the client's word
         rng = (
-            np.random.default_rng(np.random.SeedSequence(self.noise_seed, spawn_key=(rnd,)))
-            if self.noise == "seeded" and self.noise_seed is not None
+            _streams.generator(self.noise_seed, _streams.central_dp_noise(rnd))
+            if is_seeded(self.noise) and self.noise_seed is not None
             else None
         )
         std = self.delta_noise_multiplier * bound

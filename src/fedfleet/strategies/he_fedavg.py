@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedfleet import _streams
 from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.errors import UpdateRejected
 from fedfleet.privacy.he import (
@@ -177,7 +178,7 @@ def run_he_fedavg(
     start = time.perf_counter()
     for rnd in range(1, rounds + 1):
         t0 = time.perf_counter()
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(rnd, 0)))
+        rng = _streams.generator(seed, _streams.sampling(rnd))
         plan = strategy.configure_fit(rnd, vector, state, federation.client_ids, rng)
         uploads: dict[int, bytes] = {}
         losses: list[tuple[float, int]] = []

@@ -32,6 +32,7 @@ from typing import final
 import numpy as np
 from torch import nn
 
+from fedfleet import _streams
 from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
@@ -172,8 +173,9 @@ class FedRep(_PersonalHead):
         head_epochs: local epochs of the head phase (same batch size and lr as the body phase).
 
     The head phase is plain local training (the instructions' strategy ``config`` and
-    ``payload`` are dropped) with seed ``SeedSequence(seed, spawn_key=(1,))``; the body phase is
-    the base strategy's client side with the client's seed. The phases freeze parameters through
+    ``payload`` are dropped) with a seed from ``SeedSequence(seed, spawn_key=(3,))``
+    (``fedfleet._streams.FEDREP_HEAD``); the body phase is the base strategy's client side
+    with the client's seed. The phases freeze parameters through
     ``requires_grad``, so the trainer must expose its ``torch.nn.Module`` as ``.model``
     (:class:`fedfleet.client.TorchTrainer` does); the frozen part's coordinates (float buffers
     included) are restored after each phase.
@@ -202,7 +204,7 @@ class FedRep(_PersonalHead):
         inner = _inner_state(state)
         start = _personalize(vector, state, self._mask)
         head_names = {s.name for s in self.layout.specs if s.name.startswith(self.head)}
-        head_seed = int(np.random.SeedSequence(seed, spawn_key=(1,)).generate_state(1)[0])
+        head_seed = _streams.derive_seed(seed, _streams.FEDREP_HEAD)
         # plain local training of the head: the base strategy's terms (prox, corrections)
         # belong to the body phase
         head_instructions = dataclasses.replace(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedfleet import _streams
 from fedfleet.errors import ConfigError
 from fedfleet.privacy.secagg.client import SecAggClient
 from fedfleet.privacy.secagg.config import SecAggConfig
@@ -98,7 +99,7 @@ def run_secagg(
     def source(c: int):
         if entropy_seed is None:
             return None
-        gen = np.random.default_rng(np.random.SeedSequence(entropy_seed, spawn_key=(c,)))
+        gen = _streams.generator(entropy_seed, _streams.secagg_client_entropy(c))
         return gen.bytes
 
     def server_step(fn, messages):

@@ -35,12 +35,13 @@ from types import MappingProxyType
 
 import numpy as np
 
+from fedfleet import _streams
 from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError
 from fedfleet.privacy.accountant import DpAccounting
-from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian
+from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian, is_seeded
 from fedfleet.privacy.secagg.config import SecAggConfig
 from fedfleet.privacy.secagg.errors import SecAggAborted
 from fedfleet.privacy.secagg.simulate import draw_dropouts, run_secagg
@@ -66,7 +67,7 @@ class SecAggFedAvg:
         drop_rates: simulated dropouts, stage (1-4) -> share of the cohort that drops there.
         dp: client-level central DP (noise multiplier, population, sampling, delta); None: none.
         noise: ``"seeded"`` (simulation) or ``"secure"`` (OS CSPRNG) DP noise.
-        seed: seeds the neighbour graph, the simulated dropouts (spawn key (round, 0)) and
+        seed: seeds the neighbour graph, the simulated dropouts (spawn key (round, 5)) and
             seeded DP noise (spawn key (round, 1)); use the run's seed.
         server_optimizer: transform applied to the pseudo-gradient ``-mean_delta``.
 
@@ -180,7 +181,7 @@ class SecAggFedAvg:
             threshold=self.threshold,
             round_id=rnd,
         )
-        return config, np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(rnd, 0)))
+        return config, _streams.generator(self.seed, _streams.secagg_round(rnd))
 
     def aggregate_sum(
         self,
@@ -202,8 +203,8 @@ class SecAggFedAvg:
             mean = total / included
         else:
             noise_rng = (
-                np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(rnd, 1)))
-                if self.noise == "seeded"
+                _streams.generator(self.seed, _streams.secagg_dp_noise(rnd))
+                if is_seeded(self.noise)
                 else None
             )
             std = self.dp.noise_multiplier * self.clip_norm
