@@ -189,6 +189,7 @@ PUBLIC = {
         "RunConfig",
         "RunDir",
         "dump_config",
+        "for_deployment",
         "load_config",
         "load_model_vector",
         "save_model",

@@ -51,7 +51,7 @@ def certs5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(path: Path, clients: int, rounds: int, dp: bool = False) -> Path:
-    noise = 'noise_multiplier = 0.3\nnoise = "seeded"' if dp else ""
+    noise = 'noise_multiplier = 0.3\nnoise = "seeded-testing-only"' if dp else ""
     path.write_text(SECAGG_TOML.format(rounds=rounds, clients=clients, dp=noise))
     path.with_name("server.toml").write_text(path.read_text() + SERVER_DEPLOY)
     return path

@@ -1,6 +1,15 @@
 """Runs: configuration, assembling a run from it, and the run directory it writes."""
 
 from fedfleet.runs.config import RunConfig, dump_config, load_config
+from fedfleet.runs.deploy_policy import for_deployment
 from fedfleet.runs.rundir import RunDir, load_model_vector, save_model
 
-__all__ = ["RunConfig", "RunDir", "dump_config", "load_config", "load_model_vector", "save_model"]
+__all__ = [
+    "RunConfig",
+    "RunDir",
+    "dump_config",
+    "for_deployment",
+    "load_config",
+    "load_model_vector",
+    "save_model",
+]

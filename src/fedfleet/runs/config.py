@@ -179,8 +179,11 @@ class PrivacyConfig(_Section):
     """Stop before exceeding this epsilon; required when noise_multiplier is None."""
     adaptive_quantile: float | None = Field(None, gt=0, lt=1)
     """Adaptive clipping towards this quantile of client delta norms (None = fixed S)."""
-    noise: Literal["seeded", "secure"] = "seeded"
-    """'seeded' noise is reproducible (simulation); 'secure' draws from the OS CSPRNG."""
+    noise: Literal["seeded", "seeded-testing-only", "secure"] = "seeded"
+    """'seeded' noise is reproducible (the simulation default); 'secure' draws from the OS
+    CSPRNG (the deployment default: `fedfleet server`/`client` refuse 'seeded', see
+    fedfleet.runs.deploy_policy); 'seeded-testing-only' is seeded noise a deployed test run
+    may ask for by name."""
     local_noise_multiplier: float | None = Field(None, gt=0)
     """Local DP: each client clips its delta to clip_norm and adds N(0, (z S)^2) before upload."""
     sgd_noise_multiplier: float | None = Field(None, ge=0)
