@@ -20,6 +20,7 @@ from fedfleet.models.zoo import build_model
 from fedfleet.params import Layout
 from fedfleet.privacy.accountant import DpAccounting, calibrate_noise_multiplier
 from fedfleet.privacy.dpsgd import DPSGDTrainer
+from fedfleet.privacy.dpsgd_ledger import DPSGDLedger
 from fedfleet.privacy.local_dp import LocalDP
 from fedfleet.privacy.secagg.strategy import SecAggFedAvg
 from fedfleet.runs.config import POPULATIONS, RunConfig
@@ -346,6 +347,7 @@ def build_run(config: RunConfig) -> RunPieces:
             ),
             seed=config.seed,
             eval_every=config.eval.every,
+            max_update_norm=s.max_update_norm,
         )
         return RunPieces(task, fedbuff)
     strategy = build_strategy(config, trainer, federation.num_clients)
@@ -357,6 +359,10 @@ def build_run(config: RunConfig) -> RunPieces:
             noise_multiplier=p.local_noise_multiplier,
             noise=p.noise,
             delta=p.delta,
+        )
+    if p.sgd_noise_multiplier:  # each fit reports only its own steps' epsilon: compose them
+        strategy = DPSGDLedger(
+            inner=strategy, noise_multiplier=p.sgd_noise_multiplier, delta=p.delta
         )
     profiles = build_profiles(config, federation.num_clients)
     strategy = _heterogeneity_wrappers(config, strategy, profiles, trainer, federation)
@@ -379,6 +385,7 @@ def build_run(config: RunConfig) -> RunPieces:
         executor=executor,
         profiles=profiles,
         deadline=deadline,
+        max_update_norm=config.strategy.max_update_norm,
     )
     return RunPieces(task, sim, why)
 
