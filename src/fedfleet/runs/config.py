@@ -196,7 +196,8 @@ class ClientsConfig(_Section):
     """System profiles of the clients for the synchronous engine's simulated clock."""
 
     profiles_csv: str | None = None
-    """CSV with one row per client (speed, download_bps, upload_bps[, latency_s, availability])."""
+    """CSV with one row per client (speed, download_bps, upload_bps[, latency_s, availability]);
+    it replaces every key below but time_per_step, and setting one of them with it is refused."""
     time_per_step: float = Field(1.0, gt=0)
     """Simulated seconds of one local step at speed 1."""
     speed_spread: float = Field(1.0, ge=1)
@@ -222,6 +223,17 @@ class ClientsConfig(_Section):
             or self.latency_s > 0
             or self.availability < 1
         )
+
+
+_CSV_REPLACES = (
+    "speed_spread",
+    "download_bps",
+    "upload_bps",
+    "bandwidth_spread",
+    "latency_s",
+    "availability",
+)
+"""The [clients] keys whose values clients.profiles_csv replaces (time_per_step it keeps)."""
 
 
 class DeadlineConfig(_Section):
@@ -354,6 +366,15 @@ class RunConfig(_Section):
             raise ValueError(f"strategy.server_momentum has no effect with {s.name}; remove it")
         if self.model.backend == "numpy" and s.name in ("fednova", "scaffold"):
             raise ValueError(f"{s.name} needs model.backend = 'torch' (its SGD settings)")
+        c, fields = self.clients, ClientsConfig.model_fields
+        clash = [k for k in _CSV_REPLACES if getattr(c, k) != fields[k].default]
+        if c.profiles_csv is not None and clash:
+            keys = ", ".join(f"clients.{k}" for k in clash)
+            raise ValueError(
+                f"clients.profiles_csv gives every client's speed, bandwidths, latency and "
+                f"availability, so it would override {keys}: remove {keys}, or put the values "
+                "in the CSV's columns (speed, download_bps, upload_bps, latency_s, availability)"
+            )
         d = self.deadline
         if d.policy in ("drop", "partial") and d.seconds is None:
             raise ValueError(f"deadline.policy = '{d.policy}' needs deadline.seconds")
