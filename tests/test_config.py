@@ -103,8 +103,9 @@ def test_dumped_config_loads_back_identically(tmp_path):
 
 def test_executor_keys_round_trip_and_are_listed(tmp_path):
     sets = ["executor=ray", "workers=4", "ray_address=10.0.0.1:6379", "worker_executor=sequential"]
-    cfg = load_config(None, sets)
+    cfg = load_config(None, [*sets, "ray_connect_timeout_s=5"])
     assert (cfg.executor, cfg.workers, cfg.ray_address) == ("ray", 4, "10.0.0.1:6379")
+    assert (load_config().ray_connect_timeout_s, cfg.ray_connect_timeout_s) == (30.0, 5.0)
     path = tmp_path / "config.toml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +75,9 @@ def local_ray():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _fedfleet_run(out: Path, sets: list[str], timeout: float) -> subprocess.CompletedProcess:
+def _fedfleet_run(
+    out: Path, sets: list[str], timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """``fedfleet run -q`` in its own process with ``--set`` for each of ``sets``."""
     args = [a for s in sets for a in ("--set", s)]
     return subprocess.run(
@@ -79,7 +85,14 @@ def _fedfleet_run(out: Path, sets: list[str], timeout: float) -> subprocess.Comp
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _records(result):
@@ -178,3 +191,95 @@ def test_a_bad_ray_address_is_a_clear_error_naming_it(tmp_path):
     err = " ".join(proc.stderr.split())
     assert "could not join the Ray cluster at '127.0.0.1:notaport'" in err, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@needs_ray
+def test_a_closed_port_fails_at_once_naming_the_address_and_the_cause(tmp_path):
+    # was: Ray retried 20 times for 41 s each (830 s) and said only "Failed to connect"; the
+    # subprocess limit would catch that
+    address = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    sets = [*SMALL, "rounds=1", "executor=ray", f"ray_address={address}"]
+    proc = _fedfleet_run(tmp_path, sets, timeout=300)
+    assert proc.returncode == 2
+    err = " ".join(proc.stderr.split())
+    assert f"could not join the Ray cluster at '{address}'" in err, proc.stderr
+    assert f"nothing is listening at {address} (connection refused)" in err
+    assert "Traceback" not in proc.stderr
+
+
+@needs_ray
+def test_a_port_that_is_not_a_ray_head_fails_after_ray_connect_timeout_s(tmp_path):
+    # a socket that accepts and never answers: Ray's own wait is bounded by the setting (with
+    # Ray's defaults this took 830 s, past the subprocess limit)
+    with socket.socket() as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        sets = [*SMALL, "rounds=1", "executor=ray", f"ray_address={address}"]
+        proc = _fedfleet_run(tmp_path, [*sets, "ray_connect_timeout_s=3"], timeout=300)
+    assert proc.returncode == 2
+    err = " ".join(proc.stderr.split())
+    assert f"could not join the Ray cluster at '{address}'" in err, proc.stderr
+    assert "no Ray GCS answered within about 3 s (ray_connect_timeout_s)" in err
+
+
+def _without_ray_auth(home: Path) -> dict[str, str]:
+    """This process's environment with no Ray token anywhere (``~`` is ``home``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    return {**env, "HOME": str(home)}
+
+
+@pytest.fixture
+def token_head(tmp_path_factory):
+    """A head as the README starts one (``ray start --head``) with token authentication on,
+    in its own process, home and temp dir; yields its address and token."""
+    token = secrets.token_hex(32)
+    home = tmp_path_factory.mktemp("head_home")
+    temp_dir = Path(tempfile.mkdtemp(prefix="rayt", dir="/tmp"))  # AF_UNIX paths: keep short
+    port, client_port, agent_port = _free_port(), _free_port(), _free_port()
+    ray_cli = Path(sys.executable).parent / "ray"
+    log_path = home / "head.log"
+    env = {**_without_ray_auth(home), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    args = (
+        f"start --head --block --port={port} --ray-client-server-port={client_port} "
+        f"--dashboard-agent-listen-port={agent_port} --num-cpus=1 --include-dashboard=false "
+        f"--temp-dir={temp_dir} --object-store-memory={128 * 1024**2}"
+    ).split()
+    with log_path.open("w") as log:
+        head = subprocess.Popen(
+            [str(ray_cli), *args], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        deadline = time.monotonic() + 240  # a loaded 2-core machine starts Ray slowly
+        while "Ray runtime started" not in log_path.read_text():
+            if head.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray start --head did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}", token
+    finally:
+        head.terminate()  # --block: stops the head's processes too
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@needs_ray
+def test_a_head_with_token_auth_is_named_and_joined_with_the_token(token_head, tmp_path):
+    address, token = token_head
+    home = tmp_path / "home"
+    home.mkdir()
+    sets = [*SMALL, "rounds=1", "executor=ray", "worker_executor=sequential"]
+    sets.append(f"ray_address={address}")
+    proc = _fedfleet_run(tmp_path / "a", sets, timeout=300, env=_without_ray_auth(home))
+    assert proc.returncode == 2
+    err = " ".join(proc.stderr.split())
+    assert f"could not join the Ray cluster at '{address}'" in err, proc.stderr
+    assert "the cluster requires an authentication token" in err
+    assert "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=" in err
+    # the README's recipe: the head's token in the environment
+    env = {**_without_ray_auth(home), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    proc = _fedfleet_run(tmp_path / "b", sets, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr

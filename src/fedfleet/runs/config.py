@@ -335,6 +335,8 @@ class RunConfig(_Section):
     """How each process or Ray task trains its chunk ('auto' as for `executor`)."""
     ray_address: str | None = None
     """The Ray cluster, e.g. 'HEAD:6379'; unset uses $RAY_ADDRESS, else a local Ray instance."""
+    ray_connect_timeout_s: float = Field(30.0, gt=0)
+    """Joining the cluster fails after about this long, with the cause (unreachable: at once)."""
     device: Literal["cpu", "cuda"] = "cpu"
     """Where local training and evaluation run; 'cuda' needs a visible CUDA device."""
     data: DataConfig = DataConfig()

@@ -202,6 +202,7 @@ def _chunked_executor(
         num_tasks=n,
         inner=inner,
         num_gpus_per_task=1.0 / n if config.device == "cuda" else 0.0,
+        connect_timeout_s=config.ray_connect_timeout_s,
     )
     where = config.ray_address or os.environ.get("RAY_ADDRESS") or "a local Ray instance"
     return trainer, executor, f"ray ({n} tasks a round on {where}, {inner} in each)"

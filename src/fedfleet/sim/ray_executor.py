@@ -31,12 +31,14 @@ it, and using the executor then raises a :class:`FedfleetError` naming the extra
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
+import socket
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -68,6 +70,107 @@ def _import_ray() -> Any:
             "(or pip install 'fedfleet[ray]')"
         ) from None
     return ray
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``"HOST:PORT"`` (or ``"ray://HOST:PORT"``, ``"[::1]:PORT"``); None
+    for what Ray resolves itself (``"auto"``) or rejects with its own message."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str, timeout_s: float) -> None:
+    """Raise :class:`FedfleetError` unless ``address`` accepts a TCP connection within
+    ``timeout_s``: Ray itself would retry a closed port for minutes and then say only that it
+    could not connect."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    host, port = hp
+    where = f"executor = 'ray': could not join the Ray cluster at {address!r}"
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except ConnectionRefusedError:
+        raise FedfleetError(
+            f"{where}: nothing is listening at {host}:{port} (connection refused); is the head "
+            f"running there (`ray start --head --port={port}`) and is ray_address right?"
+        ) from None
+    except TimeoutError:
+        raise FedfleetError(
+            f"{where}: no answer from {host}:{port} within {timeout_s:g} s "
+            "(ray_connect_timeout_s); is the host up and the port open to this machine?"
+        ) from None
+    except socket.gaierror as e:
+        raise FedfleetError(f"{where}: cannot resolve the host {host!r} ({e.strerror})") from None
+    except OSError as e:
+        raise FedfleetError(f"{where}: cannot reach {host}:{port} ({e.strerror or e})") from None
+
+
+@contextlib.contextmanager
+def _gcs_wait_bounded(ray: Any, timeout_s: float) -> Iterator[None]:
+    """Make ``ray.init(address=...)`` give up on the GCS after about ``timeout_s``.
+
+    Ray (2.60) tries ``RAY_gcs_server_port_wait_time_s`` times (default 20), each waiting
+    ``gcs_rpc_server_connect_timeout_s`` (5) for the channel, as long again for its pubsub and
+    ``py_gcs_connect_timeout_s`` (30) for the cluster id, then 1 s: 830 s in all. Here it is
+    one try whose parts add up to ``timeout_s``. Ray reads the first from the environment at
+    each connect, the other two when its config is (re)initialised, as Ray's own token set-up
+    also does before ``ray.init``. Values the user has set in the environment are kept; the
+    environment is restored afterwards.
+    """
+    rpc_s = max(1, min(5, int(timeout_s // 4)))
+    knobs = {
+        "RAY_gcs_server_port_wait_time_s": "1",
+        "RAY_gcs_rpc_server_connect_timeout_s": str(rpc_s),
+        "RAY_py_gcs_connect_timeout_s": str(max(1, round(timeout_s) - 2 * rpc_s - 1)),
+    }
+    added = {k: v for k, v in knobs.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        with contextlib.suppress(AttributeError):  # where a later Ray has moved it
+            ray._raylet.Config.initialize("")
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def _why(err: BaseException, address: str, timeout_s: float) -> str:
+    """What went wrong joining the cluster, from Ray's exception chain (whose top is only
+    "Failed to connect to Ray cluster"), and how to fix it."""
+    chain: list[str] = []
+    e: BaseException | None = err
+    while e is not None and len(chain) < 10:
+        chain.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    text = "\n".join(chain)
+    if any(s in text for s in ("AuthenticationError", "InvalidAuthToken", "Unauthenticated")):
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            fix = (
+                "this process has token authentication off: set RAY_AUTH_MODE=token and "
+                "RAY_AUTH_TOKEN=<the head's token> (`ray get-auth-token` on the head prints it; "
+                "or RAY_AUTH_TOKEN_PATH=<a file holding it>, or copy it to ~/.ray/auth_token)"
+            )
+        else:
+            fix = (
+                "the token this process sent (RAY_AUTH_TOKEN, else the file at "
+                "RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token) is missing or is not the head's; "
+                "`ray get-auth-token` on the head prints the right one"
+            )
+        return (
+            "the cluster requires an authentication token (Ray token authentication) and "
+            f"{fix}; see the README's Ray cluster section"
+        )
+    if "Timed out while waiting for GCS" in text or "TimedOut" in text:
+        return (
+            f"{address} accepts connections but no Ray GCS answered within about {timeout_s:g} s "
+            "(ray_connect_timeout_s); is it the head's GCS port (`ray start --head --port`), "
+            "not its dashboard or client port, and is the head healthy?"
+        )
+    last = chain[-1].strip().splitlines()[-1] if chain else ""
+    return f"{err}" + (f" ({last})" if last and last not in f"{err}" else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +224,8 @@ class RayExecutor:
         num_tasks: tasks (chunks) per round.
         inner: how a task trains its chunk: ``"sequential"`` or ``"vectorised"``.
         num_gpus_per_task: GPUs Ray reserves for each task (fractions share one GPU).
+        connect_timeout_s: joining the cluster at ``address`` fails after about this long
+            (an unreachable address at once), with the cause in the message.
     """
 
     def __init__(
@@ -131,14 +236,18 @@ class RayExecutor:
         num_tasks: int = 2,
         inner: Inner = "sequential",
         num_gpus_per_task: float = 0.0,
+        connect_timeout_s: float = 30.0,
     ) -> None:
         if num_tasks < 1:
             raise ConfigError(f"RayExecutor needs num_tasks >= 1, got {num_tasks}")
+        if not connect_timeout_s > 0:
+            raise ConfigError(f"RayExecutor needs connect_timeout_s > 0, got {connect_timeout_s}")
         inner_executor(inner)  # validates the name
         self.address = address
         self.num_tasks = num_tasks
         self.inner: Inner = inner
         self.num_gpus_per_task = num_gpus_per_task
+        self.connect_timeout_s = connect_timeout_s
         self.config_toml = dump_config(config.model_copy(update={"executor": inner}))
         self._config_ref: Any = None
         self._remote: Any = None
@@ -150,12 +259,20 @@ class RayExecutor:
             address = self.address or os.environ.get("RAY_ADDRESS")
             try:
                 if address:
-                    ray.init(address=address, logging_level=logging.WARNING)
+                    _check_reachable(address, self.connect_timeout_s)
+                    with _gcs_wait_bounded(ray, self.connect_timeout_s):
+                        ray.init(address=address, logging_level=logging.WARNING)
                 else:
                     ray.init(include_dashboard=False, logging_level=logging.WARNING)
+            except FedfleetError:
+                raise
             except Exception as e:  # Ray raises ValueError, RuntimeError, or a bare Exception
-                where = f"join the Ray cluster at {address!r}" if address else "start Ray here"
-                raise FedfleetError(f"executor = 'ray': could not {where}: {e}") from e
+                if address:
+                    why = _why(e, address, self.connect_timeout_s)
+                    where = f"join the Ray cluster at {address!r}"
+                else:
+                    why, where = str(e), "start Ray here"
+                raise FedfleetError(f"executor = 'ray': could not {where}: {why}") from e
             self._started_ray = True
         if self._remote is None:
             # Ray's default for a task asking for GPUs is max_calls=1, a fresh worker process
