@@ -115,6 +115,8 @@ def _summary(
         table.add_row(
             "privacy (epsilon, delta)", f"({final['dp_epsilon']:.3f}, {final['dp_delta']:g})"
         )
+    if "dpsgd_epsilon_max" in final:
+        table.add_row("DP-SGD epsilon (worst client)", f"{final['dpsgd_epsilon_max']:.3f}")
     if "sim_time_s" in final:
         table.add_row("simulated time", f"{final['sim_time_s']:.1f} s")
     table.add_row("rejected updates", str(rejected))

@@ -13,7 +13,20 @@ __all__ = [
     "LayoutError",
     "PrivacyBudgetExhausted",
     "UpdateRejected",
+    "clip_text",
 ]
+
+MAX_REASON_CHARS = 400
+"""Longest reason an UpdateRejected keeps: a reason may quote what a client sent, and a
+hostile client must not be able to grow logs and checkpoints with it."""
+
+
+def clip_text(text: str, limit: int = 64) -> str:
+    """``text`` cut to ``limit`` characters, marking how much was left out; for quoting a field
+    a client chose (a fingerprint, a tensor name) in a message."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[{len(text) - limit} more chars]"
 
 
 class FedfleetError(Exception):
@@ -51,5 +64,5 @@ class UpdateRejected(FedfleetError, ValueError):
     def __init__(self, client_id: int | str, round: int, reason: str) -> None:
         self.client_id = client_id
         self.round = round
-        self.reason = reason
-        super().__init__(f"round {round}: update from client {client_id} rejected: {reason}")
+        self.reason = clip_text(reason, MAX_REASON_CHARS)
+        super().__init__(f"round {round}: update from client {client_id} rejected: {self.reason}")

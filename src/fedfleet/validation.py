@@ -25,6 +25,7 @@ def validate_update(
     expected_clients: Container[int],
     max_samples: int | None = None,
     instructions: FitInstructions | None = None,
+    max_norm: float | None = None,
 ) -> None:
     """Raise :class:`UpdateRejected` naming the client and round unless ``update`` is usable.
 
@@ -33,7 +34,8 @@ def validate_update(
     positive integers, the sample count is no larger than what the client is known to hold
     (``max_samples``) and the step count no larger than its ``instructions`` allow; every
     reported metric is a finite number (a trainer with nothing to report omits the metric
-    rather than sending NaN).
+    rather than sending NaN); with ``max_norm``, the delta's L2 norm is at most that bound
+    (``strategy.max_update_norm``), so one client cannot swamp the average with a huge update.
     """
 
     def reject(reason: str) -> UpdateRejected:
@@ -57,6 +59,13 @@ def validate_update(
     if not np.isfinite(delta).all():
         bad = int(np.size(delta) - np.isfinite(delta).sum())
         raise reject(f"delta has {bad} non-finite values (NaN or Inf)")
+    if max_norm is not None:
+        norm = float(np.linalg.norm(delta))
+        if norm > max_norm:
+            raise reject(
+                f"delta has L2 norm {norm:.6g}, above the bound {max_norm:g} "
+                "(strategy.max_update_norm); the update is left out of the round"
+            )
     n = update.num_samples
     if not isinstance(n, int | np.integer) or n <= 0:
         raise reject(f"num_samples must be a positive integer, got {n!r}")

@@ -29,3 +29,5 @@ def test_fedfleet_run_with_dpsgd_writes_a_growing_epsilon(tmp_path: Path):
     assert eps[1] > eps[0]
     # all four clients trained in round 2, so its worst client is the run's worst so far
     assert records[1]["dpsgd_epsilon_round_max"] == eps[1]
+    assert "DP-SGD epsilon (worst client)" in proc.stdout, proc.stdout
+    assert f"{eps[1]:.3f}" in proc.stdout

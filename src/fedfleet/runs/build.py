@@ -347,6 +347,7 @@ def build_run(config: RunConfig) -> RunPieces:
             ),
             seed=config.seed,
             eval_every=config.eval.every,
+            max_update_norm=s.max_update_norm,
         )
         return RunPieces(task, fedbuff)
     strategy = build_strategy(config, trainer, federation.num_clients)
@@ -384,6 +385,7 @@ def build_run(config: RunConfig) -> RunPieces:
         executor=executor,
         profiles=profiles,
         deadline=deadline,
+        max_update_norm=config.strategy.max_update_norm,
     )
     return RunPieces(task, sim, why)
 

@@ -161,6 +161,8 @@ class StrategyConfig(_Section):
     """fedbuff: updates are weighted by 1 / (1 + staleness) ** exponent."""
     weighting: Literal["samples", "steps", "uniform"] = "samples"
     """Aggregation weights: by sample count (FedAvg), by local steps completed, or uniform."""
+    max_update_norm: float | None = Field(None, gt=0)
+    """Refuse (and name) any client update whose delta has a larger L2 norm (None = no bound)."""
 
 
 class PrivacyConfig(_Section):

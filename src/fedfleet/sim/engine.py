@@ -103,6 +103,8 @@ class Simulation:
         profiles: client system profiles (speed, bandwidth, latency, availability); None runs
             every client online and records no simulated time.
         deadline: what to do about clients that would finish late (needs ``profiles``).
+        max_update_norm: refuse client updates whose delta's L2 norm is larger (None: no
+            bound); see :func:`fedfleet.validation.validate_update`.
     """
 
     trainer: Trainer
@@ -115,6 +117,7 @@ class Simulation:
     executor: CohortExecutor = field(default_factory=SequentialExecutor)
     profiles: ClientProfiles | None = None
     deadline: DeadlinePolicy | None = None
+    max_update_norm: float | None = None
     _delta_rows: _RowBuffer = field(default_factory=lambda: _RowBuffer(), init=False, repr=False)
 
     def run(
@@ -261,6 +264,7 @@ class Simulation:
                     selected,
                     max_samples=len(job.data),
                     instructions=job.instructions,
+                    max_norm=self.max_update_norm,
                 )
             except UpdateRejected as err:
                 return update, err.with_traceback(None), in_row  # a traceback would pin this

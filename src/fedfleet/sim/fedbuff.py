@@ -124,6 +124,7 @@ class FedBuffSimulation:
         seed: the one seed every random draw derives from.
         eval_every: centralized evaluation every k versions (and after the last); 0 evaluates
             only after the last.
+        max_update_norm: refuse updates whose delta's L2 norm is larger (None: no bound).
 
     Every update is checked with :func:`validate_update` on arrival (its client must be in
     flight; the "round" of a rejection is the version the update was headed for) and a
@@ -153,6 +154,7 @@ class FedBuffSimulation:
     clock: ClientClock = field(default_factory=ClientClock)
     seed: int = 0
     eval_every: int = 1
+    max_update_norm: float | None = None
 
     def __post_init__(self) -> None:
         if self.buffer_size < 1:
@@ -217,7 +219,14 @@ class FedBuffSimulation:
                 job, data = flight[cid], fed.train_data(cid)
                 update = self._train(cid, job, data)
                 try:
-                    validate_update(update, layout, version + 1, flight, max_samples=len(data))
+                    validate_update(
+                        update,
+                        layout,
+                        version + 1,
+                        flight,
+                        max_samples=len(data),
+                        max_norm=self.max_update_norm,
+                    )
                     buffer.append((update, version - job.version))
                     streak = 0
                 except UpdateRejected as err:
