@@ -57,9 +57,16 @@ def read_config(
 
 
 def _logging(verbose: bool) -> None:
+    """This process's log: one plain line per record on stderr, INFO and up with --verbose.
+
+    ``force``: these commands own the log, whoever configured it first (``fedfleet``'s main
+    installs a WARNING handler before it dispatches here), so ``fedfleet server`` and
+    ``python -m fedfleet.net server`` print the same lines.
+    """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
     )
 
 
