@@ -11,6 +11,7 @@ Layout of ``create_test_federation(DIR, n)``::
     DIR/server.pem  DIR/server.key              SAN localhost, 127.0.0.1
     DIR/client-<i>.pem  DIR/client-<i>.key      for i in 0..n-1
     DIR/revoked.txt                             empty: nobody is revoked yet
+    DIR/.gitignore                              ``*``: the private keys never reach git
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedfleet.errors import FedfleetError
 
-__all__ = ["client_id_from_cn", "create_ca", "create_test_federation", "issue_certificate"]
+__all__ = [
+    "client_id_from_cn",
+    "create_ca",
+    "create_test_federation",
+    "issue_certificate",
+    "read_pem",
+]
 
 _CN = re.compile(r"^client-(\d{1,9})$")
 
@@ -36,6 +43,27 @@ def client_id_from_cn(cn: str) -> int | None:
     """The client id a certificate CN names (``client-7`` -> 7), None for any other CN."""
     m = _CN.match(cn)
     return int(m.group(1)) if m else None
+
+
+def read_pem(path: str | Path, what: str) -> bytes:
+    """The bytes of the PEM file ``path``; ``what`` says what it is ("CA certificate").
+
+    A missing, unreadable or non-PEM file is a one-line :class:`FedfleetError` naming the file
+    and what it should hold, instead of an ``OSError`` traceback or a TLS handshake that fails
+    later for no stated reason.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FedfleetError(
+            f"{what} {str(path)!r} does not exist; create credentials with `fedfleet certs` "
+            "or pass the path of the right file"
+        ) from None
+    except OSError as e:
+        raise FedfleetError(f"cannot read {what} {str(path)!r}: {e.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise FedfleetError(f"{what} {str(path)!r} is not a PEM file (no '-----BEGIN' line)")
+    return data
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
@@ -53,9 +81,18 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def create_ca(out_dir: str | Path, name: str = "fedfleet test CA") -> tuple[Path, Path]:
-    """A self-signed CA valid for ten years; returns (certificate path, key path)."""
+    """A self-signed CA valid for ten years; returns (certificate path, key path).
+
+    Also writes ``out_dir/.gitignore`` holding ``*`` (unless one exists), so the CA key and the
+    keys issued next to it are never committed, wherever the directory is.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    ignore = out / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text(
+            "# written by fedfleet: private keys (ca.key, *.key) stay out of git\n*\n"
+        )
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.UTC)

@@ -184,7 +184,7 @@ def client(
     """Join a federation: train on local data whenever the server asks."""
     import torch
 
-    from fedfleet.net.certs import client_id_from_cn
+    from fedfleet.net.certs import client_id_from_cn, read_pem
     from fedfleet.net.client import ClientSettings, FederatedClient
 
     _logging(verbose)
@@ -207,7 +207,7 @@ def client(
             from cryptography import x509
             from cryptography.x509.oid import NameOID
 
-            c = x509.load_pem_x509_certificate(Path(deploy["cert"]).read_bytes())
+            c = x509.load_pem_x509_certificate(read_pem(deploy["cert"], "client certificate"))
             cn = c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
             cid = client_id_from_cn(str(cn))
         if cid is None:
@@ -247,3 +247,11 @@ def certs(
     except FedfleetError as e:
         raise _fail(e) from None
     typer.echo(f"wrote CA, server and {num_clients} client certificates to {d}")
+    ignore = d / ".gitignore"
+    kept_out = ignore.exists() and "*" in ignore.read_text().split()
+    typer.echo(
+        f"{d / 'ca.key'} and the *.key files are private"
+        + (f" ({ignore} keeps them out of git)" if kept_out else "; never commit them")
+        + "; give each client only ca.pem and its own client-<id>.pem/.key",
+        err=not kept_out,
+    )
