@@ -8,7 +8,9 @@ it aggregated that update (two-phase, see :mod:`fedfleet.net.client_state`); wit
 ``state_dir`` that state is on disk, so a killed and restarted client continues with it.
 For each EVALUATE task it evaluates the model on its held-out split (for personalising
 strategies its own model too) and reports through ``SubmitEvaluation``. When the connection
-drops it reconnects with exponential backoff and registers again.
+drops it reconnects with exponential backoff and registers again; each failed attempt is
+logged with its cause in plain words (nothing listens at the address, the server refused this
+certificate, the server speaks TLS, ...). A cause retrying cannot fix stops the client at once.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +28,16 @@ import numpy as np
 
 from fedfleet.client.protocol import Trainer
 from fedfleet.data.base import ArrayDataset
-from fedfleet.errors import FedfleetError
+from fedfleet.errors import ConfigError, FedfleetError
 from fedfleet.net import fedfleet_pb2 as pb
 from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
+from fedfleet.net.certs import read_pem
 from fedfleet.net.client_state import ClientStateFile
 from fedfleet.net.server import grpc_options, instructions_from_header
 from fedfleet.net.wire import TensorReceiver, chunk_messages, tensor_infos
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.runs.config import RunConfig
+from fedfleet.runs.deploy_policy import for_deployment
 from fedfleet.strategies.base import Strategy
 
 __all__ = ["ClientRefused", "ClientSettings", "FederatedClient"]
@@ -48,6 +52,10 @@ _RETRYABLE = {
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+
+_CONFIG_ERROR_REPEATS = 3
+"""A configuration error gives up once this many connection attempts in a row failed with it:
+a single one could be a server that was stopped in the middle of a handshake."""
 
 
 class ClientRefused(FedfleetError):
@@ -75,9 +83,13 @@ class ClientSettings:
     chunk_size: int = 4 << 20
     max_message_bytes: int = 8 << 20
     backoff_initial_s: float = 0.2
+    """First reconnect delay; it doubles (with jitter) after each failed attempt."""
     backoff_max_s: float = 10.0
-    give_up_after_s: float | None = None
-    """Stop reconnecting after this long without reaching the server (None = never)."""
+    """Longest delay between two connection attempts."""
+    give_up_after_s: float | None = 300.0
+    """Stop reconnecting after this long without reaching the server, with the last reason
+    (None = never). A configuration error (a refused certificate, TLS on one side only)
+    stops sooner: retrying does not fix it."""
     rpc_timeout_s: float = 600.0
     state_dir: str | None = None
     """Keep this client's private state (control variates, personal heads) in
@@ -104,11 +116,19 @@ class FederatedClient:
         strategy: Strategy | None = None,
         test_data: ArrayDataset | None = None,
     ) -> None:
+        config = for_deployment(config)  # local DP noise from the OS CSPRNG
         self.config, self.settings, self.client_id = config, settings, client_id
         if data is None or trainer is None or strategy is None:
             task = load_task_for(config)
             federation = build_federation(config, task)
             if data is None:
+                n = federation.num_clients
+                if not 0 <= client_id < n:
+                    raise ConfigError(
+                        f"client id {client_id} is not in this federation: [data] num_clients "
+                        f"= {n} gives ids 0..{n - 1}; pass one of those, or give this client "
+                        "its own data (--data)"
+                    )
                 data = federation.train_data(client_id)
                 test_data = federation.test_data(client_id) if test_data is None else test_data
             trainer = trainer or build_trainer(config, task)
@@ -123,55 +143,89 @@ class FederatedClient:
                 "connecting WITHOUT TLS (--insecure): traffic is readable and unauthenticated"
             )
 
+    def _pem_paths(self) -> dict[str, Path]:
+        """This client's credential files: what each is -> its path."""
+        s = self.settings
+        d = Path(s.certs_dir) if s.certs_dir else None
+        given = {"CA certificate": s.ca, "client key": s.key, "client certificate": s.cert}
+        names = ["ca.pem", f"client-{self.client_id}.key", f"client-{self.client_id}.pem"]
+        paths = {}
+        for (what, path), name in zip(given.items(), names, strict=True):
+            if path is not None:
+                paths[what] = Path(path)
+            elif d is not None:
+                paths[what] = d / name
+            else:
+                raise FedfleetError(
+                    f"no {what} ({name}): pass certs_dir or the file itself, or insecure"
+                )
+        return paths
+
     def _channel(self) -> grpc.Channel:
         s = self.settings
         options = grpc_options(s.max_message_bytes)
         if s.insecure:
             return grpc.insecure_channel(s.server, options=options)
-        d = Path(s.certs_dir) if s.certs_dir else None
-
-        def read(given: str | None, default: str) -> bytes:
-            if given is not None:
-                return Path(given).read_bytes()
-            if d is None:
-                raise FedfleetError(f"no {default}: pass certs_dir or the file itself, or insecure")
-            return (d / default).read_bytes()
-
+        pem = {what: read_pem(path, what) for what, path in self._pem_paths().items()}
         creds = grpc.ssl_channel_credentials(
-            root_certificates=read(s.ca, "ca.pem"),
-            private_key=read(s.key, f"client-{self.client_id}.key"),
-            certificate_chain=read(s.cert, f"client-{self.client_id}.pem"),
+            root_certificates=pem["CA certificate"],
+            private_key=pem["client key"],
+            certificate_chain=pem["client certificate"],
         )
         if s.server_name:
             options.append(("grpc.ssl_target_name_override", s.server_name))
         return grpc.secure_channel(s.server, creds, options=options)
 
     def run(self) -> list[int]:
-        """Take part until the server says DONE; returns the rounds this client trained in."""
+        """Take part until the server says DONE; returns the rounds this client trained in.
+
+        Reconnects with exponential backoff, logging why each attempt failed; raises
+        :class:`FedfleetError` with the last reason after ``give_up_after_s`` without the
+        server, or as soon as a configuration error repeats (see :func:`_diagnose`).
+        """
         s = self.settings
         delay = s.backoff_initial_s
         lost_since: float | None = None
+        last, repeats = "", 0  # the last configuration error and how often it came in a row
         while True:
+            connected = False
             try:
                 with self._channel() as channel:
                     stub = pb_grpc.FedFleetStub(channel)
                     self._register(stub)
-                    delay, lost_since = s.backoff_initial_s, None
+                    connected = True
+                    delay, lost_since, last, repeats = s.backoff_initial_s, None, "", 0
                     if self._serve(stub):
                         return self.rounds_done
             except grpc.RpcError as err:
-                code = err.code()
+                code, details = err.code(), err.details() or ""
                 if code not in _RETRYABLE:
                     raise self._refused(err) from None
+                reason, config_error = _diagnose(code, details, s, self._pem_paths)
+                if connected:  # it was up: a server restart or a network drop, not the setup
+                    if config_error:
+                        reason = f"the server closed the connection ({_last_error(details)})"
+                    what = f"lost the connection to {s.server}: {reason}"
+                else:
+                    what = f"cannot connect: {reason}"
+                    repeats = repeats + 1 if config_error and reason == last else int(config_error)
+                    last = reason if config_error else ""
+                if repeats >= _CONFIG_ERROR_REPEATS:
+                    raise FedfleetError(
+                        f"client {self.client_id} {what}; giving up, retrying will not fix "
+                        f"this (gRPC: {code.name}: {_last_error(details)})"
+                    ) from None
                 now = time.monotonic()
                 lost_since = lost_since or now
                 if s.give_up_after_s is not None and now - lost_since > s.give_up_after_s:
                     raise FedfleetError(
-                        f"client {self.client_id}: no server at {s.server} for "
-                        f"{now - lost_since:.0f} s ({code.name}); giving up"
+                        f"client {self.client_id} {what}; giving up after "
+                        f"{now - lost_since:.0f} s (give_up_after_s = {s.give_up_after_s:g})"
                     ) from None
-                log.info("client %d: %s; reconnecting in %.1f s", self.client_id, code.name, delay)
-                time.sleep(delay * (0.5 + random.random()))  # jitter: clients don't stampede
+                pause = delay * (0.5 + random.random())  # jitter: clients don't stampede
+                log.warning("client %d %s; retrying in %.1f s", self.client_id, what, pause)
+                log.debug("client %d: gRPC said %s: %s", self.client_id, code.name, details)
+                time.sleep(pause)
                 delay = min(delay * 2, s.backoff_max_s)
 
     def register_once(self) -> None:
@@ -297,6 +351,75 @@ class FederatedClient:
             log.warning(
                 "client %d: round %d evaluation refused: %s", self.client_id, h.round, reply.reason
             )
+
+
+def _last_error(details: str) -> str:
+    """gRPC's reason without its prefixes: 'failed to connect to all addresses; last error:
+    UNKNOWN: ipv4:127.0.0.1:5: Socket closed' -> 'ipv4:127.0.0.1:5: Socket closed'."""
+    tail = details.rsplit("last error: ", 1)[-1]
+    for code in ("UNKNOWN: ", "UNAVAILABLE: "):
+        tail = tail.removeprefix(code)
+    return tail.strip()
+
+
+def _diagnose(
+    code: grpc.StatusCode,
+    details: str,
+    settings: ClientSettings,
+    pem_paths: Callable[[], dict[str, Path]],
+) -> tuple[str, bool]:
+    """Why a call failed, in words a user acts on, and whether it is a configuration error
+    (one retrying will not fix).
+
+    Read from what grpcio 1.85 reports on 127.0.0.1 (all UNAVAILABLE): nothing listening is
+    '... Connection refused'; a server certificate from another CA is 'Tls handshake failed
+    ... certificate signature failure'; a TLS client against a plaintext server is 'Tls
+    handshake failed ... WRONG_VERSION_NUMBER'; a plaintext client against a TLS server, and a
+    TLS client whose certificate the server refuses (another CA, none), are both 'Socket
+    closed' (the server hangs up; TLS 1.3 tells the client no more).
+    """
+    text = details.lower()
+    where = settings.server
+    if "connection refused" in text:
+        return f"nothing listens at {where} (is the server running, on that host and port?)", False
+    if "wrong_version_number" in text:
+        return (
+            f"the server at {where} does not speak TLS (was it started with --insecure?): give it "
+            "--certs-dir, or pass --insecure to this client too"
+        ), True
+    if "hostname verification" in text:
+        return (
+            f"the certificate of the server at {where} is not issued for that host: connect by a "
+            "name the certificate lists (localhost, 127.0.0.1 for `fedfleet certs`) or set "
+            "server_name"
+        ), True
+    if "tls handshake failed" in text or "certificate verify failed" in text:
+        if "expired" in text:
+            return f"the certificate of the server at {where} has expired", True
+        if "signature failure" in text or "issuer" in text or "verify failed" in text:
+            ca = pem_paths()["CA certificate"]
+            return (
+                f"this client does not trust the server at {where}: its certificate is not "
+                f"signed by the CA certificate {str(ca)!r} (do the server and this client hold "
+                "credentials from different CAs?)"
+            ), True
+        return f"the TLS handshake with {where} failed ({_last_error(details)})", True
+    if "socket closed" in text:
+        if settings.insecure:
+            return (
+                f"the server at {where} speaks TLS: it closed this plaintext connection (drop "
+                "--insecure and give this client its certificates)"
+            ), True
+        cert = pem_paths()["client certificate"]
+        return (
+            f"the server at {where} refused this client's certificate {str(cert)!r} (is it "
+            "signed by the server's CA, and still valid?)"
+        ), True
+    if "resolving" in text or "dns resolution" in text or "domain name not found" in text:
+        return f"cannot resolve the host name in {where}", False
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or "timed out" in text:
+        return f"no answer from {where} in time (a firewall, or the wrong host?)", False
+    return f"{code.name}: {_last_error(details)}", False
 
 
 def _update_stream(header: pb.UpdateHeader, arrays: list[Any], chunk_size: int) -> Iterator[Any]:
