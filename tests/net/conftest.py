@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedfleet.net import fedfleet_pb2 as pb
 from fedfleet.net.certs import create_test_federation
 from fedfleet.net.cli import read_config
+from fedfleet.net.wire import TensorReceiver
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.sim.engine import Simulation, SimulationResult
 
@@ -68,6 +70,20 @@ def simulate_run(config_path: Path) -> SimulationResult:
         federated_eval_every=cfg.eval.federated_every,
     )
     return sim.run(cfg.rounds)
+
+
+def read_task(stub, cid: int, size: int, timeout: float = 60.0):
+    """One GetTask call made as a client makes it: the header, then exactly the tensors it
+    declares (of ``size`` floats each). The server keeps a task's stream open until the client
+    answers the task, so the stream is returned open: ``(header, arrays, stream)``."""
+    stream = stub.GetTask(pb.TaskRequest(client_id=cid), timeout=timeout)
+    header = next(stream).header
+    if header.kind not in (pb.TaskHeader.TRAIN, pb.TaskHeader.EVALUATE):
+        return header, {}, stream
+    receiver = TensorReceiver(header.tensors, size)
+    while not receiver.complete:
+        receiver.add(next(stream).chunk)
+    return header, receiver.finish(), stream
 
 
 def wait_for(pred, timeout: float, what: str, alive: tuple = ()) -> None:

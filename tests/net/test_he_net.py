@@ -62,9 +62,9 @@ def test_paillier_over_tls_equals_in_memory_he_fedavg_exactly(procs, certs_dir):
         trainer, build_federation(cfg, task), he_strategy(cfg, holder.public), holder, 2, cfg.seed
     ).vector
 
-    assert procs.wait(server, 90) == 0, procs.log("server")
+    assert procs.wait(server, 300) == 0, procs.log("server")
     for p in clients:
-        assert procs.wait(p, 20) == 0, procs.log(p.name)
+        assert procs.wait(p, 120) == 0, procs.log(p.name)
     got = np.load(out, allow_pickle=False)
     assert got.dtype == np.float32 and np.array_equal(got, reference), (
         f"max diff {np.abs(got - reference).max()}"

@@ -48,6 +48,7 @@ SCAFFOLD_EXTRA = """\
 federated_every = 1
 [deploy]
 poll_wait_s = 0.5
+rejoin_grace_s = 300.0
 """
 
 
@@ -85,9 +86,9 @@ def test_scaffold_client_restarted_from_state_dir_matches_simulation(procs):
     slow.send_signal(signal.SIGKILL)
     slow.wait(10)
     restarted = procs.worker("w0", str(config), addr, "0", *common)
-    assert procs.wait(server, 90) == 0, procs.log("server")
+    assert procs.wait(server, 300) == 0, procs.log("server")
     for p in [restarted, *others]:
-        assert procs.wait(p, 20) == 0, procs.log(p.name)
+        assert procs.wait(p, 120) == 0, procs.log(p.name)
     assert "client 0 done: rounds [2, 3]" in procs.log("w0")
     cfg, _ = read_config(config)
     layout = build_trainer(cfg, load_task_for(cfg)).layout

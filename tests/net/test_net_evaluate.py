@@ -8,7 +8,7 @@ import threading
 import grpc
 import numpy as np
 
-from conftest import write_config
+from conftest import read_task, write_config
 from fedfleet.evaluation import fairness_stats
 from fedfleet.net import fedfleet_pb2 as pb
 from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
@@ -42,13 +42,14 @@ def test_evaluation_reports_are_validated_and_summarised(tmp_path):
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.FedFleetStub(channel)
 
+    open_streams = []  # a task's stream stays open until the task is answered
+
     def task(cid: int) -> tuple[pb.TaskHeader, np.ndarray]:
         while True:
-            msgs = list(stub.GetTask(pb.TaskRequest(client_id=cid), timeout=10))
-            h = msgs[0].header
+            h, arrays, stream = read_task(stub, cid, server.layout.size, timeout=120)
             if h.kind != pb.TaskHeader.WAIT:
-                data = b"".join(m.chunk.data for m in msgs[1:] if m.chunk.tensor == 0)
-                return h, np.frombuffer(data, dtype="<f4").astype(np.float32)
+                open_streams.append(stream)
+                return h, arrays.get("vector")
 
     def report(cid: int, h: pb.TaskHeader, **fields) -> pb.EvaluationReply:
         fields = {"round": h.round, "task_id": h.task_id, "num_samples": HELD_OUT, "loss": 0.5,

@@ -17,7 +17,7 @@ import time
 import grpc
 import numpy as np
 
-from conftest import write_config
+from conftest import read_task, write_config
 from fedfleet.net import fedfleet_pb2 as pb
 from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.net.cli import read_config
@@ -181,13 +181,12 @@ def test_fuzzed_server_never_crashes_and_aggregates_only_valid_updates(tmp_path)
                 random_bytes()
                 continue
             cid = int(rng.integers(3))
-            msgs = list(stub.GetTask(pb.TaskRequest(client_id=cid), timeout=5))
+            h, arrays, stream = read_task(stub, cid, layout.size, timeout=30)
             sent += 1
-            h = msgs[0].header
             if h.kind != pb.TaskHeader.TRAIN:
                 continue
-            data = b"".join(m.chunk.data for m in msgs[1:] if m.chunk.tensor == 0)
-            hostile_upload(cid, h, np.frombuffer(data, dtype="<f4").astype(np.float32))
+            hostile_upload(cid, h, arrays["vector"])
+            stream.cancel()
         assert runner.is_alive(), f"the server's round loop died: {died!r}"
         assert sent >= 10_000, f"only {sent} messages in the time budget"
         # still serving after the barrage

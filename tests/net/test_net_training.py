@@ -39,38 +39,44 @@ def test_tls_server_and_three_clients_match_simulation_bit_for_bit(procs, certs_
         for c in range(3)
     ]  # fmt: skip
     reference = simulate(config)
-    assert procs.wait(procs.procs[0], 60) == 0, procs.log("server")
+    assert procs.wait(procs.procs[0], 300) == 0, procs.log("server")
     for p in clients:
-        assert procs.wait(p, 20) == 0, procs.log(p.name)
+        assert procs.wait(p, 120) == 0, procs.log(p.name)
     got = _final_vector(run_dir, config)
     assert got.dtype == np.float32 and got.shape == reference.shape
     assert np.array_equal(got, reference), f"max diff {np.abs(got - reference).max()}"
     assert load_checkpoint(run_dir).round == 3
 
 
-def test_client_killed_mid_round_is_left_out_and_run_finishes(procs):
-    config = write_config(procs.tmp / "run.toml", rounds=2)
+def test_client_killed_mid_round_is_left_out_at_once_and_never_sampled_again(procs):
+    """A client SIGKILLed while it trains hangs up its task stream: the round stops waiting for
+    it at once (the deadline is 600 s, longer than this test waits), and later rounds sample
+    only the live clients. Every wait here is for an event (a file, a log line, an exit)."""
+    config = write_config(procs.tmp / "run.toml", rounds=3)
     text = config.read_text().replace("clients_per_round = 2", "clients_per_round = 3")
-    config.write_text(text + "[deploy]\nheartbeat_timeout_s = 2.0\npoll_wait_s = 0.5\n")
+    config.write_text(text + "[deploy]\nheartbeat_timeout_s = 30.0\n")
     port = start_server(
         procs, config, "--insecure", "--min-clients", "2", "--min-accept", "1",
-        "--round-timeout", "4",
+        "--round-timeout", "600",
     )  # fmt: skip
     addr = f"127.0.0.1:{port}"
     marker = procs.tmp / "slow.marker"
     slow = procs.worker("slow", str(config), addr, "0", "--insecure", "--slow-file", str(marker))
     wait_for(
-        lambda: "client 0 registered" in procs.log("server"), 60, "client 0 to register", (slow,)
+        lambda: "client 0 registered" in procs.log("server"), 120, "client 0 to register", (slow,)
     )
     others = [procs.worker(f"w{c}", str(config), addr, str(c), "--insecure") for c in (1, 2)]
-    wait_for(marker.exists, 60, "client 0 to start training", (slow,))
+    wait_for(marker.exists, 120, "client 0 to start training", (slow,))
     slow.send_signal(signal.SIGKILL)
-    assert procs.wait(procs.procs[0], 60) == 0, procs.log("server")
+    assert procs.wait(procs.procs[0], 300) == 0, procs.log("server")
     log = procs.log("server")
-    assert "no update from clients [0]" in log
-    assert "done: 2 rounds" in log
+    assert "round 1: client 0 hung up before answering its task" in log
+    assert "no update from clients [0] (hung up: [0])" in log
+    assert "round 2: 2 connected, selected [1, 2]" in log
+    assert "round 3: 2 connected, selected [1, 2]" in log
+    assert "done: 3 rounds" in log
     for p in others:
-        assert procs.wait(p, 20) == 0
+        assert procs.wait(p, 120) == 0, procs.log(p.name)
 
 
 def test_server_killed_while_writing_a_checkpoint_resumes_to_identical_model(procs):
@@ -101,10 +107,10 @@ def test_server_killed_while_writing_a_checkpoint_resumes_to_identical_model(pro
     assert sorted(records) == ["0", "1", "2"]
     assert all(r["num_samples"] > 0 and r["applied_round"] in (1, 2) for r in records.values())
     resumed = procs.cli("server2", "server", "--resume", str(run_dir), *common)
-    assert procs.wait(resumed, 60) == 0, procs.log("server2")
+    assert procs.wait(resumed, 300) == 0, procs.log("server2")
     assert "resuming after round 2" in procs.log("server2")
     for p in clients:
-        assert procs.wait(p, 20) == 0, procs.log(p.name)
+        assert procs.wait(p, 120) == 0, procs.log(p.name)
     got = _final_vector(run_dir, config)
     assert np.array_equal(got, reference), f"max diff {np.abs(got - reference).max()}"
     after = load_checkpoint(run_dir)

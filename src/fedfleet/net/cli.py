@@ -27,7 +27,8 @@ app = typer.Typer(help="Deploy a federation over gRPC: server, clients, credenti
 SERVER_KEYS = {
     "host", "port", "min_clients", "min_accept", "round_timeout_s", "heartbeat_timeout_s",
     "poll_wait_s", "chunk_size", "max_message_bytes", "certs_dir", "revoked_path", "insecure",
-    "run_dir",
+    "run_dir", "rejoin_grace_s", "upload_idle_timeout_s", "max_concurrent_rpcs",
+    "max_rejections_kept",
 }  # fmt: skip
 CLIENT_KEYS = {
     "server", "client_id", "certs_dir", "cert", "key", "ca", "insecure", "server_name",
@@ -130,7 +131,8 @@ def server(
         rundir = None
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.toml").write_text(dump_config(cfg))
+            # the deployed config (noise from the OS CSPRNG), which --resume reads back
+            (run_dir / "config.toml").write_text(dump_config(srv.config))
         try:
             result = srv.run(resume=resume is not None)
         finally:

@@ -260,9 +260,9 @@ class FederatedClient:
         """Poll and train until DONE (True); RpcErrors propagate to the reconnect loop."""
         layout = self.trainer.layout
         while True:
-            stream = stub.GetTask(
-                pb.TaskRequest(client_id=self.client_id), timeout=self.settings.rpc_timeout_s
-            )
+            # no deadline: a task's stream stays open while this client trains (the server
+            # learns at once if the client dies); keepalive pings find a dead server
+            stream = stub.GetTask(pb.TaskRequest(client_id=self.client_id))
             first = next(stream, None)
             if first is None or first.WhichOneof("body") != "header":
                 continue
@@ -271,10 +271,12 @@ class FederatedClient:
                 continue
             self.states.resolve(int(h.applied_round))
             if h.kind == pb.TaskHeader.DONE:
+                if h.message:
+                    raise FedfleetError(f"client {self.client_id}: {h.message}")
                 log.info("client %d: the server finished the run", self.client_id)
                 return True
             receiver = TensorReceiver(h.tensors, layout.size)
-            for msg in stream:
+            while not receiver.complete and (msg := next(stream, None)) is not None:
                 receiver.add(msg.chunk)
             arrays = receiver.finish()
             vector = arrays.pop("vector")
@@ -282,6 +284,8 @@ class FederatedClient:
                 self._evaluate(stub, h, vector)
             else:
                 self._train(stub, h, vector, arrays)
+            for _ in stream:  # the server ends the task's stream once it has the answer
+                pass
 
     def _train(
         self,

@@ -8,11 +8,13 @@ Per round, exactly as :class:`fedfleet.sim.Simulation` does it:
     -> validate_update on every upload -> aggregate_fit over the accepted updates in plan order
 
 Clients only make outgoing calls: ``Register``, then ``GetTask`` (a long poll that returns WAIT,
-TRAIN with the model, or DONE) and ``SubmitUpdate``. A round starts once ``min_clients`` clients
-are connected (polled within ``heartbeat_timeout_s``), ends when every selected client answered
-or at ``round_timeout_s``, and is accepted with at least ``min_accept`` valid updates; otherwise
-it is retried with the clients connected then. Bad uploads are refused with the reason, logged
-with the client id, and never reach aggregation.
+TRAIN with the model, or DONE; a task's stream stays open until the client answers it) and
+``SubmitUpdate``. A client is connected while it has a ``GetTask`` call open or its last call
+ended less than ``heartbeat_timeout_s`` ago, and not after it hung up. A round starts once
+``min_clients`` clients are connected, ends when every selected client answered or hung up, or
+at ``round_timeout_s``, and is accepted with at least ``min_accept`` valid updates; otherwise it
+is retried with the clients connected then. Bad uploads are refused with the reason, logged with
+the client id, counted in a bounded log, and never reach aggregation.
 
 Every ``eval.federated_every`` rounds (and after the last), Flower's ``configure_evaluate``: the
 server sends the new global model to every connected client that holds a held-out split (an
@@ -29,7 +31,6 @@ import logging
 import secrets
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,13 @@ import grpc
 import numpy as np
 
 from fedfleet.client.protocol import Trainer
-from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted, UpdateRejected
+from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted
 from fedfleet.evaluation import fairness_stats
 from fedfleet.net import fedfleet_pb2 as pb
 from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
+from fedfleet.net._loop import ServerLoop, SharedCondition
+from fedfleet.net._rejections import RejectionLog
+from fedfleet.net.certs import read_pem
 from fedfleet.net.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedfleet.net.servicer import (
     EVALUATE,
@@ -56,6 +60,7 @@ from fedfleet.net.servicer import _Refused as _Refused  # importable from here
 from fedfleet.net.wire import chunk_messages
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.runs.config import RunConfig
+from fedfleet.runs.deploy_policy import for_deployment
 from fedfleet.sim.engine import _sampling_rng, _weighted_train_loss, client_seed
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
 
@@ -85,9 +90,11 @@ class ServerSettings:
     round_timeout_s: float = 600.0
     """Deadline for a round's uploads; late clients are left out of the round."""
     heartbeat_timeout_s: float = 30.0
-    """A client that has not called in this long counts as disconnected."""
-    poll_wait_s: float = 2.0
-    """How long a GetTask long poll waits for a task before answering WAIT."""
+    """A client with no call open whose last call ended this long ago counts as disconnected
+    (one that hangs up counts as disconnected at once)."""
+    poll_wait_s: float = 20.0
+    """How long a GetTask long poll waits for a task before answering WAIT (a waiting poll
+    holds no thread, so a long wait costs nothing but makes fewer calls)."""
     chunk_size: int = 4 << 20
     """Bytes of array data per stream message (4 MiB: fewer, larger messages measured faster
     than 1 MiB for a 10M-parameter model; bench/README.md)."""
@@ -101,8 +108,16 @@ class ServerSettings:
     """Serve plaintext without authentication (testing only; logs a warning)."""
     run_dir: str | None = None
     """Where the per-round checkpoint and metrics go (None = no checkpoints)."""
-    max_workers: int = 32
-    """Server threads, i.e. concurrent calls (each long poll holds one)."""
+    max_concurrent_rpcs: int = 100_000
+    """Calls served at once before new ones are refused (RESOURCE_EXHAUSTED). Calls are
+    coroutines, not threads: each connected client holds one or two."""
+    rejoin_grace_s: float = 15.0
+    """A selected client that hangs up before answering has this long to call back (a
+    restarted client picks its task up again) before the round stops waiting for it."""
+    upload_idle_timeout_s: float = 30.0
+    """An upload stream that sends nothing for this long is closed and refused."""
+    max_rejections_kept: int = 100
+    """Refusals kept in full (in memory and the checkpoint); older ones are only counted."""
 
     def __post_init__(self) -> None:
         if self.chunk_size + 1024 > self.max_message_bytes:
@@ -117,6 +132,8 @@ class ServerSettings:
             )
         if self.min_accept < 1 or self.min_clients < 1:
             raise FedfleetError("min_clients and min_accept must be at least 1")
+        if self.upload_idle_timeout_s <= 0 or self.max_concurrent_rpcs < 1:
+            raise FedfleetError("upload_idle_timeout_s and max_concurrent_rpcs must be positive")
 
 
 def grpc_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -146,6 +163,7 @@ class FederatedServer(Servicer):
         trainer: Trainer | None = None,
         strategy: Strategy | None = None,
     ) -> None:
+        config = for_deployment(config)  # deployed DP noise from the OS CSPRNG
         self.config, self.settings = config, settings
         self.task = load_task_for(config)
         federation = build_federation(config, self.task)
@@ -153,18 +171,25 @@ class FederatedServer(Servicer):
         self.strategy = strategy or build_strategy(config, self.trainer, federation.num_clients)
         self.layout = self.trainer.layout
         self.fingerprint = self.layout.fingerprint
-        self._cond = threading.Condition()
+        self.max_update_norm = config.strategy.max_update_norm
+        self._loop = ServerLoop()
+        self._stopping = threading.Lock()
+        self._cond = SharedCondition(self._loop)
         self._clients: dict[int, _Client] = {}
         self._round: _Round | None = None
         self._applied: dict[int, int] = {}
         """Per client, the last round whose update from it was aggregated (checkpointed)."""
         self._done = False
+        self._done_message = ""
+        """Sent to clients with DONE: empty when the run finished, else why it stopped."""
         self._told_done: set[int] = set()
-        self._server: grpc.Server | None = None
+        self._uploads_open: set[int] = set()
+        self._revoked_cache = None
+        self._server: grpc.aio.Server | None = None
         self.port = 0
         self.aggregated_updates = 0
         """Updates handed to aggregate_fit so far (every one passed validate_update)."""
-        self.rejected: list[UpdateRejected] = []
+        self.rejected = RejectionLog(settings.max_rejections_kept)
         self.on_aggregate: Any = None  # test hook: called with each round's update list
         # secure aggregation hook: a SecAggFedAvg run plays its rounds through the protocol
         from fedfleet.net.secure import secure_rounds_for
@@ -181,46 +206,71 @@ class FederatedServer(Servicer):
     # ----- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> int:
-        """Listen; returns the bound port."""
+        """Listen (the gRPC server runs on an event loop thread of its own); returns the port."""
         s = self.settings
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=s.max_workers),
+        creds = None
+        if not s.insecure:
+            d = Path(s.certs_dir or "")
+            creds = grpc.ssl_server_credentials(
+                [
+                    (
+                        read_pem(d / "server.key", "server private key"),
+                        read_pem(d / "server.pem", "server certificate"),
+                    )
+                ],
+                root_certificates=read_pem(d / "ca.pem", "CA certificate"),
+                require_client_auth=True,
+            )
+        self._loop.start()
+        self.port = self._loop.run(self._listen(creds), timeout=60.0)
+        log.info("listening on %s:%d (layout %s)", s.host, self.port, self.fingerprint)
+        return self.port
+
+    async def _listen(self, creds: grpc.ServerCredentials | None) -> int:
+        s = self.settings
+        server = grpc.aio.server(
             options=grpc_options(s.max_message_bytes),
-            maximum_concurrent_rpcs=s.max_workers * 4,
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
         pb_grpc.add_FedFleetServicer_to_server(self, server)
         if self.secure is not None:  # secure aggregation hook
             self.secure.register(server)
         address = f"{s.host}:{s.port}"
-        if s.insecure:
-            self.port = server.add_insecure_port(address)
-        else:
-            d = Path(s.certs_dir or "")
-            creds = grpc.ssl_server_credentials(
-                [((d / "server.key").read_bytes(), (d / "server.pem").read_bytes())],
-                root_certificates=(d / "ca.pem").read_bytes(),
-                require_client_auth=True,
-            )
-            self.port = server.add_secure_port(address, creds)
-        if self.port == 0:
+        try:
+            if creds is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, creds)
+        except RuntimeError:
+            port = 0
+        if port == 0:
             raise FedfleetError(f"cannot listen on {address}; is the port in use?")
-        server.start()
+        await server.start()
         self._server = server
-        log.info("listening on %s:%d (layout %s)", s.host, self.port, self.fingerprint)
-        return self.port
+        return port
 
     def stop(self, grace: float = 1.0, linger_s: float | None = None) -> None:
-        """Tell connected clients the run is over (waiting up to ``linger_s``, default
-        ``poll_wait_s + 5``, for each to poll once more), then shut down."""
-        linger = self.settings.poll_wait_s + 5.0 if linger_s is None else linger_s
+        """Tell connected clients the run is over (waiting up to ``linger_s``, default 5 s,
+        for each to hear it: a waiting poll hears at once), then shut down."""
+        linger = 5.0 if linger_s is None else linger_s
         end = time.monotonic() + linger
+        self._finish()
         with self._cond:
-            self._done = True
-            self._cond.notify_all()
             while set(self._connected()) - self._told_done and time.monotonic() < end:
                 self._cond.wait(0.1)
-        if self._server is not None:
-            self._server.stop(grace).wait(grace + 5.0)
+        with self._stopping:  # stop() may be called from two threads: one shuts down
+            server, self._server = self._server, None
+            if server is not None:
+                self._loop.run(server.stop(grace), timeout=grace + 10.0)
+            self._loop.close()
+
+    def _finish(self, message: str = "") -> None:
+        """The run is over (``message``: why, if it failed); every waiting call hears it."""
+        with self._cond:
+            if not self._done:
+                self._done, self._done_message = True, message
+            self._cond.notify_all()
+        self._wake()
 
     # ----- the round loop --------------------------------------------------------------------
 
@@ -244,6 +294,21 @@ class FederatedServer(Servicer):
             vector, state, history, first = ckpt.vector, ckpt.state, ckpt.history, ckpt.round + 1
             self._restore(ckpt)
             log.info("resuming after round %d", ckpt.round)
+        try:
+            return self._run_rounds(first, rounds, vector, state, history)
+        except BaseException as err:
+            self._finish(f"the server stopped with an error: {type(err).__name__}: {err}")
+            raise
+
+    def _run_rounds(
+        self,
+        first: int,
+        rounds: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        history: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        seed = self.config.seed
         start = time.perf_counter()
         for rnd in range(first, rounds + 1):
             t0 = time.perf_counter()
@@ -309,9 +374,7 @@ class FederatedServer(Servicer):
                 len(updates),
                 record.get("test_accuracy"),
             )
-        with self._cond:
-            self._done = True
-            self._cond.notify_all()
+        self._finish()
         return {"history": history, "vector": vector, "state": state, "layout": self.layout}
 
     def _server_records(self, applied: dict[int, int]) -> dict[str, Any]:
@@ -326,10 +389,7 @@ class FederatedServer(Servicer):
                 }
                 for cid, c in sorted(self._clients.items())
             }
-            rejected = [
-                {"client_id": r.client_id, "round": r.round, "reason": r.reason}
-                for r in self.rejected
-            ]
+            rejected = self.rejected.to_json()
         return {"clients": clients, "rejected": rejected}
 
     def _restore(self, ckpt: Checkpoint) -> None:
@@ -343,15 +403,44 @@ class FederatedServer(Servicer):
                 )
                 if int(c["applied_round"]) >= 0:
                     self._applied[cid] = int(c["applied_round"])
-            self.rejected.extend(
-                UpdateRejected(int(r["client_id"]), int(r["round"]), str(r["reason"]))
-                for r in ckpt.server.get("rejected", [])
-            )
+            self.rejected.restore(ckpt.server.get("rejected", []))
 
     def _connected(self) -> list[int]:
+        """Clients that can be given a task now (call with ``_cond`` held): they asked for a
+        task since registering, and have a GetTask call open or their last call ended within
+        ``heartbeat_timeout_s``; not one that hung up."""
         now = time.monotonic()
         limit = self.settings.heartbeat_timeout_s
-        return sorted(c for c, info in self._clients.items() if now - info.last_seen <= limit)
+        return sorted(
+            c
+            for c, info in self._clients.items()
+            if info.polled and not info.gone and (info.waiting or now - info.last_seen <= limit)
+        )
+
+    def _open_round(self, r: _Round) -> None:
+        """Publish ``r``: its clients' waiting GetTask calls pick up their tasks."""
+        with self._cond:
+            self._round = r
+            self._cond.notify_all()
+        self._wake(list(r.tasks))
+
+    def _close_round(self) -> _Round | None:
+        """No more hand-outs or answers for the open round; returns it. Task streams end."""
+        with self._cond:
+            current, self._round = self._round, None
+            self._cond.notify_all()
+        if current is not None:
+            self._wake(list(current.tasks))
+        return current
+
+    def _await_answers(self, r: _Round, deadline: float) -> None:
+        """Wait until every selected client of ``r`` answered or hung up, or ``deadline``."""
+        with self._cond:
+            while not r.settled(self.settings.rejoin_grace_s) and not self._done:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 0.5))
 
     def _play_round(
         self, rnd: int, vector: np.ndarray, state: StrategyState
@@ -373,22 +462,17 @@ class FederatedServer(Servicer):
             }
             log.info("round %d: %d connected, selected %s", rnd, len(clients), sorted(tasks))
             deadline = time.monotonic() + s.round_timeout_s
-            broadcast = self._broadcast_messages(vector)
-            with self._cond:
-                self._round = _Round(rnd, vector, tasks, set(tasks), broadcast=broadcast)
-                self._cond.notify_all()
-                while self._round.answered != self._round.selected and not self._done:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(min(left, 0.5))
-                current, self._round = self._round, None
-                self._cond.notify_all()
+            current = _Round(rnd, vector, tasks, set(tasks))
+            current.broadcast = self._broadcast_messages(vector)
+            self._open_round(current)
+            self._await_answers(current, deadline)
+            self._close_round()
             if self._done:
                 return None
             missing = sorted(current.selected - current.answered)
             if missing:
-                log.warning("round %d: no update from clients %s by the deadline", rnd, missing)
+                gone = sorted(current.gone.keys() & set(missing))
+                log.warning("round %d: no update from clients %s (hung up: %s)", rnd, missing, gone)
             updates = [current.accepted[cid][0] for cid, _ in plan if cid in current.accepted]
             if len(updates) >= s.min_accept:
                 return plan, updates
@@ -412,17 +496,11 @@ class FederatedServer(Servicer):
             return {}
         tasks = {cid: _Task(rnd, secrets.token_hex(16), None, 0, EVALUATE) for cid in clients}
         deadline = time.monotonic() + self.settings.round_timeout_s
-        broadcast = self._broadcast_messages(vector)
-        with self._cond:
-            self._round = _Round(rnd, vector, tasks, set(tasks), broadcast=broadcast)
-            self._cond.notify_all()
-            while self._round.answered != self._round.selected and not self._done:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(min(left, 0.5))
-            current, self._round = self._round, None
-            self._cond.notify_all()
+        current = _Round(rnd, vector, tasks, set(tasks))
+        current.broadcast = self._broadcast_messages(vector)
+        self._open_round(current)
+        self._await_answers(current, deadline)
+        self._close_round()
         missing = sorted(current.selected - set(current.evaluations))
         if missing:
             log.warning("round %d: no evaluation from clients %s", rnd, missing)

@@ -2,22 +2,31 @@
 
 This is the half of :class:`fedfleet.net.server.FederatedServer` that answers clients; the
 round loop that opens and closes tasks is in ``server.py``. Both share ``_cond`` (one
-condition variable guarding ``_clients``, ``_round``, ``_applied`` and ``_done``).
+:class:`~fedfleet.net._loop.SharedCondition` guarding ``_clients``, ``_round``, ``_applied`` and
+``_done``).
+
+The handlers are coroutines on the server's event loop (``grpc.aio``): a waiting call holds no
+thread, so how many clients can wait on the server does not depend on a thread pool. What one
+authenticated client can hold is bounded per client: one ``GetTask`` call (a newer one ends the
+older), one upload stream, and an upload that stops sending for ``upload_idle_timeout_s`` is cut.
 
 An open round (``_Round``) is either a TRAIN round (selected clients download the model, train
 and upload through ``SubmitUpdate``) or an EVALUATE round (connected clients with a held-out
 split download the model, evaluate it and report through ``SubmitEvaluation``). Every task has
-a random id, so stale or replayed answers are refused.
+a random id, so stale or replayed answers are refused. The ``GetTask`` stream that carried a task
+stays open until the client answers it or the round closes: a client that dies while training
+hangs up that stream, and the round stops waiting for it at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import os
 import secrets
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,9 +35,11 @@ import grpc
 import numpy as np
 
 from fedfleet.client.protocol import FitInstructions
-from fedfleet.errors import UpdateRejected
+from fedfleet.errors import UpdateRejected, clip_text
 from fedfleet.net import fedfleet_pb2 as pb
 from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
+from fedfleet.net._loop import ServerLoop, SharedCondition
+from fedfleet.net._rejections import RejectionLog
 from fedfleet.net.certs import client_id_from_cn
 from fedfleet.net.wire import (
     MAX_EXTRAS,
@@ -79,7 +90,19 @@ def instructions_from_header(
 class _Client:
     num_samples: int
     last_seen: float
+    """When its last call to the server ended (monotonic)."""
     num_test_samples: int = 0
+    polls: int = 0
+    """GetTask calls so far: the newest is the live one, an older one ends."""
+    polled: bool = False
+    """It has asked for a task since it registered (a client that only registers is never
+    sampled: it would hold a round until its deadline)."""
+    waiting: bool = False
+    """It has a GetTask call open (waiting for a task, or holding its task's stream)."""
+    gone: bool = False
+    """Its last GetTask call ended by the client hanging up: not connected until it calls."""
+    wake: asyncio.Event | None = None
+    """Set (on the event loop) when something its live GetTask waits for may have changed."""
 
 
 @dataclass
@@ -99,6 +122,9 @@ class _Round:
     selected: set[int]
     accepted: dict[int, tuple[ClientUpdate, int]] = field(default_factory=dict)
     answered: set[int] = field(default_factory=set)
+    gone: dict[int, float] = field(default_factory=dict)
+    """Selected clients that hung up before answering, and when (monotonic): the round waits
+    ``rejoin_grace_s`` for each to call back (a restarted client picks its task up again)."""
     evaluations: dict[int, pb.EvaluationResult] = field(default_factory=dict)
     broadcast: list[pb.TaskMessage] = field(default_factory=list)
     """The model's chunk messages, built once when the round opens and sent to every client."""
@@ -107,6 +133,11 @@ class _Round:
     becomes its delta in place, so ``weighted_mean`` reads the matrix without stacking."""
     uploading: set[int] = field(default_factory=set)
     """Clients whose upload stream is being received (one at a time per task)."""
+
+    def settled(self, grace: float) -> bool:
+        """Every selected client answered, or hung up more than ``grace`` seconds ago."""
+        now = time.monotonic()
+        return all(now - self.gone.get(c, math.inf) >= grace for c in self.selected - self.answered)
 
 
 class _Refused(Exception):
@@ -121,29 +152,45 @@ class Servicer(pb_grpc.FedFleetServicer):
     settings: ServerSettings
     layout: Layout
     fingerprint: str
-    _cond: threading.Condition
+    max_update_norm: float | None
+    _loop: ServerLoop
+    _cond: SharedCondition
     _clients: dict[int, _Client]
     _round: _Round | None
     _applied: dict[int, int]
     _done: bool
+    _done_message: str
     _told_done: set[int]
-    rejected: list[UpdateRejected]
+    _uploads_open: set[int]
+    """Clients with an upload stream open (one each)."""
+    _revoked_cache: tuple[str, float, frozenset[str]] | None
+    rejected: RejectionLog
 
     # ----- identity --------------------------------------------------------------------------
 
-    def _revoked(self) -> set[str]:
+    def _revoked(self) -> frozenset[str]:
+        """The revoked CNs and ids, re-read only when the file changes (every call checks)."""
         path = self.settings.revoked_path
         if path is None and self.settings.certs_dir is not None:
             path = str(Path(self.settings.certs_dir) / "revoked.txt")
         if path is None:
-            return set()
+            return frozenset()
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            return frozenset()
+        cached = self._revoked_cache
+        if cached is not None and cached[0] == path and cached[1] == mtime:
+            return cached[2]
         try:
             lines = Path(path).read_text().splitlines()
         except FileNotFoundError:
-            return set()
-        return {ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")}
+            return frozenset()
+        revoked = frozenset(ln.strip() for ln in lines if ln.strip() and not ln.startswith("#"))
+        self._revoked_cache = (path, mtime, revoked)
+        return revoked
 
-    def _identify(self, context: grpc.ServicerContext, claimed: int) -> int:
+    def _identify(self, context: Any, claimed: int) -> int:
         """The caller's client id: from its certificate under TLS, as claimed when insecure."""
         if self.settings.insecure:
             if claimed < 0:
@@ -151,7 +198,7 @@ class Servicer(pb_grpc.FedFleetServicer):
             return claimed
         auth = context.auth_context()
         cns = auth.get("x509_common_name") or []
-        cn = cns[0].decode(errors="replace") if cns else ""
+        cn = clip_text(cns[0].decode(errors="replace") if cns else "")
         cid = client_id_from_cn(cn)
         if cid is None:
             log.warning("refused peer %s: certificate CN %r names no client", context.peer(), cn)
@@ -167,7 +214,14 @@ class Servicer(pb_grpc.FedFleetServicer):
             )
         return cid
 
-    def caller(self, context: grpc.ServicerContext) -> str:
+    async def _identify_or_abort(self, context: Any, claimed: int) -> int:
+        try:
+            return self._identify(context, claimed)
+        except _Refused as r:
+            await context.abort(r.code, r.message)
+            raise AssertionError("unreachable") from None  # abort raises
+
+    def caller(self, context: Any) -> str:
         """Who is calling, for a refusal that comes before the message names its sender:
         ``client N`` from its certificate under TLS, else the peer's address."""
         if not self.settings.insecure:
@@ -177,24 +231,78 @@ class Servicer(pb_grpc.FedFleetServicer):
                 pass
         return f"peer {context.peer()}"
 
-    def refuse_headless(self, context: grpc.ServicerContext, rpc: str) -> str:
+    def refuse_headless(self, context: Any, rpc: str) -> str:
         """Log and return the reason for a stream that does not start with its header."""
         reason = f"{rpc} from {self.caller(context)}: the stream must start with a header"
         log.warning("refused %s", reason)
         return reason
 
+    def record_rejection(self, rej: UpdateRejected, peer: str) -> None:
+        """Keep ``rej`` in the bounded log (call with ``_cond`` held); log it while the
+        client's refusals are few, then only at powers of two, so a flood of refused messages
+        cannot flood the log either."""
+        self.rejected.append(rej)
+        count = (
+            self.rejected.by_client.get(rej.client_id, 0) if isinstance(rej.client_id, int) else 0
+        )
+        if count <= 10 or count & (count - 1) == 0:
+            extra = f"; {count} refusals of this client so far" if count > 10 else ""
+            log.warning("%s (from %s)%s", rej, peer, extra)
+
+    # ----- waking waiting calls ----------------------------------------------------------------
+
+    def _wake(self, cids: Any = None) -> None:
+        """Wake the live GetTask calls of ``cids`` (None: every client), from any thread."""
+        if self._loop.in_loop():
+            self._wake_now(cids)
+        else:
+            self._loop.call(self._wake_now, cids)
+
+    def _wake_now(self, cids: Any) -> None:
+        with self._cond:
+            infos = (
+                list(self._clients.values())
+                if cids is None
+                else [self._clients[c] for c in cids if c in self._clients]
+            )
+            events = [i.wake for i in infos if i.wake is not None]
+        for event in events:
+            event.set()
+
+    async def _wait_poll(self, info: _Client, gen: int, ready: Any, timeout: float | None) -> Any:
+        """Wait, holding no thread, until ``ready()`` (called with ``_cond`` held) returns
+        something other than None (returned), the call is superseded by a newer GetTask of the
+        same client, or ``timeout`` passes (both: None)."""
+        event = info.wake
+        assert event is not None
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        while True:
+            event.clear()
+            with self._cond:
+                if info.polls != gen:
+                    return None
+                value = ready()
+            if value is not None:
+                return value
+            left = None if end is None else end - loop.time()
+            if left is not None and left <= 0:
+                return None
+            try:
+                await asyncio.wait_for(event.wait(), left)
+            except TimeoutError:
+                pass
+
     # ----- RPCs ------------------------------------------------------------------------------
 
-    def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> Any:
-        try:
-            cid = self._identify(context, request.client_id)
-        except _Refused as r:
-            context.abort(r.code, r.message)
+    async def Register(self, request: pb.RegisterRequest, context: Any) -> Any:
+        cid = await self._identify_or_abort(context, request.client_id)
         if request.layout_fingerprint != self.fingerprint:
+            theirs = clip_text(request.layout_fingerprint)
             log.warning(
-                "refused client %d: model layout %s, the server's is %s",
+                "refused client %d: model layout %r, the server's is %s",
                 cid,
-                request.layout_fingerprint,
+                theirs,
                 self.fingerprint,
             )
             return pb.RegisterReply(
@@ -202,8 +310,8 @@ class Servicer(pb_grpc.FedFleetServicer):
                 client_id=cid,
                 layout_fingerprint=self.fingerprint,
                 message=(
-                    f"client {cid} runs model layout {request.layout_fingerprint!r} but the "
-                    f"server's is {self.fingerprint!r}; use the server's model config"
+                    f"client {cid} runs model layout {theirs!r} but the server's is "
+                    f"{self.fingerprint!r}; use the server's model config"
                 ),
             )
         if request.num_samples <= 0 or request.num_test_samples < 0:
@@ -213,9 +321,14 @@ class Servicer(pb_grpc.FedFleetServicer):
                 message="num_samples must be positive and num_test_samples non-negative",
             )
         with self._cond:
-            self._clients[cid] = _Client(
-                int(request.num_samples), time.monotonic(), int(request.num_test_samples)
+            info = self._clients.get(cid)
+            if info is None:
+                self._clients[cid] = info = _Client(0, 0.0)
+            info.num_samples, info.num_test_samples = (
+                int(request.num_samples),
+                int(request.num_test_samples),
             )
+            info.last_seen, info.gone, info.polled = time.monotonic(), False, False
             self._cond.notify_all()
         log.info(
             "client %d registered from %s (%d samples, %d held out)",
@@ -226,36 +339,77 @@ class Servicer(pb_grpc.FedFleetServicer):
         )
         return pb.RegisterReply(ok=True, client_id=cid, layout_fingerprint=self.fingerprint)
 
-    def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> Any:
-        try:
-            cid = self._identify(context, request.client_id)
-        except _Refused as r:
-            context.abort(r.code, r.message)
-        deadline = time.monotonic() + self.settings.poll_wait_s
+    async def GetTask(self, request: pb.TaskRequest, context: Any) -> AsyncIterator[Any]:
+        cid = await self._identify_or_abort(context, request.client_id)
         with self._cond:
-            if cid not in self._clients:
-                context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION, f"client {cid}: register before GetTask"
-                )
-            while True:
-                self._clients[cid].last_seen = time.monotonic()
+            info = self._clients.get(cid)
+            if info is not None:
+                info.polls += 1
+                gen, older = info.polls, info.wake
+                info.wake = asyncio.Event()
+                info.waiting, info.gone, info.polled = True, False, True
+                info.last_seen = time.monotonic()
+                if self._round is not None:
+                    self._round.gone.pop(cid, None)  # it is back: wait for its answer again
                 self._cond.notify_all()
-                rnd = self._round
-                applied = self._applied.get(cid, -1)
-                if self._done:
-                    self._told_done.add(cid)
+        if info is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"client {cid}: register before GetTask"
+            )
+            return
+        if older is not None:
+            older.set()  # the older GetTask of this client sees it is superseded and ends
+        current: _Round | None = None
+        try:
+            found = await self._wait_poll(
+                info, gen, lambda: self._task_for(cid), self.settings.poll_wait_s
+            )
+            if found is None:
+                yield pb.TaskMessage(header=pb.TaskHeader(kind=pb.TaskHeader.WAIT))
+                return
+            header, current, payload = found
+            yield pb.TaskMessage(header=header)
+            if header.kind == pb.TaskHeader.DONE:
+                return
+            for msg in self._broadcast(current, payload):
+                yield msg
+            # hold the stream open until the task is answered or the round closes: if the
+            # client dies meanwhile, this call is cancelled and the round stops waiting for it
+            await self._wait_poll(info, gen, lambda: self._task_settled(current, cid) or None, None)
+        except asyncio.CancelledError:
+            with self._cond:
+                if info.polls == gen:
+                    info.gone = True
+                    if current is not None and cid not in current.answered:
+                        current.gone[cid] = time.monotonic()
+                        log.warning(
+                            "round %d: client %d hung up before answering its task",
+                            current.rnd,
+                            cid,
+                        )
                     self._cond.notify_all()
-                    done = pb.TaskHeader(kind=pb.TaskHeader.DONE, applied_round=applied)
-                    yield pb.TaskMessage(header=done)
-                    return
-                if rnd is not None and cid in rnd.tasks and cid not in rnd.answered:
-                    task, current = rnd.tasks[cid], rnd
-                    break
-                left = deadline - time.monotonic()
-                if left <= 0 or not context.is_active():
-                    yield pb.TaskMessage(header=pb.TaskHeader(kind=pb.TaskHeader.WAIT))
-                    return
-                self._cond.wait(min(left, 0.5))
+            raise
+        finally:
+            with self._cond:
+                if info.polls == gen:
+                    info.waiting, info.last_seen = False, time.monotonic()
+                    self._cond.notify_all()
+
+    def _task_for(self, cid: int) -> tuple[pb.TaskHeader, _Round | None, dict[str, Any]] | None:
+        """The header (and round and payload) to send ``cid`` now, None to keep waiting;
+        called with ``_cond`` held."""
+        applied = self._applied.get(cid, -1)
+        if self._done:
+            self._told_done.add(cid)
+            self._cond.notify_all()
+            done = pb.TaskHeader(
+                kind=pb.TaskHeader.DONE, applied_round=applied, message=self._done_message
+            )
+            return done, None, {}
+        rnd = self._round
+        if rnd is None or cid not in rnd.tasks or cid in rnd.answered:
+            return None
+        task = rnd.tasks[cid]
         header = pb.TaskHeader(
             kind=task.kind,
             round=task.rnd,
@@ -268,9 +422,12 @@ class Servicer(pb_grpc.FedFleetServicer):
         if task.instructions is not None:
             instructions_to_header(task.instructions, header)
             payload = dict(task.instructions.payload)
-        header.tensors.extend(tensor_infos({"vector": current.vector, **payload}))
-        yield pb.TaskMessage(header=header)
-        yield from self._broadcast(current, payload)
+        header.tensors.extend(tensor_infos({"vector": rnd.vector, **payload}))
+        return header, rnd, payload
+
+    def _task_settled(self, current: _Round | None, cid: int) -> bool:
+        """The task stream of ``cid`` in ``current`` can end (``_cond`` held)."""
+        return self._done or self._round is not current or cid in current.answered  # type: ignore[union-attr]
 
     def _broadcast(self, current: _Round, payload: dict[str, np.ndarray]) -> Iterator[Any]:
         """The model's chunks (built once per round and shared), then the payload's."""
@@ -278,66 +435,111 @@ class Servicer(pb_grpc.FedFleetServicer):
         for chunk in chunk_messages(list(payload.values()), self.settings.chunk_size, start=1):
             yield pb.TaskMessage(chunk=chunk)
 
-    def SubmitUpdate(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+    async def _next_message(self, messages: Any, what: str) -> Any:
+        """The next message of an upload stream (None at its end); a client that sends
+        nothing for ``upload_idle_timeout_s`` loses the stream."""
         try:
-            first = next(request_iterator, None)
-            if first is None or first.WhichOneof("body") != "header":
-                reason = self.refuse_headless(context, "SubmitUpdate")
-                return pb.UpdateReply(accepted=False, reason=reason)
-            h = first.header
-            cid = self._identify(context, h.client_id)
-        except _Refused as r:
-            context.abort(r.code, r.message)
-        except grpc.RpcError:
-            return pb.UpdateReply(accepted=False, reason="stream broken")
+            return await asyncio.wait_for(anext(messages), self.settings.upload_idle_timeout_s)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise WireError(
+                f"{what} sent nothing for {self.settings.upload_idle_timeout_s:g} s "
+                "(upload_idle_timeout_s); the stream is closed"
+            ) from None
+
+    async def SubmitUpdate(self, request_iterator: Any, context: Any) -> Any:
+        messages = aiter(request_iterator)
+        known: int | None = None  # under TLS the caller is known before it sends anything
+        if not self.settings.insecure:
+            known = await self._identify_or_abort(context, -1)
+            refusal = self._claim_upload_slot(known)
+            if refusal is not None:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+        try:
+            return await self._receive_update(messages, context, known)
+        finally:
+            if known is not None:
+                with self._cond:
+                    self._uploads_open.discard(known)
+
+    def _claim_upload_slot(self, cid: int) -> str | None:
+        """Take ``cid``'s one upload slot; the reason it cannot, or None."""
+        with self._cond:
+            if cid in self._uploads_open:
+                return f"client {cid} already has an upload stream open (one at a time)"
+            self._uploads_open.add(cid)
+            return None
+
+    async def _receive_update(self, messages: Any, context: Any, known: int | None) -> Any:
+        peer = context.peer()
+        try:
+            first = await self._next_message(messages, f"{self.caller(context)}'s update stream")
+        except WireError as err:
+            log.warning("refused SubmitUpdate from %s: %s", self.caller(context), err)
+            return pb.UpdateReply(accepted=False, reason=str(err))
+        if first is None or first.WhichOneof("body") != "header":
+            reason = self.refuse_headless(context, "SubmitUpdate")
+            return pb.UpdateReply(accepted=False, reason=reason)
+        h = first.header
+        if known is None:  # insecure: the header names the client; still one stream each
+            cid = await self._identify_or_abort(context, h.client_id)
+            refusal = self._claim_upload_slot(cid)
+            if refusal is not None:
+                return pb.UpdateReply(accepted=False, reason=refusal)
+            try:
+                return await self._receive_body(messages, h, cid, peer)
+            finally:
+                with self._cond:
+                    self._uploads_open.discard(cid)
+        return await self._receive_body(messages, h, known, peer)
+
+    async def _receive_body(self, messages: Any, h: Any, cid: int, peer: str) -> Any:
         claimed: _Round | None = None
+        rnd = int(h.round)
         try:
             rnd, task, vector, max_samples, claimed, row = self._open_task(cid, h)
             if h.layout_fingerprint != self.fingerprint:
                 raise WireError(
-                    f"update is for layout {h.layout_fingerprint!r}, the server's is "
-                    f"{self.fingerprint!r}"
+                    f"update is for layout {clip_text(h.layout_fingerprint)!r}, the server's "
+                    f"is {self.fingerprint!r}"
                 )
             receiver = TensorReceiver(h.tensors, self.layout.size, {"vector": row})
             if receiver.names[0] != "vector":
-                raise WireError(f"the first tensor must be 'vector', got {receiver.names[0]!r}")
-            for msg in request_iterator:
+                raise WireError(
+                    f"the first tensor must be 'vector', got {clip_text(receiver.names[0])!r}"
+                )
+            while (msg := await self._next_message(messages, f"client {cid}'s upload")) is not None:
                 if msg.WhichOneof("body") != "chunk":
                     raise WireError("a second header inside one update stream")
+                if self._round is not claimed:
+                    raise WireError(f"round {rnd} closed while the upload was arriving")
                 receiver.add(msg.chunk)
-            arrays = receiver.finish()
-            delta = np.subtract(arrays.pop("vector"), vector, out=row)  # trained - global
-            update = ClientUpdate(
-                cid,
-                delta,
-                int(h.num_samples),
-                int(h.num_steps),
-                dict(h.metrics),
-                arrays,
-            )
-            validate_update(
+            update = await asyncio.to_thread(self._decode_update, receiver, vector, row, h, cid)
+            await asyncio.to_thread(
+                validate_update,
                 update,
                 self.layout,
                 rnd,
                 {cid},
                 max_samples=max_samples,
                 instructions=task.instructions,
+                max_norm=self.max_update_norm,
             )
         except (WireError, UpdateRejected) as err:
             reason = err.reason if isinstance(err, UpdateRejected) else str(err)
-            rej = UpdateRejected(cid, int(h.round), reason)
-            log.warning("%s (from %s)", rej, context.peer())
+            rej = UpdateRejected(cid, rnd, reason)
             with self._cond:
-                self.rejected.append(rej)
+                self.record_rejection(rej, peer)
                 if claimed is not None:
-                    self._close_task(cid, int(h.round), h.task_id, TRAIN)
-            return pb.UpdateReply(accepted=False, reason=reason)
-        except grpc.RpcError:
-            log.warning("client %d: upload stream broke off in round %d", cid, h.round)
+                    self._close_task(cid, rnd, h.task_id, TRAIN)
+            return pb.UpdateReply(accepted=False, reason=rej.reason)
+        except (grpc.RpcError, asyncio.CancelledError):
+            log.warning("client %d: upload stream broke off in round %d", cid, rnd)
             if claimed is not None:
                 with self._cond:
                     claimed.uploading.discard(cid)  # it may send the upload again
-            return pb.UpdateReply(accepted=False, reason="stream broken")
+            raise
         with self._cond:
             current = self._round
             if current is None or current.tasks.get(cid) is not task or cid in current.answered:
@@ -346,6 +548,7 @@ class Servicer(pb_grpc.FedFleetServicer):
             current.answered.add(cid)
             self._clients[cid].last_seen = time.monotonic()
             self._cond.notify_all()
+        self._wake([cid])  # its task stream can end
         log.info(
             "round %d: accepted update from client %d (%d samples, %d steps)",
             rnd,
@@ -355,11 +558,17 @@ class Servicer(pb_grpc.FedFleetServicer):
         )
         return pb.UpdateReply(accepted=True)
 
-    def SubmitEvaluation(self, request: pb.EvaluationResult, context: grpc.ServicerContext) -> Any:
-        try:
-            cid = self._identify(context, request.client_id)
-        except _Refused as refused:
-            context.abort(refused.code, refused.message)
+    @staticmethod
+    def _decode_update(
+        receiver: TensorReceiver, vector: np.ndarray, row: np.ndarray, h: Any, cid: int
+    ) -> ClientUpdate:
+        arrays = receiver.finish()
+        delta = np.subtract(arrays.pop("vector"), vector, out=row)  # trained - global
+        metrics = {clip_text(k): v for k, v in h.metrics.items()}
+        return ClientUpdate(cid, delta, int(h.num_samples), int(h.num_steps), metrics, arrays)
+
+    async def SubmitEvaluation(self, request: pb.EvaluationResult, context: Any) -> Any:
+        cid = await self._identify_or_abort(context, request.client_id)
         rnd, task_id = int(request.round), request.task_id
         with self._cond:
             try:
@@ -368,13 +577,16 @@ class Servicer(pb_grpc.FedFleetServicer):
                 if problem is not None:
                     raise WireError(problem)
             except WireError as err:
-                log.warning("client %d: evaluation for round %d refused: %s", cid, rnd, err)
+                self.record_rejection(
+                    UpdateRejected(cid, rnd, f"evaluation refused: {err}"), context.peer()
+                )
                 self._close_task(cid, rnd, task_id, EVALUATE)
                 return pb.EvaluationReply(accepted=False, reason=str(err))
             current.evaluations[cid] = request
             current.answered.add(cid)
             self._clients[cid].last_seen = time.monotonic()
             self._cond.notify_all()
+        self._wake([cid])
         return pb.EvaluationReply(accepted=True)
 
     # ----- tasks -----------------------------------------------------------------------------
@@ -407,6 +619,7 @@ class Servicer(pb_grpc.FedFleetServicer):
             if task.task_id == task_id and task.kind == kind:
                 current.answered.add(cid)
                 self._cond.notify_all()
+                self._wake([cid])
 
     def _open_task(
         self, cid: int, h: pb.UpdateHeader

@@ -124,6 +124,11 @@ class TensorReceiver:
         self._bufs[i][chunk.offset : end] = chunk.data
         self._filled[i] = end
 
+    @property
+    def complete(self) -> bool:
+        """Every declared tensor has all its bytes."""
+        return all(filled == self._nbytes for filled in self._filled)
+
     def finish(self) -> dict[str, np.ndarray]:
         """The tensors as native float32 arrays; raises if any is incomplete."""
         for name, filled in zip(self.names, self._filled, strict=True):

@@ -3,7 +3,8 @@ training tasks through ``GetTask``, client identity, liveness, and refusing a me
 
 These reach into the server's round state (``_cond``, ``_round``, ``_clients``) on purpose: a
 secure round is the server's round with another upload path, so it hands out tasks exactly as
-the plain round does and the clients' ``GetTask`` loop needs no change.
+the plain round does and the clients' ``GetTask`` loop needs no change. The RPC helpers are
+coroutines, as every handler on the server's event loop is.
 """
 
 from __future__ import annotations
@@ -49,24 +50,21 @@ def open_training(
         for cid, ins in plan
     }
     prepare({cid: t.task_id for cid, t in tasks.items()})
-    with fs._cond:
-        fs._round = net_server._Round(
-            rnd, vector, tasks, set(tasks), broadcast=fs._broadcast_messages(vector)
-        )
-        fs._cond.notify_all()
+    r = net_server._Round(rnd, vector, tasks, set(tasks))
+    r.broadcast = fs._broadcast_messages(vector)
+    fs._open_round(r)
     log.info("round %d: %d connected, secure round over %s", rnd, len(clients), sorted(tasks))
     return plan
 
 
 def close_training(fs: net_server.FederatedServer) -> None:
     """No more task hand-outs for this round."""
-    with fs._cond:
-        fs._round = None
-        fs._cond.notify_all()
+    fs._close_round()
 
 
 def taken(fs: net_server.FederatedServer, rnd: int, cid: int) -> None:
-    """``cid`` started its upload: ``GetTask`` must not hand it the task again; it is alive."""
+    """``cid`` started its upload: ``GetTask`` must not hand it the task again (its task
+    stream ends); it is alive."""
     with fs._cond:
         current = fs._round
         if current is not None and current.rnd == rnd:
@@ -75,20 +73,17 @@ def taken(fs: net_server.FederatedServer, rnd: int, cid: int) -> None:
         if info is not None:  # a client busy with the protocol is alive, though it does not poll
             info.last_seen = time.monotonic()
         fs._cond.notify_all()
+    fs._wake([cid])
 
 
-def identify(fs: net_server.FederatedServer, context: grpc.ServicerContext, claimed: int) -> int:
+async def identify(fs: net_server.FederatedServer, context: Any, claimed: int) -> int:
     """The caller's client id (its certificate's under mutual TLS); aborts the call if refused."""
-    try:
-        return fs._identify(context, claimed)
-    except net_server._Refused as refused:
-        context.abort(refused.code, refused.message)
-        raise AssertionError("unreachable") from None  # context.abort raises
+    return await fs._identify_or_abort(context, claimed)
 
 
-def reject(
+async def reject(
     fs: net_server.FederatedServer,
-    context: grpc.ServicerContext,
+    context: Any,
     cid: int,
     rnd: int,
     reason: str,
@@ -96,8 +91,7 @@ def reject(
 ) -> NoReturn:
     """Refuse the call with ``reason``: logged with client and round, kept in ``fs.rejected``."""
     rej = UpdateRejected(cid, rnd, reason)
-    log.warning("secure aggregation: %s (from %s)", rej, context.peer())
     with fs._cond:
-        fs.rejected.append(rej)
-    context.abort(code, str(rej))
+        fs.record_rejection(rej, f"secure aggregation, {context.peer()}")
+    await context.abort(code, str(rej))
     raise AssertionError("unreachable")  # context.abort raises

@@ -16,11 +16,11 @@ is refused.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +29,11 @@ import numpy as np
 
 from fedfleet.errors import FedfleetError
 from fedfleet.net import server as net_server
+from fedfleet.net._loop import SharedCondition
 from fedfleet.net.secure import _rounds
 from fedfleet.net.secure import he_pb2 as hpb
 from fedfleet.net.secure import he_pb2_grpc as hpb_grpc
+from fedfleet.net.wire import WireError
 from fedfleet.privacy.he import EncryptedVector, HEError
 from fedfleet.strategies.base import ClientUpdate, StrategyState
 from fedfleet.strategies.he_fedavg import HEFedAvg
@@ -48,11 +50,19 @@ def blob_messages(ref: hpb.HERef, data: bytes, chunk_size: int) -> Iterator[hpb.
         yield hpb.BlobMessage(chunk=hpb.BlobChunk(offset=off, data=data[off : off + chunk_size]))
 
 
-def _read_blob(first: hpb.BlobHeader, rest: Any, limit: int, what: str) -> bytes:
+async def _read_blob(
+    fs: net_server.FederatedServer, first: hpb.BlobHeader, rest: Any, limit: int, what: str
+) -> bytes:
     if first.size > limit:
         raise HEError(f"{what} declares {first.size} bytes, at most {limit} expected")
     buf = bytearray()
-    for message in rest:
+    while True:
+        try:
+            message = await fs._next_message(rest, what)
+        except WireError as err:
+            raise HEError(str(err)) from None
+        if message is None:
+            break
         chunk = message.chunk
         if message.WhichOneof("body") != "chunk" or chunk.offset != len(buf):
             raise HEError(f"{what}: chunk out of order at byte {chunk.offset}")
@@ -89,13 +99,13 @@ class HERounds(hpb_grpc.HEAggregationServicer):
                 "(HEFedAvg(public=load_public(...))), the key holders are clients"
             )
         self.fs, self.strategy = server, strategy
-        self._lock = threading.Condition()
+        self._lock = SharedCondition(server._loop)
         self._round: _HERound | None = None
         self._results: dict[int, tuple[np.ndarray | None, dict[str, float]]] = {}
         self._limit = 0
         self._length = 0
 
-    def register(self, grpc_server: grpc.Server) -> None:
+    def register(self, grpc_server: grpc.aio.Server) -> None:
         hpb_grpc.add_HEAggregationServicer_to_server(self, grpc_server)
 
     # ----- the round runner ------------------------------------------------------------------
@@ -185,12 +195,12 @@ class HERounds(hpb_grpc.HEAggregationServicer):
 
     # ----- RPCs ------------------------------------------------------------------------------
 
-    def _open(self, context: grpc.ServicerContext, ref: hpb.HERef) -> tuple[int, _HERound]:
-        cid = _rounds.identify(self.fs, context, ref.client_id)
+    async def _open(self, context: Any, ref: hpb.HERef) -> tuple[int, _HERound]:
+        cid = await _rounds.identify(self.fs, context, ref.client_id)
         with self._lock:
             r = self._round
         if r is None or r.rnd != ref.round or cid not in r.task_ids:
-            _rounds.reject(
+            await _rounds.reject(
                 self.fs,
                 context,
                 cid,
@@ -199,25 +209,40 @@ class HERounds(hpb_grpc.HEAggregationServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
             )
         if not secrets.compare_digest(r.task_ids[cid], ref.task_id):
-            _rounds.reject(
+            await _rounds.reject(
                 self.fs, context, cid, r.rnd, "task id does not match this round's task (stale)"
             )
         _rounds.taken(self.fs, r.rnd, cid)
         return cid, r
 
-    def SubmitEncrypted(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("body") != "header":
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                self.fs.refuse_headless(context, "SubmitEncrypted"),
-            )
-            raise AssertionError("unreachable")
-        cid, r = self._open(context, first.header.ref)
+    async def _first(self, request_iterator: Any, context: Any, rpc: str) -> tuple[Any, Any]:
+        """The stream's messages and its header; refuses a stream that does not start with
+        one (or stays silent for ``upload_idle_timeout_s``)."""
+        messages = aiter(request_iterator)
         try:
-            data = _read_blob(first.header, request_iterator, self._limit, "encrypted update")
-            vec = EncryptedVector.from_bytes(data)
-            self.strategy.public.validate(vec, self._length)
+            first = await self.fs._next_message(messages, f"{self.fs.caller(context)}'s {rpc}")
+        except WireError as err:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(err))
+        if first is None or first.WhichOneof("body") != "header":
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, self.fs.refuse_headless(context, rpc)
+            )
+        return messages, first
+
+    def _gone(self, r: _HERound, cid: int) -> None:
+        with self._lock:
+            r.gone.add(cid)
+            self._lock.notify_all()
+
+    async def SubmitEncrypted(self, request_iterator: Any, context: Any) -> Any:
+        messages, first = await self._first(request_iterator, context, "SubmitEncrypted")
+        cid, r = await self._open(context, first.header.ref)
+        try:
+            data = await _read_blob(
+                self.fs, first.header, messages, self._limit, "encrypted update"
+            )
+            vec = await asyncio.to_thread(EncryptedVector.from_bytes, data)
+            await asyncio.to_thread(self.strategy.public.validate, vec, self._length)
             with self.fs._cond:
                 info = self.fs._clients.get(cid)
                 registered = 0 if info is None else info.num_samples
@@ -227,34 +252,40 @@ class HERounds(hpb_grpc.HEAggregationServicer):
                     "samples this client registered"
                 )
         except HEError as err:
-            _rounds.reject(self.fs, context, cid, r.rnd, f"encrypted update unusable: {err}")
-        except grpc.RpcError:
-            with self._lock:
-                r.gone.add(cid)
-                self._lock.notify_all()
-            return hpb.HEReply(accepted=False, reason="stream broken")
+            await _rounds.reject(self.fs, context, cid, r.rnd, f"encrypted update unusable: {err}")
+        except asyncio.CancelledError:
+            self._gone(r, cid)
+            raise
+        problem = None
         with self._lock:
             if cid in r.uploads:
-                _rounds.reject(self.fs, context, cid, r.rnd, "already uploaded (replayed)")
-            if r.closed:
+                problem = "already uploaded (replayed)"
+            elif r.closed:
                 return hpb.HEReply(accepted=False, reason="the upload deadline passed")
-            r.uploads[cid], r.weights[cid] = data, vec.weight
-            self._lock.notify_all()
+            else:
+                r.uploads[cid], r.weights[cid] = data, vec.weight
+                self._lock.notify_all()
+        if problem is not None:
+            await _rounds.reject(self.fs, context, cid, r.rnd, problem)
         return hpb.HEReply(accepted=True)
 
-    def AwaitAggregate(self, request: hpb.HERef, context: grpc.ServicerContext) -> Any:
-        cid, r = self._open(context, request)
+    async def AwaitAggregate(self, request: hpb.HERef, context: Any) -> AsyncIterator[Any]:
+        cid, r = await self._open(context, request)
         with self._lock:
-            if cid not in r.uploads:
-                _rounds.reject(self.fs, context, cid, r.rnd, "no accepted upload from this client")
-            r.waiting.add(cid)
-            self._lock.notify_all()
-            while r.holder is None and r.ended is None:
-                if not context.is_active():
-                    r.gone.add(cid)
-                    self._lock.notify_all()
-                    return
-                self._lock.wait(0.5)
+            uploaded = cid in r.uploads
+            if uploaded:
+                r.waiting.add(cid)
+                self._lock.notify_all()
+        if not uploaded:
+            await _rounds.reject(
+                self.fs, context, cid, r.rnd, "no accepted upload from this client"
+            )
+        try:
+            await self._lock.wait_for(lambda: r.holder is not None or r.ended is not None, None)
+        except asyncio.CancelledError:
+            self._gone(r, cid)
+            raise
+        with self._lock:
             aggregate = r.aggregate if r.holder == cid else None
         if aggregate is None:
             reason = r.ended or f"client {r.holder} decrypts this round"
@@ -266,28 +297,23 @@ class HERounds(hpb_grpc.HEAggregationServicer):
             data = aggregate[off : off + chunk]
             yield hpb.AggregateMessage(chunk=hpb.BlobChunk(offset=off, data=data))
 
-    def SubmitMean(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("body") != "header":
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, self.fs.refuse_headless(context, "SubmitMean")
-            )
-            raise AssertionError("unreachable")
-        cid, r = self._open(context, first.header.ref)
+    async def SubmitMean(self, request_iterator: Any, context: Any) -> Any:
+        messages, first = await self._first(request_iterator, context, "SubmitMean")
+        cid, r = await self._open(context, first.header.ref)
         if r.holder != cid or r.mean is not None:
-            _rounds.reject(
+            await _rounds.reject(
                 self.fs, context, cid, r.rnd, f"client {cid} is not this round's key holder"
             )
         size = 8 * self._length
         try:
-            data = _read_blob(first.header, request_iterator, size, "decrypted mean")
+            data = await _read_blob(self.fs, first.header, messages, size, "decrypted mean")
             if len(data) != size:
                 raise HEError(f"decrypted mean is {len(data)} bytes, expected {size}")
             mean = np.frombuffer(data, dtype="<f8").astype(np.float64)
             if not np.isfinite(mean).all():
                 raise HEError("decrypted mean has non-finite values")
         except HEError as err:
-            _rounds.reject(self.fs, context, cid, r.rnd, str(err))
+            await _rounds.reject(self.fs, context, cid, r.rnd, str(err))
         with self._lock:
             r.mean = mean
             self._lock.notify_all()

@@ -20,9 +20,9 @@ round, recorded in ``FederatedServer.rejected``, and never reaches the state mac
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,10 +32,12 @@ import grpc
 import numpy as np
 
 from fedfleet.net import server as net_server
+from fedfleet.net._loop import SharedCondition
 from fedfleet.net.secure import _rounds
 from fedfleet.net.secure import secagg_pb2 as spb
 from fedfleet.net.secure import secagg_pb2_grpc as spb_grpc
 from fedfleet.net.secure import secagg_wire as wire
+from fedfleet.net.wire import WireError
 from fedfleet.privacy.secagg.errors import SecAggAborted, SecAggProtocolError
 from fedfleet.privacy.secagg.messages import AdvertiseKeys, MaskedInput
 from fedfleet.privacy.secagg.server import SecAggServer
@@ -60,6 +62,8 @@ class _SecureRound:
     inbox: dict[int, dict[int, Any]] = field(default_factory=lambda: {s: {} for s in range(1, 5)})
     outbox: dict[int, Mapping[int, Any]] = field(default_factory=dict)
     gone: set[int] = field(default_factory=set)
+    receiving: set[int] = field(default_factory=set)
+    """Clients whose masked-input stream is open (one at a time each)."""
     sent_bytes: dict[int, int] = field(default_factory=dict)
 
 
@@ -68,11 +72,11 @@ class SecAggRounds(spb_grpc.SecureAggregationServicer):
 
     def __init__(self, server: net_server.FederatedServer, strategy: SecAggFedAvg) -> None:
         self.fs, self.strategy = server, strategy
-        self._lock = threading.Condition()
+        self._lock = SharedCondition(server._loop)
         self._round: _SecureRound | None = None
         self._results: dict[int, tuple[np.ndarray | None, int, dict[str, float]]] = {}
 
-    def register(self, grpc_server: grpc.Server) -> None:
+    def register(self, grpc_server: grpc.aio.Server) -> None:
         spb_grpc.add_SecureAggregationServicer_to_server(self, grpc_server)
 
     # ----- the round runner (the server's main thread) ----------------------------------------
@@ -192,23 +196,23 @@ class SecAggRounds(spb_grpc.SecureAggregationServicer):
 
     # ----- checks shared by the RPCs -----------------------------------------------------------
 
-    def _reject(
+    async def _reject(
         self,
-        context: grpc.ServicerContext,
+        context: Any,
         cid: int,
         rnd: int,
         reason: str,
         code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
     ) -> NoReturn:
-        _rounds.reject(self.fs, context, cid, rnd, reason, code)
+        await _rounds.reject(self.fs, context, cid, rnd, reason, code)
 
-    def _open(self, context: grpc.ServicerContext, ref: spb.RoundRef) -> tuple[int, _SecureRound]:
+    async def _open(self, context: Any, ref: spb.RoundRef) -> tuple[int, _SecureRound]:
         """The authenticated caller and its round; refuses other rounds and stale task ids."""
-        cid = _rounds.identify(self.fs, context, ref.client_id)
+        cid = await _rounds.identify(self.fs, context, ref.client_id)
         with self._lock:
             r = self._round
         if r is None or r.rnd != ref.round or cid not in r.task_ids:
-            self._reject(
+            await self._reject(
                 context,
                 cid,
                 ref.round,
@@ -216,7 +220,7 @@ class SecAggRounds(spb_grpc.SecureAggregationServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
             )
         if not secrets.compare_digest(r.task_ids[cid], ref.task_id):
-            self._reject(
+            await self._reject(
                 context,
                 cid,
                 ref.round,
@@ -225,47 +229,58 @@ class SecAggRounds(spb_grpc.SecureAggregationServicer):
         _rounds.taken(self.fs, r.rnd, cid)
         return cid, r
 
-    def _admit(self, context: grpc.ServicerContext, r: _SecureRound, cid: int, stage: int) -> None:
-        """Under the lock: ``cid`` has not sent this stage's message, the stage is open, and
-        ``cid`` is part of it."""
+    def _admit(self, r: _SecureRound, cid: int, stage: int) -> tuple[str, grpc.StatusCode] | None:
+        """Under the lock: why ``cid`` may not send this stage's message now (None: it may):
+        it sent it already, the stage is not open, or ``cid`` is not part of it."""
         if cid in r.inbox[stage]:
-            self._reject(
-                context, cid, r.rnd, f"client {cid} already sent its {_NAMES[stage]} (replayed)"
-            )
+            reason = f"client {cid} already sent its {_NAMES[stage]} (replayed)"
+            return reason, grpc.StatusCode.INVALID_ARGUMENT
         if r.stage != stage or r.closing:
             state = "has not opened yet" if r.stage < stage else "is closed"
-            self._reject(
-                context,
-                cid,
-                r.rnd,
-                f"{_NAMES[stage]} arrived but stage {stage} {state}",
-                grpc.StatusCode.FAILED_PRECONDITION,
-            )
+            reason = f"{_NAMES[stage]} arrived but stage {stage} {state}"
+            return reason, grpc.StatusCode.FAILED_PRECONDITION
         if stage > 1 and cid not in r.outbox[stage - 1]:
-            self._reject(
-                context,
-                cid,
-                r.rnd,
-                f"client {cid} is not part of stage {stage} (it missed stage {stage - 1})",
-                grpc.StatusCode.FAILED_PRECONDITION,
-            )
+            reason = f"client {cid} is not part of stage {stage} (it missed stage {stage - 1})"
+            return reason, grpc.StatusCode.FAILED_PRECONDITION
+        return None
+
+    async def _accept(
+        self, context: Any, r: _SecureRound, cid: int, stage: int, check: Callable[[], Any]
+    ) -> None:
+        """Admit ``cid`` to ``stage``, run ``check()`` (the message, or SecAggProtocolError)
+        and store the message; refuses the call otherwise."""
+        problem: tuple[str, grpc.StatusCode] | None
+        with self._lock:
+            problem = self._admit(r, cid, stage)
+            if problem is None:
+                try:
+                    self._store(r, stage, check())
+                except SecAggProtocolError as err:
+                    problem = (str(err), grpc.StatusCode.INVALID_ARGUMENT)
+        if problem is not None:
+            await self._reject(context, cid, r.rnd, *problem)
 
     def _store(self, r: _SecureRound, stage: int, message: Any) -> None:
         r.inbox[stage][message.client_id] = message
         r.sent_bytes[message.client_id] = r.sent_bytes.get(message.client_id, 0) + message.nbytes()
         self._lock.notify_all()
 
-    def _await(self, context: grpc.ServicerContext, r: _SecureRound, stage: int, cid: int) -> Any:
-        """Wait for ``stage`` to close; the server's next message for ``cid`` or an abort."""
+    def _gone(self, r: _SecureRound, cid: int) -> None:
         with self._lock:
-            while r.stage <= stage:
-                if r.aborted is not None or self._round is not r:
-                    break
-                if not context.is_active():  # the client hung up: do not wait for it again
-                    r.gone.add(cid)
-                    self._lock.notify_all()
-                    break
-                self._lock.wait(0.5)
+            r.gone.add(cid)
+            self._lock.notify_all()
+
+    async def _await(self, r: _SecureRound, stage: int, cid: int) -> Any:
+        """Wait (holding no thread) for ``stage`` to close; the server's next message for
+        ``cid`` or an abort. A client that hangs up meanwhile is not waited for again."""
+        try:
+            await self._lock.wait_for(
+                lambda: r.stage > stage or r.aborted is not None or self._round is not r, None
+            )
+        except asyncio.CancelledError:
+            self._gone(r, cid)
+            raise
+        with self._lock:
             if r.aborted is not None:
                 return spb.Status(aborted=True, reason=r.aborted)
             out = r.outbox.get(stage, {}).get(cid)
@@ -275,102 +290,120 @@ class SecAggRounds(spb_grpc.SecureAggregationServicer):
 
     # ----- RPCs --------------------------------------------------------------------------------
 
-    def GetSetup(self, request: spb.RoundRef, context: grpc.ServicerContext) -> Any:
-        cid, r = self._open(context, request)
+    async def GetSetup(self, request: spb.RoundRef, context: Any) -> Any:
+        cid, r = await self._open(context, request)
         if r.aborted is not None or r.machine is None:
             return spb.SetupReply(status=spb.Status(aborted=True, reason=r.aborted or ""))
         return wire.setup_to_pb(r.outbox[0][cid])
 
-    def AdvertiseKeys(
-        self, request: spb.AdvertiseKeysRequest, context: grpc.ServicerContext
-    ) -> Any:
-        cid, r = self._open(context, request.ref)
+    async def AdvertiseKeys(self, request: spb.AdvertiseKeysRequest, context: Any) -> Any:
+        cid, r = await self._open(context, request.ref)
         msg = AdvertiseKeys(cid, bytes(request.enc_public), bytes(request.mask_public))
-        with self._lock:
-            self._admit(context, r, cid, 1)
+
+        def check() -> AdvertiseKeys:
             seen = {k for m in r.inbox[1].values() for k in (m.enc_public, m.mask_public)}
-            try:
-                assert r.machine is not None
-                r.machine.check_keys(msg, seen)
-            except SecAggProtocolError as err:
-                self._reject(context, cid, r.rnd, str(err))
-            self._store(r, 1, msg)
-        out = self._await(context, r, 1, cid)
+            assert r.machine is not None
+            r.machine.check_keys(msg, seen)
+            return msg
+
+        await self._accept(context, r, cid, 1, check)
+        out = await self._await(r, 1, cid)
         if isinstance(out, spb.Status):
             return spb.PublicKeysReply(status=out)
         return wire.public_keys_to_pb(out)
 
-    def ShareKeys(self, request: spb.ShareKeysRequest, context: grpc.ServicerContext) -> Any:
-        cid, r = self._open(context, request.ref)
-        with self._lock:
-            self._admit(context, r, cid, 2)
-            try:
-                assert r.machine is not None
-                limit = len(r.machine.graph[cid])
-                msg = wire.share_keys_message(cid, request, limit)
-                r.machine.check_shares(msg)
-            except SecAggProtocolError as err:
-                self._reject(context, cid, r.rnd, str(err))
-            self._store(r, 2, msg)
-        out = self._await(context, r, 2, cid)
+    async def ShareKeys(self, request: spb.ShareKeysRequest, context: Any) -> Any:
+        cid, r = await self._open(context, request.ref)
+
+        def check() -> Any:
+            assert r.machine is not None
+            msg = wire.share_keys_message(cid, request, len(r.machine.graph[cid]))
+            r.machine.check_shares(msg)
+            return msg
+
+        await self._accept(context, r, cid, 2, check)
+        out = await self._await(r, 2, cid)
         if isinstance(out, spb.Status):
             return spb.ForwardedSharesReply(status=out)
         return spb.ForwardedSharesReply(ciphertexts=wire.ciphertexts_to_pb(out.ciphertexts))
 
-    def SubmitMasked(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
-        first = next(request_iterator, None)
+    async def SubmitMasked(self, request_iterator: Any, context: Any) -> Any:
+        messages = aiter(request_iterator)
+        try:
+            first = await self.fs._next_message(messages, f"{self.fs.caller(context)}'s input")
+        except WireError as err:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(err))
         if first is None or first.WhichOneof("body") != "header":
-            context.abort(
+            await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, self.fs.refuse_headless(context, "SubmitMasked")
             )
-            raise AssertionError("unreachable")  # context.abort raises
-        cid, r = self._open(context, first.header.ref)
+        cid, r = await self._open(context, first.header.ref)
         with self._lock:
-            self._admit(context, r, cid, 3)
+            problem = self._admit(r, cid, 3)
+            if problem is None and cid in r.receiving:
+                problem = (
+                    f"client {cid} already has a masked-input stream open",
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                )
+            if problem is None:
+                r.receiving.add(cid)
+        if problem is not None:
+            await self._reject(context, cid, r.rnd, *problem)
+        try:
+            return await self._receive_masked(context, messages, first, cid, r)
+        finally:
+            with self._lock:
+                r.receiving.discard(cid)
+
+    async def _receive_masked(
+        self, context: Any, messages: Any, first: Any, cid: int, r: _SecureRound
+    ) -> Any:
         assert r.machine is not None
-        receiver: wire.MaskedReceiver | None
         try:
             receiver = wire.MaskedReceiver(cid, first.header.length, r.machine.config.vector_length)
-            for message in request_iterator:
+            what = f"client {cid}'s masked input"
+            while (message := await self.fs._next_message(messages, what)) is not None:
                 if message.WhichOneof("body") != "chunk":
                     raise SecAggProtocolError(f"client {cid} sent a second header")
                 receiver.add(message.chunk)
-        except grpc.RpcError:
-            receiver = None
-        except SecAggProtocolError as err:
-            self._reject(context, cid, r.rnd, str(err))
-        if receiver is None or not receiver.complete:
+        except (SecAggProtocolError, WireError) as err:
+            await self._reject(context, cid, r.rnd, str(err))
+        except asyncio.CancelledError:
             # The call broke off mid-upload (a client killed now looks like this): stop waiting
             # for it at this stage; it may still send a whole input before the stage closes.
             log.warning("round %d: client %d's masked input broke off", r.rnd, cid)
-            with self._lock:
-                r.gone.add(cid)
-                self._lock.notify_all()
-        if receiver is None:  # the call is gone: nobody to answer
-            return spb.UnmaskRequestReply()
-        try:
-            msg = MaskedInput(cid, receiver.finish(), r.machine.bits)
-            r.machine.check_masked(msg)
-        except SecAggProtocolError as err:
-            self._reject(context, cid, r.rnd, str(err))
-        with self._lock:
-            self._admit(context, r, cid, 3)
-            self._store(r, 3, msg)
-        out = self._await(context, r, 3, cid)
+            self._gone(r, cid)
+            raise
+        if not receiver.complete:
+            # a killed client's stream ends here, early
+            log.warning("round %d: client %d's masked input broke off (ended early)", r.rnd, cid)
+            self._gone(r, cid)
+        machine = r.machine
+        await self._accept(
+            context,
+            r,
+            cid,
+            3,
+            lambda: _checked(MaskedInput(cid, receiver.finish(), machine.bits), machine),
+        )
+        out = await self._await(r, 3, cid)
         if isinstance(out, spb.Status):
             return spb.UnmaskRequestReply(status=out)
         return spb.UnmaskRequestReply(survivors=list(out.survivors))
 
-    def Unmask(self, request: spb.UnmaskRequest, context: grpc.ServicerContext) -> Any:
-        cid, r = self._open(context, request.ref)
-        with self._lock:
-            self._admit(context, r, cid, 4)
-            try:
-                assert r.machine is not None
-                limit = len(r.machine.graph[cid]) + 1
-                msg = wire.unmask_response_from_pb(cid, request, limit)
-                r.machine.check_unmask(msg)
-            except SecAggProtocolError as err:
-                self._reject(context, cid, r.rnd, str(err))
-            self._store(r, 4, msg)
+    async def Unmask(self, request: spb.UnmaskRequest, context: Any) -> Any:
+        cid, r = await self._open(context, request.ref)
+
+        def check() -> Any:
+            assert r.machine is not None
+            msg = wire.unmask_response_from_pb(cid, request, len(r.machine.graph[cid]) + 1)
+            r.machine.check_unmask(msg)
+            return msg
+
+        await self._accept(context, r, cid, 4, check)
         return spb.UnmaskReply()
+
+
+def _checked(msg: MaskedInput, machine: SecAggServer) -> MaskedInput:
+    machine.check_masked(msg)
+    return msg

@@ -1,0 +1,254 @@
+"""An authenticated but hostile client against a live TLS server on 127.0.0.1.
+
+The server and two honest clients run in this process (threads), each client with its own
+certificate; the hostile client holds client 2's certificate and attacks over its own channel.
+Every test waits on the run finishing (a thread exit) with a generous limit; none measures time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import wait_for, write_config
+from fedfleet.errors import UpdateRejected
+from fedfleet.net import fedfleet_pb2 as pb
+from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
+from fedfleet.net.checkpoint import CHECKPOINT_NAME
+from fedfleet.net.cli import read_config
+from fedfleet.net.client import ClientSettings, FederatedClient
+from fedfleet.net.server import FederatedServer, ServerSettings, grpc_options
+from fedfleet.params import Layout
+from fedfleet.strategies.base import ClientUpdate
+from fedfleet.validation import validate_update
+
+HOSTILE = 2
+
+
+class Federation:
+    """A TLS server running ``rounds`` rounds and honest clients 0 and 1, all in threads."""
+
+    def __init__(self, tmp: Path, certs: Path, rounds: int = 3, **settings: Any) -> None:
+        cfg, _ = read_config(write_config(tmp / "run.toml", rounds=rounds))
+        self.certs = certs
+        defaults: dict[str, Any] = {
+            "certs_dir": str(certs), "min_clients": 2, "min_accept": 1, "round_timeout_s": 120.0,
+            "heartbeat_timeout_s": 1.0, "run_dir": str(tmp / "run"),
+        }  # fmt: skip
+        self.server = FederatedServer(cfg, ServerSettings(**{**defaults, **settings}))
+        self.port = self.server.start()
+        self.result: dict[str, Any] = {}
+        self.errors: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._serve, daemon=True)]
+        for cid in (0, 1):
+            client = FederatedClient(
+                cfg,
+                ClientSettings(server=f"127.0.0.1:{self.port}", certs_dir=str(certs)),
+                cid,
+            )
+            self.threads.append(threading.Thread(target=self._guard(client.run), daemon=True))
+
+    def _guard(self, fn: Any) -> Any:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:
+                self.errors.append(e)
+
+        return run
+
+    def _serve(self) -> None:
+        try:
+            self.result = self.server.run()
+        except BaseException as e:
+            self.errors.append(e)
+        finally:
+            self.server.stop()
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def join(self, timeout: float = 300.0) -> None:
+        for t in self.threads:
+            t.join(timeout)
+            assert not t.is_alive(), f"the federation did not finish within {timeout} s"
+        assert not self.errors, self.errors
+
+    def hostile_channel(self) -> grpc.Channel:
+        c = self.certs
+        creds = grpc.ssl_channel_credentials(
+            (c / "ca.pem").read_bytes(),
+            (c / f"client-{HOSTILE}.key").read_bytes(),
+            (c / f"client-{HOSTILE}.pem").read_bytes(),
+        )
+        return grpc.secure_channel(f"127.0.0.1:{self.port}", creds, options=grpc_options(8 << 20))
+
+    def register_hostile(self, stub: pb_grpc.FedFleetStub) -> None:
+        reply = stub.Register(
+            pb.RegisterRequest(layout_fingerprint=self.server.fingerprint, num_samples=10)
+        )
+        assert reply.ok, reply.message
+
+
+@pytest.fixture
+def federation(tmp_path: Path, certs_dir: Path) -> Iterator[Federation]:
+    fed = Federation(tmp_path, certs_dir, upload_idle_timeout_s=2.0)
+    yield fed
+    fed.server.stop(linger_s=0)
+
+
+def test_stalled_upload_streams_do_not_stop_honest_rounds(federation):
+    """40 upload streams that never send a byte (more than the old server's 32 threads): the
+    federation still finishes every round; the second stream of the same client is refused
+    at once, and the stalled one is cut after upload_idle_timeout_s."""
+    channel = federation.hostile_channel()
+    stub = pb_grpc.FedFleetStub(channel)
+    federation.register_hostile(stub)
+    release = threading.Event()
+
+    def silent() -> Iterator[pb.UpdateMessage]:
+        release.wait()
+        return
+        yield  # a generator that sends nothing until released
+
+    calls = [stub.SubmitUpdate.future(silent()) for _ in range(40)]
+    federation.start()
+    federation.join()
+    release.set()
+    assert [r["round"] for r in federation.result["history"]] == [1, 2, 3]
+    codes, refused_idle = [], 0
+    for call in calls:
+        try:
+            reply = call.result(timeout=60)
+            refused_idle += "sent nothing" in reply.reason and not reply.accepted
+        except grpc.RpcError as err:
+            codes.append(err.code())
+            assert "already has an upload stream open" in err.details()
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 39 - refused_idle
+    assert refused_idle >= 1, "the stalled stream should have been closed for idling"
+    channel.close()
+
+
+def test_flood_of_refused_uploads_keeps_the_log_and_checkpoint_bounded(federation):
+    """1,000 refused uploads, each with a 100 KB layout fingerprint and tensor name: every
+    refusal is counted, only the last ``max_rejections_kept`` are kept, reasons are clipped,
+    and the checkpoint stays small (it held every refusal before)."""
+    channel = federation.hostile_channel()
+    stub = pb_grpc.FedFleetStub(channel)
+    federation.register_hostile(stub)
+    huge = "x" * 100_000
+    header = pb.UpdateHeader(
+        round=1, task_id=huge, layout_fingerprint=huge, num_samples=1,
+        tensors=[pb.TensorInfo(name=huge, shape=[5], dtype="<f4")],
+    )  # fmt: skip
+    replies = [stub.SubmitUpdate(iter([pb.UpdateMessage(header=header)])) for _ in range(1000)]
+    assert not any(r.accepted for r in replies)
+    assert all(len(r.reason) < 1000 for r in replies)
+    federation.start()
+    federation.join()
+    server = federation.server
+    assert len(server.rejected) >= 1000
+    assert server.rejected.by_client[HOSTILE] >= 1000
+    kept = list(server.rejected)
+    assert len(kept) == server.settings.max_rejections_kept
+    assert all(len(r.reason) <= 500 and r.client_id == HOSTILE for r in kept)
+    size = (Path(server.settings.run_dir) / CHECKPOINT_NAME).stat().st_size
+    model_bytes = 4 * server.layout.size
+    assert size < model_bytes + 200_000, f"checkpoint is {size} bytes"
+    channel.close()
+
+
+def test_a_client_that_registers_but_never_asks_for_work_is_never_sampled(tmp_path, certs_dir):
+    """Registering alone does not make a client eligible: one that never polls would hold
+    every round that samples it until the deadline. Each round trains both honest clients."""
+    fed = Federation(tmp_path, certs_dir, rounds=4, heartbeat_timeout_s=60.0)
+    channel = fed.hostile_channel()
+    fed.register_hostile(pb_grpc.FedFleetStub(channel))
+    fed.start()
+    fed.join()
+    assert [r["num_clients"] for r in fed.result["history"]] == [2, 2, 2, 2]
+    channel.close()
+
+
+def test_a_second_poll_of_the_same_client_ends_the_first(federation):
+    """GetTask calls do not pile up per client: a newer one ends the older with WAIT."""
+    channel = federation.hostile_channel()
+    stub = pb_grpc.FedFleetStub(channel)
+    federation.register_hostile(stub)
+    first = stub.GetTask(pb.TaskRequest())
+    second = stub.GetTask(pb.TaskRequest())
+    header = next(first).header
+    assert header.kind == pb.TaskHeader.WAIT
+    second.cancel()
+    channel.close()
+
+
+def test_oversized_update_is_refused_naming_client_and_norm(tmp_path, certs_dir):
+    """strategy.max_update_norm: honest updates larger than the bound are refused, naming the
+    client and the norm, and never reach aggregation (the server retries the round)."""
+    fed = Federation(tmp_path, certs_dir, rounds=1)
+    fed.server.max_update_norm = 1e-9
+    seen: list[Any] = []
+    fed.server.on_aggregate = lambda rnd, updates: seen.append(updates)
+    fed.start()
+    try:
+        wait_for(lambda: len(fed.server.rejected) >= 2, 300, "two refused updates")
+    finally:
+        fed.server.stop(linger_s=10)
+    refused = list(fed.server.rejected)[:2]  # later ones may race the stop
+    assert {r.client_id for r in refused} == {0, 1}
+    for r in refused:
+        assert "L2 norm" in r.reason and "max_update_norm" in r.reason, r.reason
+        norm = float(r.reason.split("L2 norm ")[1].split(",")[0])
+        assert norm > 1e-9
+    assert not seen
+
+
+def test_validation_bounds_the_update_norm():
+    layout = Layout.from_shapes({"w": (4,)})
+    update = ClientUpdate(7, np.full(4, 2.0, np.float32), 10, 1)  # L2 norm 4
+    validate_update(update, layout, 3, {7}, max_norm=4.5)
+    with pytest.raises(UpdateRejected, match=r"client 7 rejected: delta has L2 norm 4, above"):
+        validate_update(update, layout, 3, {7}, max_norm=3.0)
+
+
+def test_rejection_reasons_are_clipped():
+    rej = UpdateRejected(3, 1, "layout " + "x" * 1_000_000)
+    assert len(rej.reason) <= 500 and "more chars" in rej.reason
+    assert len(str(rej)) < 600
+
+
+def test_deployed_dp_noise_is_unpredictable_unless_a_test_asks_by_name(tmp_path):
+    """A deployed server and client draw DP noise from the OS CSPRNG by default; seeded noise
+    (regenerable from the config.toml written beside the model) is refused, and only the
+    name that says it is for tests gets it."""
+    from fedfleet.errors import FedfleetError
+
+    base = write_config(tmp_path / "run.toml", rounds=1).read_text()
+    dp = base.replace("clients_per_round = 2", 'clients_per_round = 2\nname = "dpfedavg"')
+    dp += "[privacy]\nnoise_multiplier = 1.0\n"
+    settings = ServerSettings(insecure=True)
+    for noise, expect in [(None, "secure"), ("secure", "secure"),
+                          ("seeded-testing-only", "seeded-testing-only")]:  # fmt: skip
+        text = dp if noise is None else dp + f'noise = "{noise}"\n'
+        cfg, _ = read_config(_write(tmp_path / "dp.toml", text))
+        assert FederatedServer(cfg, settings).config.privacy.noise == expect
+        client = FederatedClient(cfg, ClientSettings(server="127.0.0.1:1", insecure=True), 0)
+        assert client.config.privacy.noise == expect
+    cfg, _ = read_config(_write(tmp_path / "dp.toml", dp + 'noise = "seeded"\n'))
+    with pytest.raises(FedfleetError, match="seeded-testing-only"):
+        FederatedServer(cfg, settings)
+    with pytest.raises(FedfleetError, match="OS CSPRNG"):
+        FederatedClient(cfg, ClientSettings(server="127.0.0.1:1", insecure=True), 0)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
