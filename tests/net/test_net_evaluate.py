@@ -80,6 +80,8 @@ def test_evaluation_reports_are_validated_and_summarised(tmp_path):
                 num_test_samples=HELD_OUT,
             )  # fmt: skip
             assert stub.Register(reg, timeout=10).ok
+        for cid in range(3):  # a client counts as connected once it has asked for work
+            read_task(stub, cid, server.layout.size, timeout=120)
         for cid in range(3):
             train(cid)
         first = {cid: task(cid)[0] for cid in range(3)}
