@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from _procs import Procs  # bench/_procs.py: the scripts run from this folder
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "net_capacity"
@@ -218,28 +219,6 @@ async def worker(args: argparse.Namespace) -> None:
 
 
 # ----- the driver -----------------------------------------------------------------------------
-
-
-class Procs:
-    def __init__(self, out: Path) -> None:
-        self.out, self.procs = out, []
-
-    def start(self, name: str, *argv: str) -> subprocess.Popen:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-        log = (self.out / f"{name}.log").open("wb")
-        p = subprocess.Popen([sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.procs.append(p)
-        return p
-
-    def kill_all(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
 
 
 def certs_for(out: Path, n: int) -> tuple[Path, float]:

@@ -30,12 +30,13 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _procs import Procs  # bench/_procs.py: the scripts run from this folder
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "net_soak"
@@ -256,28 +257,6 @@ def ckpt_info(run_dir: Path) -> tuple[int, int, int]:
         except Exception:
             time.sleep(0.05)
     return size, -1, -1
-
-
-class Procs:
-    def __init__(self, out: Path) -> None:
-        self.out, self.procs = out, []
-
-    def start(self, name: str, *argv: str) -> subprocess.Popen:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-        log = (self.out / f"{name}.log").open("wb")
-        p = subprocess.Popen([sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.procs.append(p)
-        return p
-
-    def kill_all(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
 
 
 def phase(
