@@ -123,16 +123,22 @@ def test_stalled_upload_streams_do_not_stop_honest_rounds(federation):
     federation.join()
     release.set()
     assert [r["round"] for r in federation.result["history"]] == [1, 2, 3]
-    codes, refused_idle = [], 0
+    outcomes: dict[str, int] = {"second stream": 0, "cut idle": 0, "server stopped": 0}
     for call in calls:
         try:
             reply = call.result(timeout=60)
-            refused_idle += "sent nothing" in reply.reason and not reply.accepted
+            assert not reply.accepted and "sent nothing" in reply.reason, reply.reason
+            outcomes["cut idle"] += 1
         except grpc.RpcError as err:
-            codes.append(err.code())
-            assert "already has an upload stream open" in err.details()
-    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 39 - refused_idle
-    assert refused_idle >= 1, "the stalled stream should have been closed for idling"
+            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                assert "already has an upload stream open" in err.details()
+                outcomes["second stream"] += 1
+            else:  # the stream holding the slot when the run ended
+                assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+                outcomes["server stopped"] += 1
+    assert outcomes["second stream"] >= 1, outcomes
+    assert outcomes["cut idle"] >= 1, outcomes
+    assert outcomes["server stopped"] <= 1, outcomes
     channel.close()
 
 

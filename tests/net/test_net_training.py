@@ -54,7 +54,7 @@ def test_client_killed_mid_round_is_left_out_at_once_and_never_sampled_again(pro
     only the live clients. Every wait here is for an event (a file, a log line, an exit)."""
     config = write_config(procs.tmp / "run.toml", rounds=3)
     text = config.read_text().replace("clients_per_round = 2", "clients_per_round = 3")
-    config.write_text(text + "[deploy]\nheartbeat_timeout_s = 30.0\n")
+    config.write_text(text + "[deploy]\nheartbeat_timeout_s = 30.0\nrejoin_grace_s = 1.0\n")
     port = start_server(
         procs, config, "--insecure", "--min-clients", "2", "--min-accept", "1",
         "--round-timeout", "600",
