@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedfleet import _streams
+import fedfleet._streams as _streams
 from fedfleet.data.base import ArrayDataset, TaskData
 from fedfleet.errors import DatasetError
 

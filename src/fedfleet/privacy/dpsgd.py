@@ -39,7 +39,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from fedfleet import _streams
+import fedfleet._streams as _streams
 from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult, gradient_terms
 from fedfleet.client.torch_trainer import TorchTrainer
 from fedfleet.data.base import ArrayDataset

@@ -38,7 +38,7 @@ from typing import Literal
 
 import numpy as np
 
-from fedfleet import _streams
+import fedfleet._streams as _streams
 from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedfleet import _streams
+import fedfleet._streams as _streams
 from fedfleet.errors import ConfigError
 from fedfleet.sim.profiles import ClientProfiles
 

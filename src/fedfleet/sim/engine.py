@@ -29,7 +29,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from fedfleet import _streams
+import fedfleet._streams as _streams
 from fedfleet._rows import rows_of
 from fedfleet._threads import cores, map_items
 from fedfleet.client.protocol import FitInstructions, Trainer

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from fedfleet import _streams
+import fedfleet._streams as _streams
 from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, FedfleetError, UpdateRejected

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedfleet import _streams
+import fedfleet._streams as _streams
 from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.errors import UpdateRejected
 from fedfleet.privacy.he import (

@@ -32,7 +32,7 @@ from typing import final
 import numpy as np
 from torch import nn
 
-from fedfleet import _streams
+import fedfleet._streams as _streams
 from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedfleet import _streams
+import fedfleet._streams as _streams
 from fedfleet.errors import ConfigError
 from fedfleet.privacy.secagg.client import SecAggClient
 from fedfleet.privacy.secagg.config import SecAggConfig

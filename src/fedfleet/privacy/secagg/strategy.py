@@ -35,7 +35,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from fedfleet import _streams
+import fedfleet._streams as _streams
 from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
