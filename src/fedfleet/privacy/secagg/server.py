@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedfleet.privacy.secagg import crypto
+import fedfleet.privacy.secagg.crypto as crypto
 from fedfleet.privacy.secagg.client import MASK
 from fedfleet.privacy.secagg.config import SecAggConfig, harary_graph
 from fedfleet.privacy.secagg.errors import SecAggAborted, SecAggProtocolError
