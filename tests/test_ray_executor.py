@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from fedfleet.errors import FedfleetError
-from fedfleet.runs.build import build_run
-from fedfleet.runs.config import load_config
+from fedfleet.runs.build import build_run, worker_run
+from fedfleet.runs.config import dump_config, load_config
 from fedfleet.runs.rundir import load_model_vector
 from fedfleet.sim import TIMING_KEYS
 
@@ -159,7 +159,8 @@ def test_a_failing_task_names_its_clients(local_ray):
     sim = build_run(cfg).simulation
     # client 99 is not in the 10-client federation the Ray worker rebuilds from the config
     job = ClientJob(99, sim.federation.train_data(0), FitInstructions(), 1, None)
-    ex = RayExecutor(cfg, num_tasks=1, inner="sequential")
+    setup = dump_config(cfg.model_copy(update={"executor": "sequential"}))
+    ex = RayExecutor(setup, worker_run, num_tasks=1)
     with pytest.raises(FedfleetError, match=r"Ray task for clients \[99\]: IndexError"):
         ex.run(sim.strategy, sim.trainer, sim.trainer.init_vector(0), [job])
 
@@ -167,11 +168,12 @@ def test_a_failing_task_names_its_clients(local_ray):
 def test_fedfleet_imports_without_ray_and_names_the_extra():
     code = (
         "import sys; sys.modules['ray'] = None\n"
-        "import fedfleet, fedfleet.runs.build\n"
-        "from fedfleet.runs.config import load_config\n"
+        "import fedfleet\n"
+        "from fedfleet.runs.build import worker_run\n"
+        "from fedfleet.runs.config import dump_config, load_config\n"
         "from fedfleet.sim.ray_executor import RayExecutor\n"
         "from fedfleet.errors import FedfleetError\n"
-        "ex = RayExecutor(load_config(None, []))\n"
+        "ex = RayExecutor(dump_config(load_config(None, [])), worker_run)\n"
         "try:\n"
         "    ex.run(None, None, None, [object()])\n"
         "except FedfleetError as e:\n"

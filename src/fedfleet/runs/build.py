@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
+import tomllib
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +17,7 @@ from fedfleet.client.torch_trainer import TorchTrainer
 from fedfleet.data import partition as part
 from fedfleet.data.base import TaskData
 from fedfleet.data.registry import load_task
-from fedfleet.errors import ConfigError
+from fedfleet.errors import ConfigError, FedfleetError
 from fedfleet.models.zoo import build_model
 from fedfleet.params import Layout
 from fedfleet.privacy.accountant import DpAccounting, calibrate_noise_multiplier
@@ -23,7 +25,7 @@ from fedfleet.privacy.dpsgd import DPSGDTrainer
 from fedfleet.privacy.dpsgd_ledger import DPSGDLedger
 from fedfleet.privacy.local_dp import LocalDP
 from fedfleet.privacy.secagg.strategy import SecAggFedAvg
-from fedfleet.runs.config import POPULATIONS, RunConfig
+from fedfleet.runs.config import POPULATIONS, RunConfig, validate_config
 from fedfleet.runs.executors import choose_executor
 from fedfleet.sim.clock import ClientClock
 from fedfleet.sim.deadline import DeadlinePolicy, DropLate, OverSelect, PartialWork
@@ -32,6 +34,7 @@ from fedfleet.sim.fedbuff import FedBuffSimulation, polynomial_staleness
 from fedfleet.sim.federation import ClientPopulation, Federation
 from fedfleet.sim.population import SyntheticPopulation
 from fedfleet.sim.profiles import ClientProfiles, Lognormal, ProfileSpec, load_profiles_csv
+from fedfleet.sim.ray_executor import WorkerRun
 from fedfleet.strategies.base import Strategy
 from fedfleet.strategies.compensation import Compensation, CompensationRule, MoreEpochs, ScaleLR
 from fedfleet.strategies.dpfedavg import AdaptiveClipping, DPFedAvg
@@ -57,6 +60,7 @@ __all__ = [
     "check_device",
     "choose_executor",
     "load_task_for",
+    "worker_run",
 ]
 
 _ADAPTIVE = ("fedadam", "fedyogi", "fedadagrad")
@@ -366,7 +370,9 @@ def build_run(config: RunConfig) -> RunPieces:
         )
     profiles = build_profiles(config, federation.num_clients)
     strategy = _heterogeneity_wrappers(config, strategy, profiles, trainer, federation)
-    trainer, executor, why = choose_executor(config, task, trainer, strategy, federation)
+    trainer, executor, why = choose_executor(
+        config, task, trainer, strategy, federation, ray_worker=worker_run
+    )
     d = config.deadline
     deadline: DeadlinePolicy | None = None
     if d.policy == "drop" and d.seconds is not None:
@@ -388,6 +394,24 @@ def build_run(config: RunConfig) -> RunPieces:
         max_update_norm=config.strategy.max_update_norm,
     )
     return RunPieces(task, sim, why)
+
+
+_WORKER_RUNS: dict[str, WorkerRun] = {}
+"""The runs this Ray worker process has built, by the SHA-256 of their config text."""
+
+
+def worker_run(config_toml: str) -> WorkerRun:
+    """A Ray worker's side of ``executor = "ray"``: the strategy, trainer, federation and
+    in-process executor of the run ``config_toml`` describes (its ``executor`` is the chunks'
+    inner one), built on first use and cached for the worker process. :func:`build_run` hands
+    it to :class:`fedfleet.sim.RayExecutor`, so the simulation layer never imports this one."""
+    key = hashlib.sha256(config_toml.encode()).hexdigest()
+    if key not in _WORKER_RUNS:
+        sim = build_run(validate_config(tomllib.loads(config_toml))).simulation
+        if not isinstance(sim, Simulation):
+            raise FedfleetError("the Ray executor runs the synchronous engine only (not fedbuff)")
+        _WORKER_RUNS[key] = WorkerRun(sim.strategy, sim.trainer, sim.federation, sim.executor)
+    return _WORKER_RUNS[key]
 
 
 def build_profiles(config: RunConfig, num_clients: int) -> ClientProfiles | None:

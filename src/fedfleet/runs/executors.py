@@ -16,10 +16,11 @@ from fedfleet.client.vmap_trainer import VmapTrainer
 from fedfleet.data.base import TaskData
 from fedfleet.errors import ConfigError
 from fedfleet.models.zoo import build_model
-from fedfleet.runs.config import RunConfig
+from fedfleet.runs.config import RunConfig, dump_config
 from fedfleet.sim.cohort import CohortExecutor, SequentialExecutor, VectorisedExecutor
 from fedfleet.sim.federation import ClientPopulation
 from fedfleet.sim.procpool import Inner, ProcessExecutor
+from fedfleet.sim.ray_executor import BuildRun, RayExecutor
 from fedfleet.strategies.base import Strategy, plain_client_fit
 
 __all__ = ["choose_executor"]
@@ -33,6 +34,7 @@ def choose_executor(
     population: ClientPopulation | None = None,
     *,
     lanes: int | None = None,
+    ray_worker: BuildRun | None = None,
 ) -> tuple[Trainer, CohortExecutor, str]:
     """Pick how each round's cohort trains, before round 1 and for the whole run (the two paths
     agree to float32 rounding, not bit for bit, so a run never switches).
@@ -56,10 +58,12 @@ def choose_executor(
     core (``../shared/peers/README.md``). ``process`` and
     ``ray`` split the cohort into ``workers`` chunks, each trained by the in-process executor
     ``worker_executor`` names (see :func:`_chunked_executor`); ``population`` is handed to
-    process workers so they read clients' data themselves.
+    process workers so they read clients' data themselves, and ``ray_worker`` (for ``ray``:
+    :func:`fedfleet.runs.build.worker_run`, which builds this module's caller) to the
+    :class:`RayExecutor`, whose workers rebuild the run with it.
     """
     if config.executor in ("process", "ray"):
-        return _chunked_executor(config, task, trainer, strategy, population)
+        return _chunked_executor(config, task, trainer, strategy, population, ray_worker)
     if config.privacy.sgd_noise_multiplier is not None:
         if config.executor in ("vectorised", "threaded"):
             raise ConfigError("DP-SGD trains client by client; set executor = 'sequential'")
@@ -170,6 +174,7 @@ def _chunked_executor(
     trainer: Trainer,
     strategy: Strategy,
     population: ClientPopulation | None,
+    ray_worker: BuildRun | None,
 ) -> tuple[Trainer, CohortExecutor, str]:
     """``process`` / ``ray``: the inner executor is ``worker_executor``, where ``auto`` means
     vectorised only on the fused MLP path (the two-clients-at-a-time thread path would fight
@@ -192,15 +197,18 @@ def _chunked_executor(
         trainer, _, _ = choose_executor(one, task, trainer, strategy, lanes=1)
         executor: CohortExecutor = ProcessExecutor(workers=n, inner=inner, population=population)
         return trainer, executor, f"process ({n} workers x 1 torch thread, {inner} in each)"
+    if ray_worker is None:
+        raise ConfigError(
+            "executor = 'ray' needs choose_executor(..., ray_worker=...), the function Ray "
+            "workers rebuild the run with: pass fedfleet.runs.build.worker_run (build_run does)"
+        )
     inner_config = config.model_copy(update={"executor": inner})
     trainer, _, _ = choose_executor(inner_config, task, trainer, strategy, lanes=1)
-    from fedfleet.sim.ray_executor import RayExecutor
-
     executor = RayExecutor(
-        inner_config,
+        dump_config(inner_config),
+        ray_worker,
         address=config.ray_address,
         num_tasks=n,
-        inner=inner,
         num_gpus_per_task=1.0 / n if config.device == "cuda" else 0.0,
         connect_timeout_s=config.ray_connect_timeout_s,
     )

@@ -3,22 +3,24 @@
 :class:`RayExecutor` splits each round's jobs into ``num_tasks`` contiguous chunks and runs one
 Ray task per chunk. A task trains its chunk with the same in-process code as the local engine
 (``SequentialExecutor`` or ``VectorisedExecutor``) on a trainer and strategy that the Ray worker
-builds itself from the run's configuration, once per worker process (cached by the config's
-SHA-256), so results are bit-identical to the local run with the same config and seed.
+builds itself, once per worker process, from a setup text with the executor's ``build``
+function (for a run: its configuration and :func:`fedfleet.runs.build.worker_run`, which
+caches by the config's SHA-256), so results are bit-identical to the local run with the same
+config and seed. This module knows nothing of configs: whoever creates the executor says how a
+worker builds its run.
 
 What crosses via Ray, and why that is acceptable:
 
-- the run configuration as TOML text (``ray.put`` once per executor): every Ray worker rebuilds
-  the task, federation, trainer and strategy from it with :func:`fedfleet.runs.build.build_run`;
-  clients' data are therefore loaded or generated on the worker, never shipped (a dataset read
-  from files must exist at the same path on every node; digits and the synthetic ones need
-  nothing);
+- the setup text (for a run, its configuration as TOML; ``ray.put`` once per executor): every
+  Ray worker rebuilds the task, federation, trainer and strategy from it; clients' data are
+  therefore loaded or generated on the worker, never shipped (a dataset read from files must
+  exist at the same path on every node; digits and the synthetic ones need nothing);
 - the global vector as raw float32 bytes (``ray.put`` once per round);
 - each chunk's jobs and each task's results as one :mod:`fedfleet.sim.jobcodec` frame of
   ``bytes``: JSON (client ids, seeds, instruction scalars, metrics) plus raw arrays (payloads,
   client state, trained vectors, extras);
-- the task function itself, which Ray's cloudpickle sends by reference (module and name), so
-  fedfleet must be installed on every node.
+- the task function and the ``build`` function, which Ray's cloudpickle sends by reference
+  (module and name), so fedfleet must be installed on every node.
 
 Ray wraps these ``str``/``bytes`` values in its own (pickle-based) envelope; none of our objects
 is pickled, and the envelope is exchanged only inside the Ray cluster, whose nodes run each
@@ -33,19 +35,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import socket
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from fedfleet.client.protocol import Trainer
 from fedfleet.errors import ConfigError, FedfleetError
-from fedfleet.runs.config import RunConfig, dump_config
 from fedfleet.sim.cohort import ClientJob, CohortExecutor, Progress
 from fedfleet.sim.jobcodec import (
     attach_data,
@@ -55,10 +55,10 @@ from fedfleet.sim.jobcodec import (
     encode_jobs,
     encode_results,
 )
-from fedfleet.sim.procpool import Inner, chunk_bounds, inner_executor
+from fedfleet.sim.procpool import chunk_bounds
 from fedfleet.strategies.base import ClientResult, Strategy
 
-__all__ = ["RayExecutor"]
+__all__ = ["BuildRun", "RayExecutor", "WorkerRun"]
 
 
 def _import_ray() -> Any:
@@ -174,37 +174,24 @@ def _why(err: BaseException, address: str, timeout_s: float) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class _WorkerRun:
+class WorkerRun:
+    """What a Ray worker trains its chunks with: built there by the executor's ``build``."""
+
     strategy: Strategy
     trainer: Trainer
     federation: Any
     executor: CohortExecutor
 
 
-_RUNS: dict[str, _WorkerRun] = {}
-"""The runs this Ray worker process has built, by the SHA-256 of their config text."""
+BuildRun = Callable[[str], WorkerRun]
+"""A module-level function (Ray sends it by reference) from the setup text to the worker's run;
+it is called for every chunk, so it caches what it builds."""
 
 
-def _worker_run(config_toml: str) -> _WorkerRun:
-    key = hashlib.sha256(config_toml.encode()).hexdigest()
-    if key not in _RUNS:
-        import tomllib
-
-        from fedfleet.runs.build import build_run
-        from fedfleet.runs.config import validate_config
-        from fedfleet.sim.engine import Simulation
-
-        sim = build_run(validate_config(tomllib.loads(config_toml))).simulation
-        if not isinstance(sim, Simulation):
-            raise FedfleetError("the Ray executor runs the synchronous engine only (not fedbuff)")
-        _RUNS[key] = _WorkerRun(sim.strategy, sim.trainer, sim.federation, sim.executor)
-    return _RUNS[key]
-
-
-def _train_chunk(config_toml: str, vector: bytes, request: bytes) -> bytes:
+def _train_chunk(build: BuildRun, setup: str, vector: bytes, request: bytes) -> bytes:
     """The Ray task: train one chunk of clients; an error comes back as an error frame."""
     try:
-        run = _worker_run(config_toml)
+        run = build(setup)
         w = np.frombuffer(vector, dtype="<f4").astype(np.float32)
         _, heads, jobs = decode_jobs(request)
         own = attach_data(heads, jobs, run.federation)
@@ -216,13 +203,15 @@ def _train_chunk(config_toml: str, vector: bytes, request: bytes) -> bytes:
 class RayExecutor:
     """Each round's cohort over ``num_tasks`` Ray tasks, one contiguous chunk each.
 
+    For a run, :func:`fedfleet.runs.executors.choose_executor` makes one from its configuration.
+
     Args:
-        config: the run's configuration; Ray workers rebuild trainer, strategy and data from
-            it (its ``executor`` is replaced by ``inner`` there).
+        setup: the text each Ray worker builds its run from (a run's configuration as TOML).
+        build: the worker's side, ``build(setup) -> WorkerRun``: a module-level function,
+            cached there (it is called for every chunk).
         address: the Ray cluster (``"HEAD:6379"``); None uses ``RAY_ADDRESS`` when set, else
             starts a local Ray instance. An already initialised Ray is used as it is.
         num_tasks: tasks (chunks) per round.
-        inner: how a task trains its chunk: ``"sequential"`` or ``"vectorised"``.
         num_gpus_per_task: GPUs Ray reserves for each task (fractions share one GPU).
         connect_timeout_s: joining the cluster at ``address`` fails after about this long
             (an unreachable address at once), with the cause in the message.
@@ -230,11 +219,11 @@ class RayExecutor:
 
     def __init__(
         self,
-        config: RunConfig,
+        setup: str,
+        build: BuildRun,
         *,
         address: str | None = None,
         num_tasks: int = 2,
-        inner: Inner = "sequential",
         num_gpus_per_task: float = 0.0,
         connect_timeout_s: float = 30.0,
     ) -> None:
@@ -242,14 +231,13 @@ class RayExecutor:
             raise ConfigError(f"RayExecutor needs num_tasks >= 1, got {num_tasks}")
         if not connect_timeout_s > 0:
             raise ConfigError(f"RayExecutor needs connect_timeout_s > 0, got {connect_timeout_s}")
-        inner_executor(inner)  # validates the name
         self.address = address
         self.num_tasks = num_tasks
-        self.inner: Inner = inner
         self.num_gpus_per_task = num_gpus_per_task
         self.connect_timeout_s = connect_timeout_s
-        self.config_toml = dump_config(config.model_copy(update={"executor": inner}))
-        self._config_ref: Any = None
+        self.setup = setup
+        self.build = build
+        self._setup_ref: Any = None
         self._remote: Any = None
         self._started_ray = False
 
@@ -280,12 +268,12 @@ class RayExecutor:
             self._remote = ray.remote(num_cpus=1, num_gpus=self.num_gpus_per_task, max_calls=0)(
                 _train_chunk
             )
-            self._config_ref = ray.put(self.config_toml)
+            self._setup_ref = ray.put(self.setup)
         return ray
 
     def close(self) -> None:
-        """Drop the cached config; shut Ray down if this executor started it."""
-        self._remote = self._config_ref = None
+        """Drop the cached setup; shut Ray down if this executor started it."""
+        self._remote = self._setup_ref = None
         if self._started_ray:
             _import_ray().shutdown()
             self._started_ray = False
@@ -305,7 +293,7 @@ class RayExecutor:
         progress: Progress | None = None,
     ) -> list[ClientResult]:
         """Train ``jobs`` on the cluster. ``strategy`` and ``trainer`` are not sent: the workers
-        build their own from the config, which must describe the same run."""
+        build their own from the setup, which must describe the same run."""
         if not jobs:
             return []
         ray = self._connect()
@@ -313,7 +301,10 @@ class RayExecutor:
         bounds = chunk_bounds(len(jobs), self.num_tasks)
         refs = [
             self._remote.remote(
-                self._config_ref, vector_ref, encode_jobs(None, jobs[lo:hi], with_data=False)
+                self.build,
+                self._setup_ref,
+                vector_ref,
+                encode_jobs(None, jobs[lo:hi], with_data=False),
             )
             for lo, hi in bounds
         ]
