@@ -16,7 +16,7 @@ from fedfleet.net.secure.he_keys import load_key_holder, load_public
 from fedfleet.net.server import FederatedServer, ServerSettings
 from fedfleet.privacy.he import PaillierKeyHolder, PaillierPublic
 from fedfleet.runs.build import build_federation, build_trainer, load_task_for
-from fedfleet.strategies.he_fedavg import run_he_fedavg
+from fedfleet.sim.he_run import run_he_fedavg
 
 HE_TOML = """\
 seed = 11

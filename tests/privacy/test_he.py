@@ -24,8 +24,9 @@ from fedfleet.privacy.he_ckks import (
     CkksPublic,
 )
 from fedfleet.sim import Federation, Simulation
+from fedfleet.sim.he_run import run_he_fedavg
 from fedfleet.strategies import FedAvg, weighted_mean
-from fedfleet.strategies.he_fedavg import HEFedAvg, decrypt_aggregate, run_he_fedavg
+from fedfleet.strategies.he_fedavg import HEFedAvg, decrypt_aggregate
 
 LOCAL = FitInstructions(epochs=1, batch_size=16, lr=0.1)
 

@@ -6,6 +6,9 @@ wrappers FedPer/FedRep are their own small strategies. FedBuff, being asynchrono
 :class:`fedfleet.sim.FedBuffSimulation`.
 """
 
+# HE FedAvg's in-memory round loop lives in sim, above the strategies (it returns the engine's
+# SimulationResult); its public name stays here. No sim module imports this package's __init__.
+from fedfleet.sim.he_run import run_he_fedavg
 from fedfleet.strategies.base import (
     ClientResult,
     ClientUpdate,
@@ -19,7 +22,7 @@ from fedfleet.strategies.fedavg import FedAvg, weighted_mean
 from fedfleet.strategies.fednova import FedNova
 from fedfleet.strategies.fedopt import fedadagrad, fedadam, fedavgm, fedyogi
 from fedfleet.strategies.fedprox import fedprox
-from fedfleet.strategies.he_fedavg import HEFedAvg, decrypt_aggregate, run_he_fedavg
+from fedfleet.strategies.he_fedavg import HEFedAvg, decrypt_aggregate
 from fedfleet.strategies.personal import FedPer, FedRep, head_mask
 from fedfleet.strategies.qfedavg import QFedAvg
 from fedfleet.strategies.sampling import cohort_size, sample_clients
