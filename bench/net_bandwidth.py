@@ -25,9 +25,9 @@ import time
 
 import numpy as np
 
+from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult
 from fedfleet.data.base import ArrayDataset
-from fedfleet.net import fedfleet_pb2 as pb
 from fedfleet.net.certs import create_test_federation
 from fedfleet.net.client import ClientSettings, FederatedClient
 from fedfleet.net.server import FederatedServer, ServerSettings

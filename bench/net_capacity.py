@@ -135,8 +135,8 @@ async def worker(args: argparse.Namespace) -> None:
     import grpc
     import numpy as np
 
-    from fedfleet.net import fedfleet_pb2 as pb
-    from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
+    from fedfleet._proto import fedfleet_pb2 as pb
+    from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
     from fedfleet.net.server import grpc_options
     from fedfleet.net.wire import TensorReceiver, chunk_messages, tensor_infos
 

@@ -99,8 +99,8 @@ def serve(args: argparse.Namespace) -> None:
 async def hostile(args: argparse.Namespace) -> None:
     import grpc
 
-    from fedfleet.net import fedfleet_pb2 as pb
-    from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
+    from fedfleet._proto import fedfleet_pb2 as pb
+    from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
     from fedfleet.net.server import grpc_options
 
     certs = Path(args.certs)

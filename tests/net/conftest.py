@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedfleet.net import fedfleet_pb2 as pb
+from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet.net.certs import create_test_federation
 from fedfleet.net.cli import read_config
 from fedfleet.net.wire import TensorReceiver

@@ -8,10 +8,10 @@ import grpc
 import pytest
 
 from conftest import start_server, wait_for, write_config
+from fedfleet._proto import fedfleet_pb2 as pb
+from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import FedfleetError
-from fedfleet.net import fedfleet_pb2 as pb
-from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.net.certs import create_test_federation, issue_certificate
 from fedfleet.net.cli import read_config
 from fedfleet.net.client import ClientRefused, ClientSettings, FederatedClient

@@ -18,8 +18,8 @@ import grpc
 import numpy as np
 
 from conftest import read_task, write_config
-from fedfleet.net import fedfleet_pb2 as pb
-from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
+from fedfleet._proto import fedfleet_pb2 as pb
+from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.net.cli import read_config
 from fedfleet.net.server import FederatedServer, ServerSettings
 from fedfleet.net.wire import chunk_messages, tensor_infos

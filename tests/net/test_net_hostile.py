@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from conftest import wait_for, write_config
+from fedfleet._proto import fedfleet_pb2 as pb
+from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.errors import UpdateRejected
-from fedfleet.net import fedfleet_pb2 as pb
-from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.net.checkpoint import CHECKPOINT_NAME
 from fedfleet.net.cli import read_config
 from fedfleet.net.client import ClientSettings, FederatedClient

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet.client.protocol import FitInstructions
-from fedfleet.net import fedfleet_pb2 as pb
 from fedfleet.net.server import ServerSettings, instructions_from_header, instructions_to_header
 from fedfleet.net.wire import TensorReceiver, WireError, chunk_messages, tensor_infos
 

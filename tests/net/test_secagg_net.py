@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from conftest import HERE, read_task, simulate, start_server, wait_for
-from fedfleet.net import fedfleet_pb2 as pb
-from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
+from fedfleet._proto import fedfleet_pb2 as pb
+from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
+from fedfleet._proto import secagg_pb2 as spb
+from fedfleet._proto import secagg_pb2_grpc as spb_grpc
 from fedfleet.net.certs import create_test_federation
 from fedfleet.net.cli import read_config
-from fedfleet.net.secure import secagg_pb2 as spb
-from fedfleet.net.secure import secagg_pb2_grpc as spb_grpc
 from fedfleet.net.server import grpc_options
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.runs.rundir import load_model_vector

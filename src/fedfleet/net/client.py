@@ -26,11 +26,11 @@ from typing import Any
 import grpc
 import numpy as np
 
+from fedfleet._proto import fedfleet_pb2 as pb
+from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.client.protocol import Trainer
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, FedfleetError
-from fedfleet.net import fedfleet_pb2 as pb
-from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.net.certs import read_pem
 from fedfleet.net.client_state import ClientStateFile
 from fedfleet.net.server import grpc_options, instructions_from_header

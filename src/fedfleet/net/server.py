@@ -38,11 +38,11 @@ from typing import Any
 import grpc
 import numpy as np
 
+from fedfleet._proto import fedfleet_pb2 as pb
+from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.client.protocol import Trainer
 from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted
 from fedfleet.evaluation import fairness_stats
-from fedfleet.net import fedfleet_pb2 as pb
-from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.net._loop import ServerLoop, SharedCondition
 from fedfleet.net._rejections import RejectionLog
 from fedfleet.net.certs import read_pem

@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 
+from fedfleet._proto import fedfleet_pb2 as pb
+from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.errors import UpdateRejected, clip_text
-from fedfleet.net import fedfleet_pb2 as pb
-from fedfleet.net import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.net._loop import ServerLoop, SharedCondition
 from fedfleet.net._rejections import RejectionLog
 from fedfleet.net.certs import client_id_from_cn

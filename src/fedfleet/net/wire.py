@@ -2,14 +2,17 @@
 
 No pickle and no arbitrary deserialisation: a receiver checks every declared shape and dtype
 against what it expects *before* allocating, accepts chunks only in order and within the declared
-size, and refuses a stream that ends early. The Python modules ``fedfleet_pb2`` and
-``fedfleet_pb2_grpc`` are generated from ``fedfleet.proto``; regenerate them from the repository
-root with::
+size, and refuses a stream that ends early. The Python modules ``fedfleet._proto.fedfleet_pb2``
+and ``fedfleet_pb2_grpc`` are generated from ``src/fedfleet/_proto/fedfleet.proto`` (all
+generated code lives in ``fedfleet/_proto``, a package that imports nothing else); regenerate
+them from the repository root with::
 
     .venv/bin/python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src \
-        --grpc_python_out=src src/fedfleet/net/fedfleet.proto
+        --grpc_python_out=src src/fedfleet/_proto/fedfleet.proto
 
-(run from the repository root, the generated modules import each other package-relatively).
+(run from the repository root, the generated modules import each other as
+``fedfleet._proto.*``). The proto ``package`` stays ``fedfleet.net``, so the gRPC method paths
+(``/fedfleet.net.FedFleet/SubmitUpdate``) do not depend on where the files live.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet.errors import FedfleetError
-from fedfleet.net import fedfleet_pb2 as pb
 
 __all__ = [
     "DTYPE",

@@ -14,9 +14,9 @@ from typing import Any
 import grpc
 import numpy as np
 
+from fedfleet._proto import he_pb2 as hpb
+from fedfleet._proto import he_pb2_grpc as hpb_grpc
 from fedfleet.errors import FedfleetError
-from fedfleet.net.secure import he_pb2 as hpb
-from fedfleet.net.secure import he_pb2_grpc as hpb_grpc
 from fedfleet.net.secure.he_server import blob_messages
 from fedfleet.privacy.he import HEError
 from fedfleet.strategies.he_fedavg import HEFedAvg, decrypt_aggregate

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from fedfleet.net.secure import secagg_pb2 as spb
+from fedfleet._proto import secagg_pb2 as spb
 from fedfleet.privacy.secagg.errors import SecAggProtocolError
 from fedfleet.privacy.secagg.messages import (
     ForwardedShares,
