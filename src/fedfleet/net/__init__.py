@@ -8,6 +8,9 @@ strategies, trainers and validation; only broadcast and upload travel over the n
 - :mod:`fedfleet.net.checkpoint`: atomic per-round server checkpoints (safetensors + JSON).
 """
 
+# SecAgg / HE register their round runners and uploads with the plain server and client
+# (fedfleet.net._hooks): importing any part of fedfleet.net fills the registry
+import fedfleet.net.secure  # noqa: F401
 from fedfleet.net.certs import create_test_federation
 from fedfleet.net.client import ClientSettings, FederatedClient
 from fedfleet.net.server import FederatedServer, ServerSettings

@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+import fedfleet.net._hooks as _hooks
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.client.protocol import Trainer
@@ -33,7 +34,8 @@ from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, FedfleetError
 from fedfleet.net.certs import read_pem
 from fedfleet.net.client_state import ClientStateFile
-from fedfleet.net.server import grpc_options, instructions_from_header
+from fedfleet.net.servicer import instructions_from_header
+from fedfleet.net.settings import grpc_options
 from fedfleet.net.wire import TensorReceiver, chunk_messages, tensor_infos
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.runs.config import RunConfig
@@ -303,9 +305,7 @@ class FederatedClient:
             int(h.seed),
             self.states.get(self.client_id),
         )
-        from fedfleet.net.secure import secure_upload_for  # secure aggregation hook
-
-        secure_upload = secure_upload_for(self.strategy)
+        secure_upload = _hooks.secure_upload_for(self.strategy)  # secure aggregation hook
         if secure_upload is not None:  # SecAgg / HE: masked or encrypted, through their protocol
             if secure_upload(self, h, vector, result):
                 self.rounds_done.append(int(h.round))

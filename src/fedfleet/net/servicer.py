@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import numpy as np
@@ -41,6 +41,7 @@ from fedfleet.errors import UpdateRejected, clip_text
 from fedfleet.net._loop import ServerLoop, SharedCondition
 from fedfleet.net._rejections import RejectionLog
 from fedfleet.net.certs import client_id_from_cn
+from fedfleet.net.settings import ServerSettings
 from fedfleet.net.wire import (
     MAX_EXTRAS,
     TensorReceiver,
@@ -53,9 +54,6 @@ from fedfleet.net.wire import (
 from fedfleet.params import Layout
 from fedfleet.strategies.base import ClientUpdate
 from fedfleet.validation import validate_update
-
-if TYPE_CHECKING:
-    from fedfleet.net.server import ServerSettings
 
 __all__ = ["Servicer", "instructions_from_header", "instructions_to_header"]
 

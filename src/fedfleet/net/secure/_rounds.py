@@ -18,8 +18,8 @@ from typing import Any, NoReturn
 import grpc
 import numpy as np
 
+import fedfleet.net.server as net_server
 from fedfleet.errors import UpdateRejected
-from fedfleet.net import server as net_server
 from fedfleet.sim.engine import _sampling_rng, client_seed
 from fedfleet.strategies.base import StrategyState
 

@@ -27,12 +27,12 @@ from typing import Any
 import grpc
 import numpy as np
 
+import fedfleet.net.secure._rounds as _rounds
+import fedfleet.net.server as net_server
 from fedfleet._proto import he_pb2 as hpb
 from fedfleet._proto import he_pb2_grpc as hpb_grpc
 from fedfleet.errors import FedfleetError
-from fedfleet.net import server as net_server
 from fedfleet.net._loop import SharedCondition
-from fedfleet.net.secure import _rounds
 from fedfleet.net.wire import WireError
 from fedfleet.privacy.he import EncryptedVector, HEError
 from fedfleet.strategies.base import ClientUpdate, StrategyState

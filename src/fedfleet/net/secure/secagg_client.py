@@ -16,10 +16,10 @@ from typing import Any
 import grpc
 import numpy as np
 
+import fedfleet.net.secure.secagg_wire as wire
 from fedfleet._proto import secagg_pb2 as spb
 from fedfleet._proto import secagg_pb2_grpc as spb_grpc
 from fedfleet.errors import FedfleetError
-from fedfleet.net.secure import secagg_wire as wire
 from fedfleet.privacy.secagg.client import SecAggClient
 from fedfleet.privacy.secagg.errors import SecAggAborted, SecAggProtocolError
 from fedfleet.privacy.secagg.messages import Setup

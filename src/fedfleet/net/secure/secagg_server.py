@@ -31,12 +31,12 @@ from typing import Any, NoReturn
 import grpc
 import numpy as np
 
+import fedfleet.net.secure._rounds as _rounds
+import fedfleet.net.secure.secagg_wire as wire
+import fedfleet.net.server as net_server
 from fedfleet._proto import secagg_pb2 as spb
 from fedfleet._proto import secagg_pb2_grpc as spb_grpc
-from fedfleet.net import server as net_server
 from fedfleet.net._loop import SharedCondition
-from fedfleet.net.secure import _rounds
-from fedfleet.net.secure import secagg_wire as wire
 from fedfleet.net.wire import WireError
 from fedfleet.privacy.secagg.errors import SecAggAborted, SecAggProtocolError
 from fedfleet.privacy.secagg.messages import AdvertiseKeys, MaskedInput
