@@ -46,7 +46,6 @@ from fedfleet.evaluation import fairness_stats
 from fedfleet.net._loop import ServerLoop, SharedCondition
 from fedfleet.net._rejections import RejectionLog
 from fedfleet.net.certs import read_pem
-from fedfleet.net.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedfleet.net.servicer import (
     EVALUATE,
     Servicer,
@@ -60,6 +59,7 @@ from fedfleet.net.servicer import _Refused as _Refused  # importable from here
 from fedfleet.net.settings import ServerSettings, grpc_options
 from fedfleet.net.wire import chunk_messages
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
+from fedfleet.runs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedfleet.runs.config import RunConfig
 from fedfleet.runs.deploy_policy import for_deployment
 from fedfleet.sim.engine import _sampling_rng, _weighted_train_loss, client_seed
