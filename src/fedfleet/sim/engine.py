@@ -14,6 +14,13 @@ round r (key (r, 4)) are offered to ``configure_fit``; a ``deadline`` policy
 ``sim_round_s`` (the round's simulated duration: the slowest trained client's round trip, or
 longer when the policy made the server wait for a deadline), ``sim_time_s`` (cumulative) and
 ``num_online``. Without profiles nothing of this runs and records are as before.
+
+Resuming: everything the loop carries from round r to round r+1 is a :class:`Snapshot` (the
+global vector, the strategy state, every client's state, the metrics so far and the simulated
+clock). ``run(..., on_snapshot=save)`` hands one over after each round, and ``run(...,
+resume=snapshot)`` starts at the round after it; since every random draw derives from (seed,
+round[, client]), no generator state is needed and the resumed run is bit-identical to one that
+never stopped. :mod:`fedfleet.runs.resume` keeps snapshots in the run's checkpoint file.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
 from fedfleet.strategies.stragglers import RoundPlan
 from fedfleet.validation import validate_update
 
-__all__ = ["TIMING_KEYS", "Simulation", "SimulationResult", "client_seed"]
+__all__ = ["TIMING_KEYS", "Simulation", "SimulationResult", "Snapshot", "client_seed"]
 
 log = logging.getLogger("fedfleet")
 
@@ -54,6 +61,7 @@ TIMING_KEYS = frozenset({"round_time_s", "wall_time_s"})
 
 RoundCallback = Callable[[dict[str, Any]], None]
 ClientCallback = Callable[[int, int], None]
+SnapshotCallback = Callable[["Snapshot"], None]
 
 
 def client_seed(seed: int, rnd: int, cid: int) -> int:
@@ -80,6 +88,30 @@ class SimulationResult:
     def final(self) -> dict[str, Any]:
         """The last round's metrics."""
         return self.history[-1] if self.history else {}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the round loop carries from round ``round`` to the next: resuming from it gives the
+    run that never stopped, bit for bit.
+
+    Attributes:
+        round: the last round completed.
+        vector: the global vector after it.
+        strategy_state: the strategy's state after it (server optimizer moments, adaptive clip
+            norm, Oort's and compensation's per-client statistics, DP-SGD ledgers).
+        client_states: every client's state in the store (SCAFFOLD control variates,
+            personal heads), by client id.
+        history: the metrics of rounds 1..round.
+        sim_time_s: the simulated clock's running total (0 without profiles).
+    """
+
+    round: int
+    vector: np.ndarray
+    strategy_state: StrategyState
+    client_states: dict[int, dict[str, np.ndarray]]
+    history: list[dict[str, Any]]
+    sim_time_s: float = 0.0
 
 
 @dataclass
@@ -126,10 +158,19 @@ class Simulation:
         on_round: RoundCallback | None = None,
         on_client: ClientCallback | None = None,
         until: Callable[[dict[str, Any]], bool] | None = None,
+        *,
+        resume: Snapshot | None = None,
+        on_snapshot: SnapshotCallback | None = None,
     ) -> SimulationResult:
         """Run ``rounds`` rounds; ``on_round(record)`` after each, ``on_client(done, total)``
         after each client's local training. ``until(record)`` returning True ends the run
-        early (e.g. once a target accuracy is reached)."""
+        early (e.g. once a target accuracy is reached).
+
+        ``on_snapshot(snapshot)`` runs after each round, before ``on_round`` (a checkpoint is
+        on disk before the round's metrics are reported); ``resume=snapshot`` continues a run
+        from it with rounds ``snapshot.round + 1 .. rounds``, and the result's history holds
+        every round. ``rejected`` holds only this call's refusals (the records'
+        ``num_rejected`` count them all)."""
         if len(self.client_states):
             raise FedfleetError(
                 f"the client-state store already holds state of {len(self.client_states)} "
@@ -138,13 +179,24 @@ class Simulation:
             )
         self._check_profiles()
         layout = self.trainer.layout
-        vector = self.trainer.init_vector(self.seed)
-        state = self.strategy.init(vector)
-        history: list[dict[str, Any]] = []
+        stateful: set[int] = set()  # clients that may hold state, for the snapshots
+        if resume is None:
+            vector = self.trainer.init_vector(self.seed)
+            state = self.strategy.init(vector)
+            history: list[dict[str, Any]] = []
+            sim_time = 0.0
+        else:
+            self._check_resume(resume, rounds)
+            vector, state, sim_time = resume.vector, resume.strategy_state, resume.sim_time_s
+            history = [dict(r) for r in resume.history]
+            for cid, client_state in sorted(resume.client_states.items()):
+                self.client_states.put(cid, client_state)
+                stateful.add(cid)
         rejected: list[UpdateRejected] = []
-        start = time.perf_counter()
-        sim_time = 0.0
-        for rnd in range(1, rounds + 1):
+        # wall_time_s goes on from the checkpoint's (the time the run was down is not in it)
+        done_s = (history[-1].get("wall_time_s") or 0.0) if history else 0.0
+        start = time.perf_counter() - done_s
+        for rnd in range(len(history) + 1, rounds + 1):
             t0 = time.perf_counter()
             clients = self.federation.client_ids
             if self.profiles is not None:
@@ -160,6 +212,7 @@ class Simulation:
             if self.deadline is not None:
                 plan, wait_s = self._apply_deadline(plan, vector)
             updates, steps = self._updates(rnd, vector, plan, on_client, rejected)
+            stateful.update(u.client_id for u in updates)
             vector, state, agg_metrics = self.strategy.aggregate_fit(rnd, vector, state, updates)
             num_accepted = len(updates)
             train_loss = _weighted_train_loss(updates)
@@ -186,6 +239,8 @@ class Simulation:
             record["round_time_s"] = time.perf_counter() - t0
             record["wall_time_s"] = time.perf_counter() - start
             history.append(record)
+            if on_snapshot is not None:
+                on_snapshot(self._snapshot(rnd, vector, state, stateful, history, sim_time))
             if on_round is not None:
                 on_round(record)
             if until is not None and until(record):
@@ -294,6 +349,41 @@ class Simulation:
             if state is not None:
                 self.client_states.put(jobs[i].client_id, state)
         return updates, [r.fit.num_steps for r in results]
+
+    def _check_resume(self, snapshot: Snapshot, rounds: int) -> None:
+        layout = self.trainer.layout
+        if snapshot.vector.shape != (layout.size,) or snapshot.vector.dtype != np.float32:
+            raise FedfleetError(
+                f"the snapshot's vector is {snapshot.vector.dtype}{snapshot.vector.shape}, the "
+                f"model's layout {layout.fingerprint} needs float32({layout.size},); was it "
+                "written by a run with another model config?"
+            )
+        if len(snapshot.history) != snapshot.round:
+            raise FedfleetError(
+                f"the snapshot of round {snapshot.round} holds {len(snapshot.history)} rounds "
+                "of metrics; it is damaged: start the run afresh"
+            )
+        if snapshot.round > rounds:
+            raise FedfleetError(
+                f"the snapshot is of round {snapshot.round}, past this run's {rounds} rounds; "
+                f"resume with rounds >= {snapshot.round}"
+            )
+
+    def _snapshot(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        stateful: set[int],
+        history: list[dict[str, Any]],
+        sim_time: float,
+    ) -> Snapshot:
+        clients = {}
+        for cid in sorted(stateful):
+            client_state = self.client_states.get(cid)
+            if client_state is not None:
+                clients[cid] = dict(client_state)
+        return Snapshot(rnd, vector, state, clients, [dict(r) for r in history], sim_time)
 
     def _train_data(self, plan: Sequence[tuple[int, FitInstructions]]) -> list[Any]:
         """The planned clients' training data (a :class:`Federation`'s are lazy subsets of
