@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,7 +14,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedfleet.errors import FedfleetError
+from fedfleet.errors import ConfigError, FedfleetError
+
+if TYPE_CHECKING:
+    from fedfleet.runs.config import RunConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -35,22 +38,45 @@ def run(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Write config.toml, metrics.jsonl and model.safetensors here."),
+        typer.Option(
+            help="Write config.toml, metrics.jsonl, checkpoint.safetensors (every round) and "
+            "model.safetensors here."
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue the run in this --out directory from its last checkpoint, with its "
+            "config.toml; ends bit-identical to a run that never stopped."
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train a model federatedly in simulation (default: digits, 20 clients, FedAvg)."""
     from fedfleet.runs.build import build_run
-    from fedfleet.runs.config import dump_config, load_config
+    from fedfleet.runs.checkpoint import CHECKPOINT_NAME
+    from fedfleet.runs.config import dump_config
+    from fedfleet.runs.resume import load_snapshot, save_snapshot
     from fedfleet.runs.rundir import RunDir
+    from fedfleet.sim.engine import Simulation, Snapshot
 
     try:
-        cfg = load_config(config, set_ or [])
+        cfg = _resumed_config(resume, config, set_ or [], out)
         t_start = time.perf_counter()
         pieces = build_run(cfg)
         sim = pieces.simulation
-        run_dir = RunDir(out) if out is not None else None
-        if run_dir is not None:
+        out = resume or out
+        snapshot: Snapshot | None = None
+        run_dir = RunDir(out, fresh=resume is None) if out is not None else None
+        if resume is not None:
+            assert isinstance(sim, Simulation)  # _resumed_config refuses FedBuff
+            snapshot = load_snapshot(resume, seed=cfg.seed, layout=sim.trainer.layout)
+            assert run_dir is not None
+            run_dir.write_metrics(snapshot.history)
+        elif run_dir is not None:
+            # a kill before round 1 ends must not leave an earlier run's checkpoint beside
+            # this run's config for --resume to find
+            (run_dir.path / CHECKPOINT_NAME).unlink(missing_ok=True)
             run_dir.write_config(dump_config(cfg))
         console.print(
             f"[bold]fedfleet[/] {cfg.data.name}: {len(pieces.task.train)} train / "
@@ -69,7 +95,8 @@ def run(
             disable=quiet,
             transient=False,
         ) as progress:
-            rounds_bar = progress.add_task("rounds", total=cfg.rounds, status="")
+            done = snapshot.round if snapshot is not None else 0
+            rounds_bar = progress.add_task("rounds", total=cfg.rounds, completed=done, status="")
             clients_bar = progress.add_task("clients", total=1, status="")
 
             def on_client(done: int, total: int) -> None:
@@ -86,14 +113,64 @@ def run(
                     status += f"  eps {record['dp_epsilon']:.3f}"
                 progress.update(rounds_bar, advance=1, status=status)
 
-            result = sim.run(cfg.rounds, on_round=on_round, on_client=on_client)
+            if isinstance(sim, Simulation):
+                layout = sim.trainer.layout
+
+                def on_snapshot(snap: Snapshot) -> None:
+                    if run_dir is not None:
+                        save_snapshot(run_dir.path, snap, seed=cfg.seed, layout=layout)
+
+                result = sim.run(
+                    cfg.rounds,
+                    on_round=on_round,
+                    on_client=on_client,
+                    resume=snapshot,
+                    on_snapshot=on_snapshot,
+                )
+            else:  # FedBuff: asynchronous, no checkpoints (fedfleet.runs.resume)
+                result = sim.run(cfg.rounds, on_round=on_round, on_client=on_client)
         wall = time.perf_counter() - t_start
         if run_dir is not None:
             run_dir.save_model(result.vector, result.layout)
-        _summary(result.final, cfg.rounds, wall, out, len(result.rejected))
+        rejected = len(result.rejected)  # this process's; the checkpoint's rounds counted theirs
+        if snapshot is not None:
+            rejected += sum(r.get("num_rejected", 0) for r in snapshot.history)
+        _summary(result.final, cfg.rounds, wall, out, rejected)
     except FedfleetError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def _resumed_config(
+    resume: Path | None, config: Path | None, overrides: list[str], out: Path | None
+) -> RunConfig:
+    """The run's config: from ``--config``/``--set``, or, with ``--resume DIR``, from
+    ``DIR/config.toml``, which ``--config``/``--set`` may repeat but not change."""
+    from fedfleet.runs.config import load_config
+    from fedfleet.runs.resume import check_resumable, config_changes
+
+    if resume is None:
+        return load_config(config, overrides)
+    if out is not None and out.resolve() != resume.resolve():
+        raise ConfigError(
+            f"--resume {resume} writes into {resume}, not --out {out}; leave out --out"
+        )
+    saved_path = resume / "config.toml"
+    if not saved_path.is_file():
+        raise ConfigError(
+            f"no {saved_path}: --resume takes a directory that fedfleet run --out wrote; start "
+            "the run without --resume"
+        )
+    saved = load_config(saved_path)
+    if config is not None or overrides:
+        changed = config_changes(saved, load_config(config or saved_path, overrides))
+        if changed:
+            raise ConfigError(
+                f"--resume continues the run configured in {saved_path}, but --config/--set "
+                f"change {', '.join(changed)}; leave them out, or start a new run with --out"
+            )
+    check_resumable(saved)
+    return saved
 
 
 def _summary(

@@ -1,17 +1,20 @@
-"""A run directory: the resolved config, per-round metrics and the final model.
+"""A run directory: the resolved config, per-round metrics, checkpoint and final model.
 
-DIR/config.toml        the resolved configuration (``fedfleet run --config DIR/config.toml``
-                       repeats the run)
-DIR/metrics.jsonl      one JSON object per round, appended and flushed as rounds finish
-DIR/model.safetensors  the final global model, one tensor per layout entry, with the layout
-                       fingerprint in the metadata
+DIR/config.toml             the resolved configuration (``fedfleet run --config
+                            DIR/config.toml`` repeats the run)
+DIR/metrics.jsonl           one JSON object per round, appended and flushed as rounds finish
+DIR/checkpoint.safetensors  the run after its last finished round, rewritten atomically each
+                            round before that round's metrics line (``fedfleet run --resume
+                            DIR`` continues from it; :mod:`fedfleet.runs.resume`)
+DIR/model.safetensors       the final global model, one tensor per layout entry, with the
+                            layout fingerprint in the metadata
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +38,34 @@ def _jsonable(value: Any) -> Any:
 
 
 class RunDir:
-    """Writes a run's files into ``path`` (created if missing)."""
+    """Writes a run's files into ``path`` (created if missing); ``metrics.jsonl`` starts empty
+    unless ``fresh=False`` (resuming)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, fresh: bool = True) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
-        self.metrics_path.write_text("")
+        if fresh:
+            self.metrics_path.write_text("")
 
     def write_config(self, toml_text: str) -> None:
         atomic_write_bytes(self.path / "config.toml", toml_text.encode())
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
-        line = json.dumps({k: _jsonable(v) for k, v in record.items()})
         with self.metrics_path.open("a") as f:
-            f.write(line + "\n")
+            f.write(_line(record))
+
+    def write_metrics(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Replace ``metrics.jsonl`` with ``records``, atomically (on resume: the checkpoint's
+        rounds, whatever lines a killed run wrote after it)."""
+        atomic_write_bytes(self.metrics_path, "".join(map(_line, records)).encode())
 
     def save_model(self, vector: np.ndarray, layout: Layout) -> Path:
         return save_model(self.path / "model.safetensors", vector, layout)
+
+
+def _line(record: Mapping[str, Any]) -> str:
+    return json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n"
 
 
 def save_model(path: str | Path, vector: np.ndarray, layout: Layout) -> Path:
