@@ -115,17 +115,18 @@ def run(
 
             if isinstance(sim, Simulation):
                 layout = sim.trainer.layout
+                path = run_dir.path if run_dir is not None else None
 
-                def on_snapshot(snap: Snapshot) -> None:
-                    if run_dir is not None:
-                        save_snapshot(run_dir.path, snap, seed=cfg.seed, layout=layout)
+                def checkpoint(snap: Snapshot) -> None:
+                    assert path is not None
+                    save_snapshot(path, snap, seed=cfg.seed, layout=layout)
 
                 result = sim.run(
                     cfg.rounds,
                     on_round=on_round,
                     on_client=on_client,
                     resume=snapshot,
-                    on_snapshot=on_snapshot,
+                    on_snapshot=checkpoint if path is not None else None,  # no --out: none
                 )
             else:  # FedBuff: asynchronous, no checkpoints (fedfleet.runs.resume)
                 result = sim.run(cfg.rounds, on_round=on_round, on_client=on_client)
