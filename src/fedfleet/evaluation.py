@@ -1,13 +1,15 @@
-"""Evaluation summaries: the per-client accuracy distribution used as a fairness measure."""
+"""Evaluation summaries: the per-client accuracy distribution used as a fairness measure, and the
+federated-evaluation record both the simulation and the server write."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from math import ceil
 
 import numpy as np
 
-__all__ = ["fairness_stats"]
+__all__ = ["ClientEvaluation", "evaluation_summary", "fairness_stats"]
 
 
 def fairness_stats(accuracies: Sequence[float]) -> dict[str, float]:
@@ -26,3 +28,34 @@ def fairness_stats(accuracies: Sequence[float]) -> dict[str, float]:
         "min": float(acc[0]),
         "std": float(acc.std()),
     }
+
+
+@dataclass(frozen=True)
+class ClientEvaluation:
+    """One client's evaluation on its held-out split; ``global_*`` is the global model's when
+    the client evaluated a personalised model of its own (FedPer, FedRep), else None."""
+
+    num_samples: int
+    loss: float
+    accuracy: float
+    global_loss: float | None = None
+    global_accuracy: float | None = None
+
+
+def evaluation_summary(reports: Sequence[ClientEvaluation]) -> dict[str, float]:
+    """The round's federated-evaluation metrics: ``client_accuracy_{mean,worst10,min,std}``
+    and the sample-weighted ``client_loss_mean``; when every report is personalised, the same
+    for the global model as ``global_client_*``. Empty without reports."""
+    if not reports:
+        return {}
+    counts = [r.num_samples for r in reports]
+    stats = fairness_stats([r.accuracy for r in reports])
+    out = {f"client_accuracy_{k}": v for k, v in stats.items()}
+    out["client_loss_mean"] = float(np.average([r.loss for r in reports], weights=counts))
+    global_acc = [r.global_accuracy for r in reports if r.global_accuracy is not None]
+    global_loss = [r.global_loss for r in reports if r.global_loss is not None]
+    if len(global_acc) == len(global_loss) == len(reports):
+        stats = fairness_stats(global_acc)
+        out.update({f"global_client_accuracy_{k}": v for k, v in stats.items()})
+        out["global_client_loss_mean"] = float(np.average(global_loss, weights=counts))
+    return out

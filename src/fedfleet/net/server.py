@@ -42,7 +42,7 @@ from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.client.protocol import Trainer
 from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted
-from fedfleet.evaluation import fairness_stats
+from fedfleet.evaluation import ClientEvaluation, evaluation_summary
 from fedfleet.net._loop import ServerLoop, SharedCondition
 from fedfleet.net._rejections import RejectionLog
 from fedfleet.net.certs import read_pem
@@ -432,21 +432,17 @@ class FederatedServer(Servicer):
         missing = sorted(current.selected - set(current.evaluations))
         if missing:
             log.warning("round %d: no evaluation from clients %s", rnd, missing)
-        reports = [current.evaluations[c] for c in sorted(current.evaluations)]
-        reports = [r for r in reports if r.num_samples > 0]
-        if not reports:
-            return {}
-        counts = [r.num_samples for r in reports]
-        out = {
-            f"client_accuracy_{k}": v
-            for k, v in fairness_stats([r.accuracy for r in reports]).items()
-        }
-        out["client_loss_mean"] = float(np.average([r.loss for r in reports], weights=counts))
-        if all(r.personalized for r in reports):
-            stats = fairness_stats([r.global_accuracy for r in reports])
-            out.update({f"global_client_accuracy_{k}": v for k, v in stats.items()})
-            out["global_client_loss_mean"] = float(
-                np.average([r.global_loss for r in reports], weights=counts)
+        reports = [
+            ClientEvaluation(
+                r.num_samples,
+                r.loss,
+                r.accuracy,
+                r.global_loss if r.personalized else None,
+                r.global_accuracy if r.personalized else None,
             )
+            for r in (current.evaluations[c] for c in sorted(current.evaluations))
+            if r.num_samples > 0
+        ]
+        out = evaluation_summary(reports)
         log.info("round %d: federated evaluation on %d clients: %s", rnd, len(reports), out)
         return out

@@ -42,7 +42,7 @@ from fedfleet._threads import cores, map_items
 from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientStateStore, MemoryStateStore
 from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted, UpdateRejected
-from fedfleet.evaluation import fairness_stats
+from fedfleet.evaluation import ClientEvaluation, evaluation_summary
 from fedfleet.params import Layout
 from fedfleet.sim.cohort import ClientJob, CohortExecutor, SequentialExecutor
 from fedfleet.sim.deadline import DeadlinePolicy, RoundClock
@@ -422,30 +422,20 @@ class Simulation:
         splits. Strategies without the method get the global model's numbers alone.
         """
         personalize = getattr(self.strategy, "personalize", None)
-        accs, losses, counts, global_accs, global_losses = [], [], [], [], []
+        reports: list[ClientEvaluation] = []
         for cid in self.federation.client_ids:
             data = self.federation.test_data(cid)
             if data is None or len(data) == 0:
                 continue
             ev = self.trainer.evaluate(vector, data)
-            if personalize is not None:
-                global_accs.append(ev.accuracy)
-                global_losses.append(ev.loss)
-                own = personalize(vector, self.client_states.get(cid))
-                ev = self.trainer.evaluate(own, data)
-            accs.append(ev.accuracy)
-            losses.append(ev.loss)
-            counts.append(ev.num_samples)
-        if not accs:
-            return {}
-        stats = fairness_stats(accs)
-        out = {f"client_accuracy_{k}": v for k, v in stats.items()}
-        out["client_loss_mean"] = float(np.average(losses, weights=counts))
-        if personalize is not None:
-            stats = fairness_stats(global_accs)
-            out.update({f"global_client_accuracy_{k}": v for k, v in stats.items()})
-            out["global_client_loss_mean"] = float(np.average(global_losses, weights=counts))
-        return out
+            if personalize is None:
+                reports.append(ClientEvaluation(ev.num_samples, ev.loss, ev.accuracy))
+                continue
+            own = self.trainer.evaluate(personalize(vector, self.client_states.get(cid)), data)
+            reports.append(
+                ClientEvaluation(own.num_samples, own.loss, own.accuracy, ev.loss, ev.accuracy)
+            )
+        return evaluation_summary(reports)
 
 
 def _handed_over_block(
