@@ -39,7 +39,6 @@ def one_run(strategy: Strategy, args: argparse.Namespace, certs: str | None) -> 
     trainer = NullTrainer(args.params)
     settings = ServerSettings(
         insecure=certs is None, certs_dir=certs, min_clients=n, min_accept=n, poll_wait_s=0.5,
-        max_workers=2 * n + 4,
     )  # fmt: skip
     server = FederatedServer(cfg, settings, trainer=trainer, strategy=strategy)
     port = server.start()

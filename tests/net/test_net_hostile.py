@@ -7,6 +7,7 @@ Every test waits on the run finishing (a thread exit) with a generous limit; non
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,8 +35,10 @@ HOSTILE = 2
 class Federation:
     """A TLS server running ``rounds`` rounds and honest clients 0 and 1, all in threads."""
 
-    def __init__(self, tmp: Path, certs: Path, rounds: int = 3, **settings: Any) -> None:
-        cfg, _ = read_config(write_config(tmp / "run.toml", rounds=rounds))
+    def __init__(
+        self, tmp: Path, certs: Path, rounds: int = 3, hidden: int = 32, **settings: Any
+    ) -> None:
+        cfg, _ = read_config(write_config(tmp / "run.toml", rounds=rounds, hidden=hidden))
         self.certs = certs
         defaults: dict[str, Any] = {
             "certs_dir": str(certs), "min_clients": 2, "min_accept": 1, "round_timeout_s": 120.0,
@@ -189,6 +192,74 @@ def test_flood_of_refused_uploads_keeps_the_log_and_checkpoint_bounded(federatio
     model_bytes = 4 * server.layout.size
     assert size < model_bytes + 200_000, f"checkpoint is {size} bytes"
     channel.close()
+
+
+def _hostile_alone(tmp_path: Path, certs_dir: Path) -> tuple[Federation, Any, Any]:
+    """A federation whose only client is the hostile one, with a model (~1.3 MB in 64 KiB
+    chunks) larger than an HTTP/2 flow-control window: a task it does not read pauses the
+    server's send."""
+    fed = Federation(
+        tmp_path,
+        certs_dir,
+        rounds=1,
+        hidden=5000,
+        min_clients=1,
+        rejoin_grace_s=1.0,
+        chunk_size=1 << 16,
+    )
+    channel = fed.hostile_channel()
+    stub = pb_grpc.FedFleetStub(channel)
+    fed.register_hostile(stub)
+    fed.threads[0].start()  # the server's round loop only
+    return fed, channel, stub
+
+
+async def _open_tasks() -> int:
+    """Coroutines alive on the server's event loop (one per open call, and a few of its own)."""
+    return len(asyncio.all_tasks())
+
+
+def test_unread_task_streams_do_not_pile_up(tmp_path, certs_dir):
+    """A selected client that opens GetTask after GetTask and reads none: each newer call ends
+    the older one, even while the older is paused sending the model, so one client holds one
+    call (before, each held a model-sized chunk: 100 calls took the server from 363 to 1,612 MB)."""
+    fed, channel, stub = _hostile_alone(tmp_path, certs_dir)
+    try:
+        calls = [stub.GetTask(pb.TaskRequest())]  # asks for work: the round opens for it
+        wait_for(lambda: fed.server._round is not None, 120, "the round to open")
+        wait_for(lambda: HOSTILE in fed.server._round.tasks, 120, "its task")
+        before = fed.server._loop.run(_open_tasks())
+        for _ in range(19):
+            calls.append(stub.GetTask(pb.TaskRequest()))
+            wait_for(
+                lambda: fed.server._clients[HOSTILE].polls >= len(calls), 120, "the newest call"
+            )
+        # the server holds one call of this client, not 20 (each paused mid-model)
+        wait_for(
+            lambda: fed.server._loop.run(_open_tasks()) <= before, 120, "superseded calls to end"
+        )
+        header = next(calls[-1]).header
+        assert header.kind == pb.TaskHeader.TRAIN
+    finally:
+        fed.server.stop(linger_s=0)
+        channel.close()
+
+
+def test_a_client_that_hangs_up_while_downloading_its_task_is_left_out(tmp_path, certs_dir):
+    """Hanging up in the middle of the model's download counts as hanging up: the round stops
+    waiting after rejoin_grace_s (not round_timeout_s) and the client is not connected."""
+    fed, channel, stub = _hostile_alone(tmp_path, certs_dir)
+    try:
+        call = stub.GetTask(pb.TaskRequest())
+        header = next(call).header
+        assert header.kind == pb.TaskHeader.TRAIN
+        call.cancel()  # the rest of the model is still unsent
+        wait_for(lambda: fed.server._clients[HOSTILE].gone, 120, "the hang-up to be noticed")
+        with fed.server._cond:
+            assert HOSTILE not in fed.server._connected()
+    finally:
+        fed.server.stop(linger_s=0)
+        channel.close()
 
 
 def test_a_client_that_registers_but_never_asks_for_work_is_never_sampled(tmp_path, certs_dir):

@@ -31,6 +31,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,7 @@ class FederatedServer(Servicer):
         self._told_done: set[int] = set()
         self._uploads_open: set[int] = set()
         self._revoked_cache = None
+        self._log_counts: Counter[int | str] = Counter()
         self._server: grpc.aio.Server | None = None
         self.port = 0
         self.aggregated_updates = 0
@@ -150,7 +152,11 @@ class FederatedServer(Servicer):
                 require_client_auth=True,
             )
         self._loop.start()
-        self.port = self._loop.run(self._listen(creds), timeout=60.0)
+        try:
+            self.port = self._loop.run(self._listen(creds), timeout=60.0)
+        except BaseException:
+            self._loop.close()  # no server: the loop thread must not outlive this call
+            raise
         log.info("listening on %s:%d (layout %s)", s.host, self.port, self.fingerprint)
         return self.port
 

@@ -26,7 +26,8 @@ import math
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,20 @@ class _Client:
     """It has a GetTask call open (waiting for a task, or holding its task's stream)."""
     gone: bool = False
     """Its last GetTask call ended by the client hanging up: not connected until it calls."""
-    wake: asyncio.Event | None = None
-    """Set (on the event loop) when something its live GetTask waits for may have changed."""
+    call: _Call | None = None
+    """Its live GetTask call (touched on the event loop only)."""
+
+
+@dataclass
+class _Call:
+    """One GetTask call: ``wake`` is set when something it waits for may have changed; while
+    ``sending`` it is writing a task's messages (paused in flow control if the client does not
+    read), so a newer call of the same client ends it by cancelling ``task``."""
+
+    gen: int
+    task: asyncio.Task[Any] | None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    sending: bool = False
 
 
 @dataclass
@@ -162,6 +175,8 @@ class Servicer(pb_grpc.FedFleetServicer):
     _uploads_open: set[int]
     """Clients with an upload stream open (one each)."""
     _revoked_cache: tuple[str, float, frozenset[str]] | None
+    _log_counts: Counter[int | str]
+    """Warnings logged per client or peer (see ``_log_refusal``)."""
     rejected: RejectionLog
 
     # ----- identity --------------------------------------------------------------------------
@@ -231,21 +246,31 @@ class Servicer(pb_grpc.FedFleetServicer):
 
     def refuse_headless(self, context: Any, rpc: str) -> str:
         """Log and return the reason for a stream that does not start with its header."""
-        reason = f"{rpc} from {self.caller(context)}: the stream must start with a header"
-        log.warning("refused %s", reason)
+        who = self.caller(context)
+        reason = f"{rpc} from {who}: the stream must start with a header"
+        self._log_refusal(who, "refused %s", reason)
         return reason
+
+    def _log_refusal(
+        self, who: int | str, fmt: str, *args: Any, level: int = logging.WARNING
+    ) -> None:
+        """Log about ``who`` (a client id or a peer): every line while they are few, then only
+        at powers of two, so a client repeating a call cannot flood the log."""
+        counts = self._log_counts
+        if who not in counts and len(counts) >= 100_000:
+            who = "others"
+        counts[who] += 1
+        n = counts[who]
+        if n <= 10 or n & (n - 1) == 0:
+            suffix = f" [{n} such warnings about {who} so far]" if n > 10 else ""
+            log.log(level, fmt + suffix, *args)
 
     def record_rejection(self, rej: UpdateRejected, peer: str) -> None:
         """Keep ``rej`` in the bounded log (call with ``_cond`` held); log it while the
         client's refusals are few, then only at powers of two, so a flood of refused messages
         cannot flood the log either."""
         self.rejected.append(rej)
-        count = (
-            self.rejected.by_client.get(rej.client_id, 0) if isinstance(rej.client_id, int) else 0
-        )
-        if count <= 10 or count & (count - 1) == 0:
-            extra = f"; {count} refusals of this client so far" if count > 10 else ""
-            log.warning("%s (from %s)%s", rej, peer, extra)
+        self._log_refusal(rej.client_id, "%s (from %s)", rej, peer)
 
     # ----- waking waiting calls ----------------------------------------------------------------
 
@@ -263,16 +288,17 @@ class Servicer(pb_grpc.FedFleetServicer):
                 if cids is None
                 else [self._clients[c] for c in cids if c in self._clients]
             )
-            events = [i.wake for i in infos if i.wake is not None]
+            events = [i.call.wake for i in infos if i.call is not None]
         for event in events:
             event.set()
 
-    async def _wait_poll(self, info: _Client, gen: int, ready: Any, timeout: float | None) -> Any:
+    async def _wait_poll(
+        self, info: _Client, call: _Call, ready: Any, timeout: float | None
+    ) -> Any:
         """Wait, holding no thread, until ``ready()`` (called with ``_cond`` held) returns
-        something other than None (returned), the call is superseded by a newer GetTask of the
+        something other than None (returned), ``call`` is superseded by a newer GetTask of the
         same client, or ``timeout`` passes (both: None)."""
-        event = info.wake
-        assert event is not None
+        event, gen = call.wake, call.gen
         loop = asyncio.get_running_loop()
         end = None if timeout is None else loop.time() + timeout
         while True:
@@ -297,7 +323,8 @@ class Servicer(pb_grpc.FedFleetServicer):
         cid = await self._identify_or_abort(context, request.client_id)
         if request.layout_fingerprint != self.fingerprint:
             theirs = clip_text(request.layout_fingerprint)
-            log.warning(
+            self._log_refusal(
+                cid,
                 "refused client %d: model layout %r, the server's is %s",
                 cid,
                 theirs,
@@ -328,23 +355,25 @@ class Servicer(pb_grpc.FedFleetServicer):
             )
             info.last_seen, info.gone, info.polled = time.monotonic(), False, False
             self._cond.notify_all()
-        log.info(
+        self._log_refusal(
+            f"registrations of {cid}",
             "client %d registered from %s (%d samples, %d held out)",
             cid,
             context.peer(),
             request.num_samples,
             request.num_test_samples,
+            level=logging.INFO,
         )
         return pb.RegisterReply(ok=True, client_id=cid, layout_fingerprint=self.fingerprint)
 
-    async def GetTask(self, request: pb.TaskRequest, context: Any) -> AsyncIterator[Any]:
+    async def GetTask(self, request: pb.TaskRequest, context: Any) -> None:
         cid = await self._identify_or_abort(context, request.client_id)
         with self._cond:
             info = self._clients.get(cid)
             if info is not None:
                 info.polls += 1
-                gen, older = info.polls, info.wake
-                info.wake = asyncio.Event()
+                call, older = _Call(info.polls, asyncio.current_task()), info.call
+                info.call = call
                 info.waiting, info.gone, info.polled = True, False, True
                 info.last_seen = time.monotonic()
                 if self._round is not None:
@@ -355,43 +384,52 @@ class Servicer(pb_grpc.FedFleetServicer):
                 grpc.StatusCode.FAILED_PRECONDITION, f"client {cid}: register before GetTask"
             )
             return
-        if older is not None:
-            older.set()  # the older GetTask of this client sees it is superseded and ends
+        if older is not None:  # one GetTask per client: the older call ends
+            older.wake.set()  # a waiting call answers WAIT (or ends its held task stream)
+            if older.sending and older.task is not None:
+                older.task.cancel()  # a send paused in flow control never sees the wake
         current: _Round | None = None
         try:
             found = await self._wait_poll(
-                info, gen, lambda: self._task_for(cid), self.settings.poll_wait_s
+                info, call, lambda: self._task_for(cid), self.settings.poll_wait_s
             )
             if found is None:
-                yield pb.TaskMessage(header=pb.TaskHeader(kind=pb.TaskHeader.WAIT))
+                await context.write(pb.TaskMessage(header=pb.TaskHeader(kind=pb.TaskHeader.WAIT)))
                 return
             header, current, payload = found
-            yield pb.TaskMessage(header=header)
+            call.sending = True
+            await context.write(pb.TaskMessage(header=header))
             if header.kind == pb.TaskHeader.DONE:
                 return
             for msg in self._broadcast(current, payload):
-                yield msg
+                await context.write(msg)
+            call.sending = False
             # hold the stream open until the task is answered or the round closes: if the
             # client dies meanwhile, this call is cancelled and the round stops waiting for it
-            await self._wait_poll(info, gen, lambda: self._task_settled(current, cid) or None, None)
+            await self._wait_poll(
+                info, call, lambda: self._task_settled(current, cid) or None, None
+            )
         except asyncio.CancelledError:
-            with self._cond:
-                if info.polls == gen:
-                    info.gone = True
-                    if current is not None and cid not in current.answered:
-                        current.gone[cid] = time.monotonic()
-                        log.warning(
-                            "round %d: client %d hung up before answering its task",
-                            current.rnd,
-                            cid,
-                        )
-                    self._cond.notify_all()
+            self._hung_up(info, call, current, cid)
             raise
         finally:
             with self._cond:
-                if info.polls == gen:
+                if info.polls == call.gen:
                     info.waiting, info.last_seen = False, time.monotonic()
                     self._cond.notify_all()
+
+    def _hung_up(self, info: _Client, call: _Call, current: _Round | None, cid: int) -> None:
+        """``call`` was cancelled: the client hung up, unless a newer call superseded it."""
+        with self._cond:
+            if info.polls != call.gen:
+                return
+            info.gone = True
+            if current is not None and cid not in current.answered:
+                current.gone[cid] = time.monotonic()
+                self._log_refusal(
+                    cid, "round %d: client %d hung up before answering its task", current.rnd, cid
+                )
+            self._cond.notify_all()
 
     def _task_for(self, cid: int) -> tuple[pb.TaskHeader, _Round | None, dict[str, Any]] | None:
         """The header (and round and payload) to send ``cid`` now, None to keep waiting;
@@ -474,7 +512,8 @@ class Servicer(pb_grpc.FedFleetServicer):
         try:
             first = await self._next_message(messages, f"{self.caller(context)}'s update stream")
         except WireError as err:
-            log.warning("refused SubmitUpdate from %s: %s", self.caller(context), err)
+            who = self.caller(context)
+            self._log_refusal(who, "refused SubmitUpdate from %s: %s", who, err)
             return pb.UpdateReply(accepted=False, reason=str(err))
         if first is None or first.WhichOneof("body") != "header":
             reason = self.refuse_headless(context, "SubmitUpdate")
@@ -533,7 +572,7 @@ class Servicer(pb_grpc.FedFleetServicer):
                     self._close_task(cid, rnd, h.task_id, TRAIN)
             return pb.UpdateReply(accepted=False, reason=rej.reason)
         except (grpc.RpcError, asyncio.CancelledError):
-            log.warning("client %d: upload stream broke off in round %d", cid, rnd)
+            self._log_refusal(cid, "client %d: upload stream broke off in round %d", cid, rnd)
             if claimed is not None:
                 with self._cond:
                     claimed.uploading.discard(cid)  # it may send the upload again

@@ -379,13 +379,13 @@ class SecAggRounds(spb_grpc.SecureAggregationServicer):
             log.warning("round %d: client %d's masked input broke off (ended early)", r.rnd, cid)
             self._gone(r, cid)
         machine = r.machine
-        await self._accept(
-            context,
-            r,
-            cid,
-            3,
-            lambda: _checked(MaskedInput(cid, receiver.finish(), machine.bits), machine),
-        )
+        try:  # a model-sized pass: off the event loop, and outside the round's lock
+            msg = await asyncio.to_thread(
+                lambda: _checked(MaskedInput(cid, receiver.finish(), machine.bits), machine)
+            )
+        except SecAggProtocolError as err:
+            await self._reject(context, cid, r.rnd, str(err))
+        await self._accept(context, r, cid, 3, lambda: msg)
         out = await self._await(r, 3, cid)
         if isinstance(out, spb.Status):
             return spb.UnmaskRequestReply(status=out)
