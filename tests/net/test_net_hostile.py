@@ -234,9 +234,12 @@ def test_unread_task_streams_do_not_pile_up(tmp_path, certs_dir):
             wait_for(
                 lambda: fed.server._clients[HOSTILE].polls >= len(calls), 120, "the newest call"
             )
-        # the server holds one call of this client, not 20 (each paused mid-model)
+        # the server holds one call of this client, not 20 (the slack is for the loop's own
+        # short-lived tasks, which come and go with the round)
         wait_for(
-            lambda: fed.server._loop.run(_open_tasks()) <= before, 120, "superseded calls to end"
+            lambda: fed.server._loop.run(_open_tasks()) <= before + 5,
+            120,
+            "superseded calls to end",
         )
         header = next(calls[-1]).header
         assert header.kind == pb.TaskHeader.TRAIN

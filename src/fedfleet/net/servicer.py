@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +35,21 @@ import numpy as np
 
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
-from fedfleet.client.protocol import FitInstructions
 from fedfleet.errors import UpdateRejected, clip_text
 from fedfleet.net._loop import ServerLoop, SharedCondition
 from fedfleet.net._rejections import RejectionLog
+from fedfleet.net._state import (
+    EVALUATE,
+    TRAIN,
+    _Call,
+    _Client,
+    _evaluation_problem,
+    _Refused,
+    _Round,
+    _Task,
+    instructions_from_header,
+    instructions_to_header,
+)
 from fedfleet.net.certs import client_id_from_cn
 from fedfleet.net.settings import ServerSettings
 from fedfleet.net.wire import (
@@ -48,8 +57,6 @@ from fedfleet.net.wire import (
     TensorReceiver,
     WireError,
     chunk_messages,
-    scalar_from_pb,
-    scalar_to_pb,
     tensor_infos,
 )
 from fedfleet.params import Layout
@@ -59,102 +66,6 @@ from fedfleet.validation import validate_update
 __all__ = ["Servicer", "instructions_from_header", "instructions_to_header"]
 
 log = logging.getLogger("fedfleet.net.server")
-
-TRAIN, EVALUATE = pb.TaskHeader.TRAIN, pb.TaskHeader.EVALUATE
-
-
-def instructions_to_header(ins: FitInstructions, header: pb.TaskHeader) -> None:
-    header.epochs = ins.epochs
-    header.batch_size = ins.batch_size
-    header.lr = ins.lr
-    header.max_steps = -1 if ins.max_steps is None else ins.max_steps
-    for k, v in ins.config.items():
-        header.config[k].CopyFrom(scalar_to_pb(v))
-
-
-def instructions_from_header(
-    header: pb.TaskHeader, payload: dict[str, np.ndarray]
-) -> FitInstructions:
-    return FitInstructions(
-        epochs=int(header.epochs),
-        batch_size=int(header.batch_size),
-        lr=float(header.lr),
-        max_steps=None if header.max_steps < 0 else int(header.max_steps),
-        config={k: scalar_from_pb(v) for k, v in header.config.items()},
-        payload=payload,
-    )
-
-
-@dataclass
-class _Client:
-    num_samples: int
-    last_seen: float
-    """When its last call to the server ended (monotonic)."""
-    num_test_samples: int = 0
-    polls: int = 0
-    """GetTask calls so far: the newest is the live one, an older one ends."""
-    polled: bool = False
-    """It has asked for a task since it registered (a client that only registers is never
-    sampled: it would hold a round until its deadline)."""
-    waiting: bool = False
-    """It has a GetTask call open (waiting for a task, or holding its task's stream)."""
-    gone: bool = False
-    """Its last GetTask call ended by the client hanging up: not connected until it calls."""
-    call: _Call | None = None
-    """Its live GetTask call (touched on the event loop only)."""
-
-
-@dataclass
-class _Call:
-    """One GetTask call: ``wake`` is set when something it waits for may have changed; while
-    ``sending`` it is writing a task's messages (paused in flow control if the client does not
-    read), so a newer call of the same client ends it by cancelling ``task``."""
-
-    gen: int
-    task: asyncio.Task[Any] | None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    sending: bool = False
-
-
-@dataclass
-class _Task:
-    rnd: int
-    task_id: str
-    instructions: FitInstructions | None
-    seed: int
-    kind: pb.TaskHeader.Kind = TRAIN
-
-
-@dataclass
-class _Round:
-    rnd: int
-    vector: np.ndarray
-    tasks: dict[int, _Task]
-    selected: set[int]
-    accepted: dict[int, tuple[ClientUpdate, int]] = field(default_factory=dict)
-    answered: set[int] = field(default_factory=set)
-    gone: dict[int, float] = field(default_factory=dict)
-    """Selected clients that hung up before answering, and when (monotonic): the round waits
-    ``rejoin_grace_s`` for each to call back (a restarted client picks its task up again)."""
-    evaluations: dict[int, pb.EvaluationResult] = field(default_factory=dict)
-    broadcast: list[pb.TaskMessage] = field(default_factory=list)
-    """The model's chunk messages, built once when the round opens and sent to every client."""
-    rows: np.ndarray | None = None
-    """``[len(tasks), P]`` float32: row i receives the upload of the i-th task (plan order) and
-    becomes its delta in place, so ``weighted_mean`` reads the matrix without stacking."""
-    uploading: set[int] = field(default_factory=set)
-    """Clients whose upload stream is being received (one at a time per task)."""
-
-    def settled(self, grace: float) -> bool:
-        """Every selected client answered, or hung up more than ``grace`` seconds ago."""
-        now = time.monotonic()
-        return all(now - self.gone.get(c, math.inf) >= grace for c in self.selected - self.answered)
-
-
-class _Refused(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 class Servicer(pb_grpc.FedFleetServicer):
@@ -674,23 +585,3 @@ class Servicer(pb_grpc.FedFleetServicer):
             current.uploading.add(cid)
             row = current.rows[list(current.tasks).index(cid)]
             return current.rnd, task, current.vector, self._clients[cid].num_samples, current, row
-
-
-def _evaluation_problem(r: pb.EvaluationResult, registered: int) -> str | None:
-    """What is wrong with an evaluation report, or None."""
-    pairs = [("loss", r.loss, "accuracy", r.accuracy)]
-    if r.personalized:
-        pairs.append(("global_loss", r.global_loss, "global_accuracy", r.global_accuracy))
-    for lname, loss, aname, acc in pairs:
-        if not (math.isfinite(loss) and math.isfinite(acc)):
-            return f"{lname} {loss} / {aname} {acc} must be finite"
-        if not 0.0 <= acc <= 1.0:
-            return f"{aname} {acc} outside [0, 1]"
-        if loss < 0:
-            return f"{lname} {loss} is negative"
-    if not 0 <= r.num_samples <= registered:
-        return (
-            f"num_samples {r.num_samples} outside 0..{registered}, the held-out samples the "
-            "client registered with"
-        )
-    return None
