@@ -107,6 +107,13 @@ def federation(tmp_path: Path, certs_dir: Path) -> Iterator[Federation]:
     fed.server.stop(linger_s=0)
 
 
+def _silent(release: threading.Event) -> Iterator[pb.UpdateMessage]:
+    """An upload stream that sends nothing until ``release`` is set."""
+    release.wait()
+    return
+    yield
+
+
 def test_stalled_upload_streams_do_not_stop_honest_rounds(tmp_path, certs_dir):
     """40 upload streams that never send a byte (more than the old server's 32 threads): the
     first holds the client's one upload slot, the other 39 are refused at once, and the
@@ -117,15 +124,10 @@ def test_stalled_upload_streams_do_not_stop_honest_rounds(tmp_path, certs_dir):
     fed.register_hostile(stub)
     release = threading.Event()
 
-    def silent() -> Iterator[pb.UpdateMessage]:
-        release.wait()
-        return
-        yield  # a generator that sends nothing until released
-
     try:
-        first = stub.SubmitUpdate.future(silent())
+        first = stub.SubmitUpdate.future(_silent(release))
         wait_for(lambda: HOSTILE in fed.server._uploads_open, 120, "the first stream's slot")
-        more = [stub.SubmitUpdate.future(silent()) for _ in range(39)]
+        more = [stub.SubmitUpdate.future(_silent(release)) for _ in range(39)]
         for call in more:
             with pytest.raises(grpc.RpcError) as err:
                 call.result(timeout=120)
@@ -150,13 +152,8 @@ def test_an_upload_that_sends_nothing_is_cut_after_the_idle_timeout(federation):
     federation.register_hostile(stub)
     release = threading.Event()
 
-    def silent() -> Iterator[pb.UpdateMessage]:
-        release.wait()
-        return
-        yield
-
     try:
-        reply = stub.SubmitUpdate.future(silent()).result(timeout=120)
+        reply = stub.SubmitUpdate.future(_silent(release)).result(timeout=120)
         assert not reply.accepted
         assert "sent nothing for 2 s (upload_idle_timeout_s)" in reply.reason, reply.reason
         assert HOSTILE not in federation.server._uploads_open  # the slot is free again
