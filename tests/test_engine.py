@@ -358,7 +358,7 @@ def test_results_handed_over_as_rows_become_deltas_in_place(blobs):
 
 
 def test_handed_over_block_takes_exactly_one_block_of_rows():
-    from fedfleet.sim.engine import _handed_over_block
+    from fedfleet.sim._inprocess import _handed_over_block
 
     class Hands:
         hands_over_results = True

@@ -59,11 +59,12 @@ from fedfleet.net.certs import read_pem
 from fedfleet.net.servicer import Servicer
 from fedfleet.net.settings import ServerSettings, grpc_options
 from fedfleet.net.wire import chunk_messages
+from fedfleet.rounds import client_seed, weighted_train_loss
+from fedfleet.rounds import sampling_rng as _sampling_rng
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.runs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedfleet.runs.config import RunConfig
 from fedfleet.runs.deploy_policy import for_deployment
-from fedfleet.sim.engine import _sampling_rng, _weighted_train_loss, client_seed
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
 
 __all__ = [
@@ -269,7 +270,7 @@ class FederatedServer(Servicer):
                 "round": rnd,
                 "num_clients": len(updates),
                 "num_rejected": len(plan) - len(updates),
-                "train_loss": _weighted_train_loss(updates),
+                "train_loss": weighted_train_loss(updates),
             }
             record.update(getattr(plan, "metrics", {}))
             record.update({k: v for k, v in agg.items() if k != "aggregated"})

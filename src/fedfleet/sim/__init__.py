@@ -7,6 +7,7 @@ from fedfleet.sim.deadline import DropLate, OverSelect, PartialWork
 from fedfleet.sim.engine import TIMING_KEYS, Simulation, SimulationResult, client_seed
 from fedfleet.sim.fedbuff import FedBuffSimulation, polynomial_staleness
 from fedfleet.sim.federation import Federation
+from fedfleet.sim.he_run import run_he_fedavg
 from fedfleet.sim.population import SyntheticPopulation
 from fedfleet.sim.procpool import ProcessExecutor
 from fedfleet.sim.profiles import ClientProfiles, Lognormal, ProfileSpec, load_profiles_csv
@@ -34,4 +35,5 @@ __all__ = [
     "client_seed",
     "load_profiles_csv",
     "polynomial_staleness",
+    "run_he_fedavg",
 ]

@@ -28,12 +28,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.errors import ConfigError
 from fedfleet.sim.profiles import ClientProfiles, planned_steps
 from fedfleet.strategies.stragglers import RoundPlan
 
-__all__ = ["DeadlinePolicy", "DropLate", "OverSelect", "PartialWork", "RoundClock"]
+__all__ = [
+    "DeadlinePolicy",
+    "DropLate",
+    "OverSelect",
+    "PartialWork",
+    "ProfilePacer",
+    "RoundClock",
+]
 
 Plan = Sequence[tuple[int, FitInstructions]]
 
@@ -136,3 +145,25 @@ class OverSelect:
             wait = first[-1][0] if len(first) == self.keep else self.deadline_s
             wait = min(wait, self.deadline_s)
         return RoundPlan(kept, {"deadline_dropped": float(dropped)}), wait
+
+
+@dataclass(frozen=True)
+class ProfilePacer:
+    """The round loop's :class:`~fedfleet.rounds.Pacer` for simulated heterogeneous clients:
+    a round lasts as long as its slowest trained client's round trip (or the deadline the policy
+    made the server wait for), from ``profiles``."""
+
+    profiles: ClientProfiles
+    num_samples: Sequence[int]
+    """Clients' sample counts by id (read only for the clients planned)."""
+    deadline: DeadlinePolicy | None = None
+
+    def schedule(self, plan: Plan, vector: np.ndarray) -> tuple[Plan, float]:
+        if self.deadline is None:
+            return plan, 0.0
+        clock = RoundClock(self.profiles, vector.nbytes, self.num_samples)
+        kept, wait_s = self.deadline.apply(plan, clock)
+        return RoundPlan(kept, {**getattr(plan, "metrics", {}), **kept.metrics}), wait_s
+
+    def round_time(self, plan: Plan, steps: Sequence[int], vector: np.ndarray) -> float:
+        return self.profiles.round_time([cid for cid, _ in plan], steps, vector.nbytes)

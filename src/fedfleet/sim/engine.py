@@ -25,52 +25,31 @@ never stopped. :mod:`fedfleet.runs.resume` keeps snapshots in the run's checkpoi
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import Any, overload
 
 import numpy as np
 
-import fedfleet._streams as _streams
-from fedfleet._rows import rows_of
-from fedfleet._threads import cores, map_items
-from fedfleet.client.protocol import FitInstructions, Trainer
+from fedfleet.client.protocol import Trainer
 from fedfleet.client.state_store import ClientStateStore, MemoryStateStore
-from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted, UpdateRejected
-from fedfleet.evaluation import ClientEvaluation, evaluation_summary
+from fedfleet.errors import FedfleetError, UpdateRejected
 from fedfleet.params import Layout
-from fedfleet.sim.cohort import ClientJob, CohortExecutor, SequentialExecutor
-from fedfleet.sim.deadline import DeadlinePolicy, RoundClock
+from fedfleet.rounds import TIMING_KEYS, LoopState, RoundLoop, client_seed, sampling_rng
+from fedfleet.sim._inprocess import InProcessTransport
+from fedfleet.sim.cohort import CohortExecutor, SequentialExecutor
+from fedfleet.sim.deadline import DeadlinePolicy, ProfilePacer
 from fedfleet.sim.federation import ClientPopulation
 from fedfleet.sim.profiles import ClientProfiles
-from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
-from fedfleet.strategies.stragglers import RoundPlan
-from fedfleet.validation import validate_update
+from fedfleet.strategies.base import Strategy, StrategyState
 
 __all__ = ["TIMING_KEYS", "Simulation", "SimulationResult", "Snapshot", "client_seed"]
-
-log = logging.getLogger("fedfleet")
-
-TIMING_KEYS = frozenset({"round_time_s", "wall_time_s"})
-"""Metrics that measure the machine, not the run: excluded from determinism checks."""
 
 RoundCallback = Callable[[dict[str, Any]], None]
 ClientCallback = Callable[[int, int], None]
 SnapshotCallback = Callable[["Snapshot"], None]
 
-
-def client_seed(seed: int, rnd: int, cid: int) -> int:
-    """The seed for client ``cid``'s local training in round ``rnd``."""
-    return _streams.derive_seed(seed, _streams.client_training(rnd, cid))
-
-
-def _sampling_rng(seed: int, rnd: int) -> np.random.Generator:
-    return _streams.generator(seed, _streams.sampling(rnd))
+_sampling_rng = sampling_rng  # the name tests and older callers use
 
 
 @dataclass
@@ -150,7 +129,6 @@ class Simulation:
     profiles: ClientProfiles | None = None
     deadline: DeadlinePolicy | None = None
     max_update_norm: float | None = None
-    _delta_rows: _RowBuffer = field(default_factory=lambda: _RowBuffer(), init=False, repr=False)
 
     def run(
         self,
@@ -178,177 +156,67 @@ class Simulation:
                 "Simulation(..., client_states=MemoryStateStore())"
             )
         self._check_profiles()
-        layout = self.trainer.layout
-        stateful: set[int] = set()  # clients that may hold state, for the snapshots
         if resume is None:
             vector = self.trainer.init_vector(self.seed)
-            state = self.strategy.init(vector)
-            history: list[dict[str, Any]] = []
-            sim_time = 0.0
+            start = LoopState(0, vector, self.strategy.init(vector))
         else:
             self._check_resume(resume, rounds)
-            vector, state, sim_time = resume.vector, resume.strategy_state, resume.sim_time_s
-            history = [dict(r) for r in resume.history]
+            start = LoopState(
+                resume.round,
+                resume.vector,
+                resume.strategy_state,
+                resume.history,
+                resume.sim_time_s,
+            )
             for cid, client_state in sorted(resume.client_states.items()):
                 self.client_states.put(cid, client_state)
-                stateful.add(cid)
-        rejected: list[UpdateRejected] = []
-        # wall_time_s goes on from the checkpoint's (the time the run was down is not in it)
-        done_s = (history[-1].get("wall_time_s") or 0.0) if history else 0.0
-        start = time.perf_counter() - done_s
-        for rnd in range(len(history) + 1, rounds + 1):
-            t0 = time.perf_counter()
-            clients = self.federation.client_ids
-            if self.profiles is not None:
-                clients = self.profiles.available(clients, rnd, self.seed)
-            try:
-                plan = self.strategy.configure_fit(
-                    rnd, vector, state, clients, _sampling_rng(self.seed, rnd)
-                )
-            except PrivacyBudgetExhausted as stop:
-                log.warning("stopping before round %d: %s", rnd, stop)
-                break
-            wait_s = 0.0
-            if self.deadline is not None:
-                plan, wait_s = self._apply_deadline(plan, vector)
-            updates, steps = self._updates(rnd, vector, plan, on_client, rejected)
-            stateful.update(u.client_id for u in updates)
-            vector, state, agg_metrics = self.strategy.aggregate_fit(rnd, vector, state, updates)
-            num_accepted = len(updates)
-            train_loss = _weighted_train_loss(updates)
-            del updates  # frees this round's delta rows for the next round
-            record: dict[str, Any] = {
-                "round": rnd,
-                "num_clients": num_accepted,
-                "num_rejected": len(plan) - num_accepted,
-                "train_loss": train_loss,
-            }
-            record.update(getattr(plan, "metrics", {}))  # e.g. Stragglers' RoundPlan counts
-            record.update({k: v for k, v in agg_metrics.items() if k != "aggregated"})
-            if self.profiles is not None:
-                trained = [cid for cid, _ in plan]
-                sim_round = max(self.profiles.round_time(trained, steps, vector.nbytes), wait_s)
-                sim_time += sim_round
-                record.update(num_online=len(clients), sim_round_s=sim_round, sim_time_s=sim_time)
-            last = rnd == rounds
-            if last or (self.eval_every and rnd % self.eval_every == 0):
-                ev = self.trainer.evaluate(vector, self.federation.task.test)
-                record["test_loss"], record["test_accuracy"] = ev.loss, ev.accuracy
-            if self.federated_eval_every and (last or rnd % self.federated_eval_every == 0):
-                record.update(self._federated_eval(vector))
-            record["round_time_s"] = time.perf_counter() - t0
-            record["wall_time_s"] = time.perf_counter() - start
-            history.append(record)
-            if on_snapshot is not None:
-                on_snapshot(self._snapshot(rnd, vector, state, stateful, history, sim_time))
-            if on_round is not None:
-                on_round(record)
-            if until is not None and until(record):
-                break
-        if history and "test_accuracy" not in history[-1]:  # stopped early between evaluations
-            ev = self.trainer.evaluate(vector, self.federation.task.test)
-            history[-1]["test_loss"], history[-1]["test_accuracy"] = ev.loss, ev.accuracy
+        transport = InProcessTransport(
+            self.trainer,
+            self.federation,
+            self.strategy,
+            self.executor,
+            self.client_states,
+            self.max_update_norm,
+            on_client,
+        )
+        if resume is not None:  # clients that may hold state, for the snapshots
+            transport.stateful.update(resume.client_states)
+
+        def save(state: LoopState) -> None:
+            assert on_snapshot is not None
+            on_snapshot(self._snapshot(state, transport.stateful))
+
+        loop = RoundLoop(
+            self.strategy,
+            transport,
+            self.seed,
+            self._clients,
+            test=lambda v: self.trainer.evaluate(v, self.federation.task.test),
+            eval_every=self.eval_every,
+            federated_every=self.federated_eval_every,
+            pacer=self._pacer(),
+            checkpoint=None if on_snapshot is None else save,
+        )
+        end = loop.run(rounds, start, on_round, until)
         return SimulationResult(
-            history, vector, layout, state, rejected, _export(self.trainer, vector)
+            end.history,
+            end.vector,
+            self.trainer.layout,
+            end.strategy_state,
+            loop.rejected,
+            _export(self.trainer, end.vector),
         )
 
-    def _updates(
-        self,
-        rnd: int,
-        vector: np.ndarray,
-        plan: Sequence[tuple[int, FitInstructions]],
-        on_client: ClientCallback | None,
-        rejected: list[UpdateRejected],
-    ) -> tuple[list[ClientUpdate], list[int]]:
-        """Train the planned clients and return the accepted updates (and every client's step
-        count, for the simulated clock).
+    def _clients(self, rnd: int) -> Sequence[int]:
+        clients = self.federation.client_ids
+        if self.profiles is not None:
+            return self.profiles.available(clients, rnd, self.seed)
+        return clients
 
-        The accepted deltas are consecutive rows of one ``[K, P]`` float32 array (a rejected
-        client's row is taken by the next one), so aggregation reads one matrix and no round
-        pays for K fresh vectors. When the trainer hands its results over as the rows of one
-        array (:func:`_handed_over_block`), the deltas are subtracted in place there, in the
-        trainer's row order: writing a second 40 MB matrix cost as much as the subtraction
-        (workload b: 8.8 against 4.0 ms). Otherwise they go into one reused array, in plan order.
-        """
-        selected = {cid for cid, _ in plan}
-        jobs = [
-            ClientJob(
-                cid,
-                data,
-                instructions,
-                client_seed(self.seed, rnd, cid),
-                self.client_states.get(cid),
-            )
-            for (cid, instructions), data in zip(plan, self._train_data(plan), strict=True)
-        ]
-        results = self.executor.run(self.strategy, self.trainer, vector, jobs, on_client)
-        block = _handed_over_block(self.trainer, [r.fit.vector for r in results], vector)
-        if block is not None:
-            rows, order = block  # result order[j] is row j
-        else:
-            rows, order = self._delta_rows.take(len(jobs), vector.shape[0]), list(range(len(jobs)))
-        layout = self.trainer.layout
-
-        def check(j: int) -> tuple[ClientUpdate, UpdateRejected | None, bool]:
-            """The update of the client at row ``j`` (its delta written into row ``j`` when it
-            is well-formed), its validation verdict, and whether the delta is that row."""
-            i = order[j]
-            job, result = jobs[i], results[i]
-            fit = result.fit
-            trained = fit.vector
-            in_row = False
-            if (
-                isinstance(trained, np.ndarray)
-                and trained.shape == vector.shape
-                and trained.dtype == vector.dtype
-            ):
-                delta = np.subtract(trained, vector, out=rows[j])
-                in_row = True
-            elif isinstance(trained, np.ndarray) and trained.shape == vector.shape:
-                delta = trained - vector  # wrong dtype: validation says so
-            else:
-                delta = trained  # misshaped: rejected below
-            update = ClientUpdate(
-                job.client_id, delta, fit.num_samples, fit.num_steps, fit.metrics, result.extras
-            )
-            try:
-                validate_update(
-                    update,
-                    layout,
-                    rnd,
-                    selected,
-                    max_samples=len(job.data),
-                    instructions=job.instructions,
-                    max_norm=self.max_update_norm,
-                )
-            except UpdateRejected as err:
-                return update, err.with_traceback(None), in_row  # a traceback would pin this
-            return update, None, in_row
-
-        # subtracting and checking K deltas is a [K, P] pass: over the cores when it is large,
-        # one block of rows per core (a task per row cost 1.3x one thread on workload b)
-        edges = np.linspace(0, len(jobs), cores() + 1).astype(int)
-        blocks = [range(int(a), int(b)) for a, b in pairwise(edges) if b > a]
-        work = len(jobs) * vector.shape[0]
-        done = map_items(lambda block: [check(j) for j in block], blocks, work)
-        checked = [verdict for block in done for verdict in block]
-        updates: list[ClientUpdate] = []
-        for j, (update, err, in_row) in enumerate(checked):
-            if err is not None:
-                log.warning("%s", err)
-                rejected.append(err)
-                continue
-            k = len(updates)
-            if k != j and in_row:
-                # after a rejection the accepted deltas move up, so they stay consecutive rows
-                np.copyto(rows[k], rows[j])
-                update = dataclasses.replace(update, delta=rows[k])
-            updates.append(update)
-            i = order[j]
-            state = results[i].state
-            if state is not None:
-                self.client_states.put(jobs[i].client_id, state)
-        return updates, [r.fit.num_steps for r in results]
+    def _pacer(self) -> ProfilePacer | None:
+        if self.profiles is None:
+            return None
+        return ProfilePacer(self.profiles, _Sizes(self.federation), self.deadline)
 
     def _check_resume(self, snapshot: Snapshot, rounds: int) -> None:
         layout = self.trainer.layout
@@ -369,26 +237,20 @@ class Simulation:
                 f"resume with rounds >= {snapshot.round}"
             )
 
-    def _snapshot(
-        self,
-        rnd: int,
-        vector: np.ndarray,
-        state: StrategyState,
-        stateful: set[int],
-        history: list[dict[str, Any]],
-        sim_time: float,
-    ) -> Snapshot:
+    def _snapshot(self, state: LoopState, stateful: set[int]) -> Snapshot:
         clients = {}
         for cid in sorted(stateful):
             client_state = self.client_states.get(cid)
             if client_state is not None:
                 clients[cid] = dict(client_state)
-        return Snapshot(rnd, vector, state, clients, [dict(r) for r in history], sim_time)
-
-    def _train_data(self, plan: Sequence[tuple[int, FitInstructions]]) -> list[Any]:
-        """The planned clients' training data (a :class:`Federation`'s are lazy subsets of
-        its pool: nothing is copied here)."""
-        return [self.federation.train_data(cid) for cid, _ in plan]
+        return Snapshot(
+            state.round,
+            state.vector,
+            state.strategy_state,
+            clients,
+            [dict(r) for r in state.history],
+            state.sim_time_s,
+        )
 
     def _check_profiles(self) -> None:
         if self.deadline is not None and self.profiles is None:
@@ -402,84 +264,6 @@ class Simulation:
                 f"profiles describe {self.profiles.num_clients} clients but the federation "
                 f"has {n}; give one profile per client"
             )
-
-    def _apply_deadline(self, plan: list[Any], vector: np.ndarray) -> tuple[RoundPlan, float]:
-        assert self.deadline is not None and self.profiles is not None
-        sizes = _Sizes(self.federation)
-        clock = RoundClock(self.profiles, vector.nbytes, sizes)
-        kept, wait_s = self.deadline.apply(plan, clock)
-        return RoundPlan(kept, {**getattr(plan, "metrics", {}), **kept.metrics}), wait_s
-
-    def _federated_eval(self, vector: np.ndarray) -> dict[str, float]:
-        """Evaluate on every client's held-out split: ``client_accuracy_*`` (mean, worst10,
-        min, std) and ``client_loss_mean``.
-
-        Personalisation hook: a strategy with a method ``personalize(vector, client_state) ->
-        vector`` (FedPer, FedRep) gives each client its own model, built from the global vector
-        and the client's state in ``client_states`` (None if it has none yet). Then
-        ``client_accuracy_*`` and ``client_loss_mean`` describe the personalised models and
-        ``global_client_accuracy_*``, ``global_client_loss_mean`` the global one on the same
-        splits. Strategies without the method get the global model's numbers alone.
-        """
-        personalize = getattr(self.strategy, "personalize", None)
-        reports: list[ClientEvaluation] = []
-        for cid in self.federation.client_ids:
-            data = self.federation.test_data(cid)
-            if data is None or len(data) == 0:
-                continue
-            ev = self.trainer.evaluate(vector, data)
-            if personalize is None:
-                reports.append(ClientEvaluation(ev.num_samples, ev.loss, ev.accuracy))
-                continue
-            own = self.trainer.evaluate(personalize(vector, self.client_states.get(cid)), data)
-            reports.append(
-                ClientEvaluation(own.num_samples, own.loss, own.accuracy, ev.loss, ev.accuracy)
-            )
-        return evaluation_summary(reports)
-
-
-def _handed_over_block(
-    trainer: Trainer, vectors: Sequence[Any], vector: np.ndarray
-) -> tuple[np.ndarray, list[int]] | None:
-    """``(block, order)`` when the trainer hands its results over (``hands_over_results``)
-    and they are exactly the rows of one C-contiguous block of an array, in any order:
-    result ``order[j]`` is ``block[j]``. None otherwise (another trainer, misshaped results,
-    a row given twice, or rows that are not one block)."""
-    found = rows_of(vectors) if getattr(trainer, "hands_over_results", False) else None
-    if found is None:
-        return None
-    base, at = found
-    if (
-        base.dtype != vector.dtype
-        or base.shape[1] != vector.shape[0]
-        or not base.flags.writeable
-        or np.may_share_memory(base, vector)
-    ):
-        return None
-    first = min(at)
-    if sorted(at) != list(range(first, first + len(at))):
-        return None
-    order = sorted(range(len(at)), key=at.__getitem__)
-    return base[first : first + len(at)], order
-
-
-class _RowBuffer:
-    """One ``[rows, size]`` float32 array handed out again each round once nothing else refers
-    to it (every row view holds a reference): a fresh 40 MB array per round costs as much in
-    page faults as the arithmetic that fills it. A strategy that keeps a delta makes the next
-    round allocate anew, so kept deltas are never overwritten."""
-
-    def __init__(self) -> None:
-        self._array: np.ndarray | None = None
-
-    def take(self, rows: int, size: int) -> np.ndarray:
-        array = self._array
-        # three references: the attribute, ``array`` and getrefcount's argument
-        if array is not None and array.shape[0] >= rows and array.shape[1] == size:
-            if sys.getrefcount(array) <= 3:
-                return array[:rows]
-        self._array = np.empty((rows, size), dtype=np.float32)
-        return self._array
 
 
 class _Sizes(Sequence[int]):
@@ -501,17 +285,6 @@ class _Sizes(Sequence[int]):
         if isinstance(cid, slice):
             return [self._population.num_samples(c) for c in range(len(self))[cid]]
         return self._population.num_samples(cid)
-
-
-def _weighted_train_loss(updates: list[ClientUpdate]) -> float | None:
-    """Sample-weighted mean of the clients' reported training losses (None if none reported)."""
-    losses, weights = [], []
-    for u in updates:
-        loss = u.metrics.get("train_loss")
-        if loss is not None and np.isfinite(loss):
-            losses.append(float(loss))
-            weights.append(u.num_samples)
-    return float(np.average(losses, weights=weights)) if losses else None
 
 
 def _export(trainer: Trainer, vector: np.ndarray) -> Any:

@@ -40,13 +40,13 @@ import fedfleet._streams as _streams
 from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, FedfleetError, UpdateRejected
+from fedfleet.rounds import weighted_train_loss
 from fedfleet.sim.clock import ClientClock
 from fedfleet.sim.engine import (
     ClientCallback,
     RoundCallback,
     SimulationResult,
     _export,
-    _weighted_train_loss,
     client_seed,
 )
 from fedfleet.sim.federation import Federation
@@ -290,7 +290,7 @@ class FedBuffSimulation:
         metrics = {
             "staleness_mean": float(np.mean(staleness)),
             "staleness_max": int(max(staleness)),
-            "train_loss": _weighted_train_loss(updates),
+            "train_loss": weighted_train_loss(updates),
         }
         return (vector.astype(np.float64) + step).astype(np.float32), opt_state, metrics
 

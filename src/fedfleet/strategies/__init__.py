@@ -6,9 +6,6 @@ wrappers FedPer/FedRep are their own small strategies. FedBuff, being asynchrono
 :class:`fedfleet.sim.FedBuffSimulation`.
 """
 
-# HE FedAvg's in-memory round loop lives in sim, above the strategies (it returns the engine's
-# SimulationResult); its public name stays here. No sim module imports this package's __init__.
-from fedfleet.sim.he_run import run_he_fedavg
 from fedfleet.strategies.base import (
     ClientResult,
     ClientUpdate,
@@ -63,7 +60,6 @@ __all__ = [
     "fedyogi",
     "head_mask",
     "plain_client_fit",
-    "run_he_fedavg",
     "sample_clients",
     "uniform",
     "weighted_mean",

@@ -20,7 +20,8 @@ import numpy as np
 
 import fedfleet.net.server as net_server
 from fedfleet.errors import UpdateRejected
-from fedfleet.sim.engine import _sampling_rng, client_seed
+from fedfleet.rounds import client_seed
+from fedfleet.rounds import sampling_rng as _sampling_rng
 from fedfleet.strategies.base import StrategyState
 
 log = logging.getLogger("fedfleet.net.secure")
