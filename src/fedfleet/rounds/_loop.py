@@ -188,7 +188,7 @@ class RoundLoop:
             if clients is None:
                 return None
             try:
-                plan = self.strategy.configure_fit(
+                plan: Plan = self.strategy.configure_fit(
                     rnd, state.vector, state.strategy_state, clients, sampling_rng(self.seed, rnd)
                 )
             except PrivacyBudgetExhausted as stop:
