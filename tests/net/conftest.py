@@ -166,7 +166,7 @@ def start_server(procs: Procs, config: Path, *extra: str, name: str = "server") 
     port_file = procs.tmp / f"{name}.port"
     port_file.unlink(missing_ok=True)
     p = procs.cli(name, "server", "--config", str(config), "--port-file", str(port_file), *extra)
-    wait_for(lambda: port_file.exists() or p.poll() is not None, 60, f"{name} to listen")
+    wait_for(lambda: port_file.exists() or p.poll() is not None, 300, f"{name} to listen")
     if not port_file.exists():
         raise AssertionError(f"{name} exited early:\n{procs.log(name)}")
     return int(port_file.read_text())

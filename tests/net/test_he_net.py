@@ -47,7 +47,7 @@ def test_paillier_over_tls_equals_in_memory_he_fedavg_exactly(procs, certs_dir):
         "server", worker, "server", str(config), str(certs_dir), str(public), str(port_file),
         str(out),
     )  # fmt: skip
-    wait_for(port_file.exists, 60, "the server to listen", (server,))
+    wait_for(port_file.exists, 300, "the server to listen", (server,))
     addr = f"127.0.0.1:{port_file.read_text()}"
     clients = [
         procs.start(f"client{c}", worker, "client", str(config), str(certs_dir), str(secret),
@@ -64,7 +64,7 @@ def test_paillier_over_tls_equals_in_memory_he_fedavg_exactly(procs, certs_dir):
 
     assert procs.wait(server, 300) == 0, procs.log("server")
     for p in clients:
-        assert procs.wait(p, 120) == 0, procs.log(p.name)
+        assert procs.wait(p, 300) == 0, procs.log(p.name)
     got = np.load(out, allow_pickle=False)
     assert got.dtype == np.float32 and np.array_equal(got, reference), (
         f"max diff {np.abs(got - reference).max()}"

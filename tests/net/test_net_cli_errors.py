@@ -202,10 +202,10 @@ def test_fedfleet_server_and_client_log_each_round(procs):
             *("-m", "fedfleet", "client", "--config", str(config), "--insecure"),
             *("--client-id", cid, "--server", address),
         )
-    assert procs.wait(server, 120) == 0, procs.log("server")
+    assert procs.wait(server, 300) == 0, procs.log("server")
     log = procs.log("server")
     assert "INFO fedfleet.net.server: round 1: 2 connected" in log, log
-    wait_for(lambda: "client 0 registered" in procs.log("client0"), 60, "the client's log")
+    wait_for(lambda: "client 0 registered" in procs.log("client0"), 300, "the client's log")
 
 
 def test_fedfleet_certs_keeps_its_keys_out_of_git(tmp_path):

@@ -81,14 +81,14 @@ def test_scaffold_client_restarted_from_state_dir_matches_simulation(procs):
         "slow", str(config), addr, "0", *common, "--slow-file", str(marker), "--slow-after", "1"
     )
     others = [procs.worker(f"w{c}", str(config), addr, str(c), *common) for c in (1, 2)]
-    wait_for(marker.exists, 90, "client 0 to start training round 2", (slow, server))
+    wait_for(marker.exists, 300, "client 0 to start training round 2", (slow, server))
     assert (states / "client-0.safetensors").exists()
     slow.send_signal(signal.SIGKILL)
     slow.wait(10)
     restarted = procs.worker("w0", str(config), addr, "0", *common)
     assert procs.wait(server, 300) == 0, procs.log("server")
     for p in [restarted, *others]:
-        assert procs.wait(p, 120) == 0, procs.log(p.name)
+        assert procs.wait(p, 300) == 0, procs.log(p.name)
     assert "client 0 done: rounds [2, 3]" in procs.log("w0")
     cfg, _ = read_config(config)
     layout = build_trainer(cfg, load_task_for(cfg)).layout

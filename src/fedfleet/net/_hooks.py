@@ -14,30 +14,19 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
-import numpy as np
 
-from fedfleet.strategies.base import ClientUpdate, StrategyState
+from fedfleet.rounds import Transport
 
 __all__ = ["SecureRounds", "register", "secure_rounds_for", "secure_upload_for"]
 
 
-class SecureRounds(Protocol):
-    """A round runner that replaces the server's plain round (SecAgg, HE)."""
+class SecureRounds(Transport, Protocol):
+    """A round runner that is the server's transport in place of its plain round (SecAgg, HE):
+    its ``fit`` hands out the tasks, runs the upload protocol and replies with receipts and the
+    server's step on what the protocol summed."""
 
     def register(self, grpc_server: grpc.aio.Server) -> None:
         """Add its gRPC service next to ``FedFleet``."""
-        ...
-
-    def play_round(
-        self, rnd: int, vector: np.ndarray, state: StrategyState
-    ) -> tuple[Any, list[ClientUpdate]] | None:
-        """Run round ``rnd``: ``(plan, receipts)``, or None when the server stopped."""
-        ...
-
-    def aggregate_fit(
-        self, rnd: int, vector: np.ndarray, state: StrategyState, updates: list[ClientUpdate]
-    ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
-        """The server step on what round ``rnd`` aggregated securely."""
         ...
 
 

@@ -82,6 +82,12 @@ class _Task:
     instructions: FitInstructions | None
     seed: int
     kind: pb.TaskHeader.Kind = TRAIN
+    vector: np.ndarray | None = None
+    """The model this task trains from when it is not the round's (asynchronous rounds: the
+    version the client was dispatched with), and its chunk messages."""
+    broadcast: list[pb.TaskMessage] | None = None
+    issued: float = 0.0
+    """When it was handed out (monotonic; asynchronous rounds time out each task)."""
 
 
 @dataclass
@@ -103,6 +109,17 @@ class _Round:
     becomes its delta in place, so ``weighted_mean`` reads the matrix without stacking."""
     uploading: set[int] = field(default_factory=set)
     """Clients whose upload stream is being received (one at a time per task)."""
+    arrived: list[int] = field(default_factory=list)
+    """Clients in the order their answers came (accepted or refused)."""
+    asynchronous: bool = False
+    """An asynchronous round (FedBuff): tasks are added while it is open, each with its own
+    model version, and a client's answered task may be replaced by a new one."""
+
+    def vector_of(self, task: _Task) -> np.ndarray:
+        return self.vector if task.vector is None else task.vector
+
+    def broadcast_of(self, task: _Task) -> list[pb.TaskMessage]:
+        return self.broadcast if task.broadcast is None else task.broadcast
 
     def settled(self, grace: float) -> bool:
         """Every selected client answered, or hung up more than ``grace`` seconds ago."""

@@ -41,6 +41,7 @@ from fedfleet.runs.build import build_federation, build_strategy, build_trainer,
 from fedfleet.runs.config import RunConfig
 from fedfleet.runs.deploy_policy import for_deployment
 from fedfleet.strategies.base import Strategy
+from fedfleet.strategies.fedbuff import FedBuff
 
 __all__ = ["ClientRefused", "ClientSettings", "FederatedClient"]
 
@@ -115,7 +116,7 @@ class FederatedClient:
         *,
         data: ArrayDataset | None = None,
         trainer: Trainer | None = None,
-        strategy: Strategy | None = None,
+        strategy: Strategy | FedBuff | None = None,
         test_data: ArrayDataset | None = None,
     ) -> None:
         config = for_deployment(config)  # local DP noise from the OS CSPRNG

@@ -32,6 +32,7 @@ import secrets
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,9 @@ import fedfleet.net._hooks as _hooks
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.client.protocol import Trainer
-from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted
-from fedfleet.evaluation import ClientEvaluation, evaluation_summary
+from fedfleet.errors import FedfleetError
+from fedfleet.evaluation import ClientEvaluation
+from fedfleet.net._buffered import BufferedRounds
 from fedfleet.net._loop import ServerLoop, SharedCondition
 from fedfleet.net._rejections import RejectionLog
 from fedfleet.net._state import (
@@ -59,13 +61,21 @@ from fedfleet.net.certs import read_pem
 from fedfleet.net.servicer import Servicer
 from fedfleet.net.settings import ServerSettings, grpc_options
 from fedfleet.net.wire import chunk_messages
-from fedfleet.rounds import client_seed, weighted_train_loss
-from fedfleet.rounds import sampling_rng as _sampling_rng
+from fedfleet.rounds import (
+    BufferedLoop,
+    EvaluateJob,
+    FitJob,
+    FitReplies,
+    LoopState,
+    RoundLoop,
+    client_seed,
+)
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.runs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedfleet.runs.config import RunConfig
 from fedfleet.runs.deploy_policy import for_deployment
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
+from fedfleet.strategies.fedbuff import FedBuff
 
 __all__ = [
     "FederatedServer",
@@ -78,7 +88,7 @@ __all__ = [
 log = logging.getLogger("fedfleet.net.server")
 
 
-class FederatedServer(Servicer):
+class FederatedServer(Servicer, BufferedRounds):
     """Serves one run of ``config`` to clients that connect over gRPC.
 
     Example:
@@ -92,7 +102,7 @@ class FederatedServer(Servicer):
         settings: ServerSettings,
         *,
         trainer: Trainer | None = None,
-        strategy: Strategy | None = None,
+        strategy: Strategy | FedBuff | None = None,
     ) -> None:
         config = for_deployment(config)  # deployed DP noise from the OS CSPRNG
         self.config, self.settings = config, settings
@@ -110,6 +120,8 @@ class FederatedServer(Servicer):
         self._round: _Round | None = None
         self._applied: dict[int, int] = {}
         """Per client, the last round whose update from it was aggregated (checkpointed)."""
+        self._pending: dict[int, int] = {}
+        """``_applied`` once the round being aggregated is committed."""
         self._done = False
         self._done_message = ""
         """Sent to clients with DONE: empty when the run finished, else why it stopped."""
@@ -210,13 +222,13 @@ class FederatedServer(Servicer):
     # ----- the round loop --------------------------------------------------------------------
 
     def run(self, rounds: int | None = None, resume: bool = False) -> dict[str, Any]:
-        """Run ``rounds`` (default config.rounds) rounds; returns history, vector and state."""
+        """Run ``rounds`` (default config.rounds) rounds of the round loop
+        (:class:`fedfleet.rounds.RoundLoop`) with this server as its transport (or the secure
+        round runner, for SecAgg and HE); returns history, vector and state."""
         rounds = rounds or self.config.rounds
         seed = self.config.seed
         vector = self.trainer.init_vector(seed)
-        state = self.strategy.init(vector)
-        history: list[dict[str, Any]] = []
-        first = 1
+        start = LoopState(0, vector, self.strategy.init(vector))
         if resume:
             if self.settings.run_dir is None:
                 raise FedfleetError("resume needs run_dir, the directory of the checkpoint")
@@ -226,91 +238,110 @@ class FederatedServer(Servicer):
                     f"checkpoint is for layout {ckpt.fingerprint} seed {ckpt.seed}, this run is "
                     f"layout {self.fingerprint} seed {seed}; resume with the run's own config"
                 )
-            vector, state, history, first = ckpt.vector, ckpt.state, ckpt.history, ckpt.round + 1
+            start = LoopState(ckpt.round, ckpt.vector, ckpt.state, ckpt.history)
             self._restore(ckpt)
             log.info("resuming after round %d", ckpt.round)
+        if isinstance(self.strategy, FedBuff):
+            return self._run_buffered(rounds, start)
+        assert not isinstance(self.strategy, FedBuff)
+        loop = RoundLoop(
+            self.strategy,
+            self if self.secure is None else self.secure,  # secure aggregation hook
+            seed,
+            self._wait_for_clients,
+            test=lambda v: self.trainer.evaluate(v, self.task.test),
+            eval_every=self.config.eval.every,
+            federated_every=self.config.eval.federated_every,
+            min_accept=self.settings.min_accept,
+            checkpoint=None if self.settings.run_dir is None else self._save,
+            checkpoint_before_commit=True,
+        )
         try:
-            return self._run_rounds(first, rounds, vector, state, history)
+            end = loop.run(rounds, start, on_round=_log_round)
         except BaseException as err:
             self._finish(f"the server stopped with an error: {type(err).__name__}: {err}")
             raise
-
-    def _run_rounds(
-        self,
-        first: int,
-        rounds: int,
-        vector: np.ndarray,
-        state: StrategyState,
-        history: list[dict[str, Any]],
-    ) -> dict[str, Any]:
-        seed = self.config.seed
-        start = time.perf_counter()
-        for rnd in range(first, rounds + 1):
-            t0 = time.perf_counter()
-            try:
-                play = self._play_round if self.secure is None else self.secure.play_round
-                outcome = play(rnd, vector, state)  # secure aggregation hook (see __init__)
-            except PrivacyBudgetExhausted as stop:
-                log.warning("stopping before round %d: %s", rnd, stop)
-                break
-            if outcome is None:  # stopped
-                break
-            plan, updates = outcome
-            if self.on_aggregate is not None:
-                self.on_aggregate(rnd, updates)
-            self.aggregated_updates += len(updates)
-            # secure aggregation hook: a SecAgg round aggregates the sum it unmasked
-            aggregate = self.strategy if self.secure is None else self.secure
-            vector, state, agg = aggregate.aggregate_fit(rnd, vector, state, updates)
-            # clients commit their staged state when a header tells them it was applied, so
-            # the round's checkpoint must exist first: a resumed server must never replay a
-            # round whose client state has already moved on
-            applied = {**self._applied, **{u.client_id: rnd for u in updates}}
-            record: dict[str, Any] = {
-                "round": rnd,
-                "num_clients": len(updates),
-                "num_rejected": len(plan) - len(updates),
-                "train_loss": weighted_train_loss(updates),
-            }
-            record.update(getattr(plan, "metrics", {}))
-            record.update({k: v for k, v in agg.items() if k != "aggregated"})
-            last = rnd == rounds
-            every = self.config.eval.every
-            if last or (every and rnd % every == 0):
-                ev = self.trainer.evaluate(vector, self.task.test)
-                record["test_loss"], record["test_accuracy"] = ev.loss, ev.accuracy
-            history.append(record)
-            fed_every = self.config.eval.federated_every
-            evaluate = fed_every and (last or rnd % fed_every == 0)
-
-            # checkpoint, then publish `applied`; with federated evaluation, evaluate (EVALUATE
-            # headers carry the new applied rounds: FedPer's heads count) and checkpoint again
-            for evaluating in (False, True) if evaluate else (False,):
-                if evaluating:
-                    record.update(self._play_evaluate(rnd, vector))
-                record["round_time_s"] = time.perf_counter() - t0
-                record["wall_time_s"] = time.perf_counter() - start
-                if self.settings.run_dir is not None:
-                    save_checkpoint(
-                        self.settings.run_dir,
-                        rnd,
-                        seed,
-                        self.fingerprint,
-                        vector,
-                        state,
-                        history,
-                        self._server_records(applied),
-                    )
-                with self._cond:  # from now on these clients' staged state is in effect
-                    self._applied = applied
-            log.info(
-                "round %d: %d updates, test accuracy %s",
-                rnd,
-                len(updates),
-                record.get("test_accuracy"),
-            )
         self._finish()
-        return {"history": history, "vector": vector, "state": state, "layout": self.layout}
+        return {
+            "history": end.history,
+            "vector": end.vector,
+            "state": end.strategy_state,
+            "layout": self.layout,
+        }
+
+    def _run_buffered(self, versions: int, start: LoopState) -> dict[str, Any]:
+        """FedBuff: the asynchronous loop with this server as its transport
+        (:mod:`fedfleet.net._buffered`), ``versions`` server steps. Not resumable: the clients in
+        flight are in no checkpoint."""
+        assert isinstance(self.strategy, FedBuff)
+        if start.round:
+            raise FedfleetError("fedbuff runs cannot be resumed; start the server afresh")
+        self._open_asynchronous(start.vector)
+        loop = BufferedLoop(
+            self.strategy,
+            self,
+            self.config.seed,
+            test=lambda v: self.trainer.evaluate(v, self.task.test),
+            eval_every=self.config.eval.every,
+        )
+        try:
+            end, _ = loop.run(versions, start, on_round=_log_version)
+        except BaseException as err:
+            self._finish(f"the server stopped with an error: {type(err).__name__}: {err}")
+            raise
+        finally:
+            self._close_round()
+        self._finish()
+        return {
+            "history": end.history,
+            "vector": end.vector,
+            "state": end.strategy_state,
+            "layout": self.layout,
+        }
+
+    def _wait_for_clients(self, rnd: int) -> list[int] | None:
+        """The connected clients once there are ``min_clients`` (None: the server stopped)."""
+        with self._cond:
+            while len(self._connected()) < self.settings.min_clients:
+                if self._done:
+                    return None
+                self._cond.wait(0.5)
+            return self._connected()
+
+    def aggregated(self, rnd: int, updates: Sequence[ClientUpdate]) -> None:
+        """Round ``rnd`` aggregates ``updates`` (receipts, for a secure sum): they are applied
+        once its checkpoint is written (:meth:`commit`)."""
+        if self.on_aggregate is not None:
+            self.on_aggregate(rnd, updates)
+        self.aggregated_updates += len(updates)
+        self._pending = {**self._applied, **{u.client_id: rnd for u in updates}}
+
+    def _aggregate(
+        self, rnd: int, vector: np.ndarray, state: StrategyState, updates: Sequence[ClientUpdate]
+    ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
+        self.aggregated(rnd, updates)
+        assert not isinstance(self.strategy, FedBuff)  # FedBuff runs _run_buffered
+        return self.strategy.aggregate_fit(rnd, vector, state, updates)
+
+    def _save(self, state: LoopState) -> None:
+        assert self.settings.run_dir is not None
+        save_checkpoint(
+            self.settings.run_dir,
+            state.round,
+            self.config.seed,
+            self.fingerprint,
+            state.vector,
+            state.strategy_state,
+            state.history,
+            self._server_records(self._pending),
+        )
+
+    def commit(self, rnd: int, accepted: Sequence[int]) -> None:
+        """Round ``rnd``'s checkpoint is on disk: from now on the accepted clients' staged state
+        is in effect (their next task header carries the new applied round). A resumed server
+        thus never replays a round whose client state has already moved on."""
+        with self._cond:
+            self._applied = dict(self._pending)
 
     def _server_records(self, applied: dict[int, int]) -> dict[str, Any]:
         """What the server itself knows per client, for the checkpoint (JSON); ``applied``:
@@ -377,65 +408,52 @@ class FederatedServer(Servicer):
                     break
                 self._cond.wait(min(left, 0.5))
 
-    def _play_round(
-        self, rnd: int, vector: np.ndarray, state: StrategyState
-    ) -> tuple[Any, list[ClientUpdate]] | None:
-        s = self.settings
-        while True:
-            with self._cond:
-                while len(self._connected()) < s.min_clients:
-                    if self._done:
-                        return None
-                    self._cond.wait(0.5)
-                clients = self._connected()
-            plan = self.strategy.configure_fit(
-                rnd, vector, state, clients, _sampling_rng(self.config.seed, rnd)
-            )
-            tasks = {
-                cid: _Task(rnd, secrets.token_hex(16), ins, client_seed(self.config.seed, rnd, cid))
-                for cid, ins in plan
-            }
-            log.info("round %d: %d connected, selected %s", rnd, len(clients), sorted(tasks))
-            deadline = time.monotonic() + s.round_timeout_s
-            current = _Round(rnd, vector, tasks, set(tasks))
-            current.broadcast = self._broadcast_messages(vector)
-            self._open_round(current)
-            self._await_answers(current, deadline)
-            self._close_round()
-            if self._done:
-                return None
-            missing = sorted(current.selected - current.answered)
-            if missing:
-                gone = sorted(current.gone.keys() & set(missing))
-                log.warning("round %d: no update from clients %s (hung up: %s)", rnd, missing, gone)
-            updates = [current.accepted[cid][0] for cid, _ in plan if cid in current.accepted]
-            if len(updates) >= s.min_accept:
-                return plan, updates
-            log.warning(
-                "round %d: %d valid updates, fewer than min_accept=%d; retrying the round",
-                rnd,
-                len(updates),
-                s.min_accept,
-            )
-
-    def _broadcast_messages(self, vector: np.ndarray) -> list[pb.TaskMessage]:
-        return [pb.TaskMessage(chunk=c) for c in chunk_messages([vector], self.settings.chunk_size)]
-
-    def _play_evaluate(self, rnd: int, vector: np.ndarray) -> dict[str, float]:
-        """Federated evaluation of ``vector``: every connected client with a held-out split
-        evaluates it locally; the per-client accuracies summarised as in simulation."""
+    def fit(self, job: FitJob) -> FitReplies | None:
+        """The round's tasks to the planned clients (each downloads the model in chunks with its
+        instructions and seed), then wait until each answered or hung up, or
+        ``round_timeout_s``; the accepted uploads in plan order (validated as they arrived)."""
+        rnd, plan = job.round, job.plan
+        tasks = {
+            cid: _Task(rnd, secrets.token_hex(16), ins, client_seed(job.seed, rnd, cid))
+            for cid, ins in plan
+        }
         with self._cond:
-            clients = [c for c in self._connected() if self._clients[c].num_test_samples > 0]
-        if not clients:
-            log.warning("round %d: no connected client holds a held-out split to evaluate", rnd)
-            return {}
-        tasks = {cid: _Task(rnd, secrets.token_hex(16), None, 0, EVALUATE) for cid in clients}
+            connected = len(self._connected())
+        log.info("round %d: %d connected, selected %s", rnd, connected, sorted(tasks))
+        current = self._publish(rnd, job.vector, tasks)
+        if self._done:
+            return None
+        missing = sorted(current.selected - current.answered)
+        if missing:
+            gone = sorted(current.gone.keys() & set(missing))
+            log.warning("round %d: no update from clients %s (hung up: %s)", rnd, missing, gone)
+        updates = [current.accepted[cid][0] for cid, _ in plan if cid in current.accepted]
+        return FitReplies(updates, aggregate=self._aggregate)
+
+    def _publish(self, rnd: int, vector: np.ndarray, tasks: dict[int, _Task]) -> _Round:
+        """Open a round of ``tasks`` (TRAIN or EVALUATE), wait for its answers, close it."""
         deadline = time.monotonic() + self.settings.round_timeout_s
         current = _Round(rnd, vector, tasks, set(tasks))
         current.broadcast = self._broadcast_messages(vector)
         self._open_round(current)
         self._await_answers(current, deadline)
         self._close_round()
+        return current
+
+    def _broadcast_messages(self, vector: np.ndarray) -> list[pb.TaskMessage]:
+        return [pb.TaskMessage(chunk=c) for c in chunk_messages([vector], self.settings.chunk_size)]
+
+    def evaluate(self, job: EvaluateJob) -> list[ClientEvaluation]:
+        """Federated evaluation of ``job.vector``: every connected client with a held-out split
+        evaluates it locally (its own model too, for FedPer/FedRep) and reports."""
+        rnd = job.round
+        with self._cond:
+            clients = [c for c in self._connected() if self._clients[c].num_test_samples > 0]
+        if not clients:
+            log.warning("round %d: no connected client holds a held-out split to evaluate", rnd)
+            return []
+        tasks = {cid: _Task(rnd, secrets.token_hex(16), None, 0, EVALUATE) for cid in clients}
+        current = self._publish(rnd, job.vector, tasks)
         missing = sorted(current.selected - set(current.evaluations))
         if missing:
             log.warning("round %d: no evaluation from clients %s", rnd, missing)
@@ -450,6 +468,24 @@ class FederatedServer(Servicer):
             for r in (current.evaluations[c] for c in sorted(current.evaluations))
             if r.num_samples > 0
         ]
-        out = evaluation_summary(reports)
-        log.info("round %d: federated evaluation on %d clients: %s", rnd, len(reports), out)
-        return out
+        log.info("round %d: federated evaluation on %d clients", rnd, len(reports))
+        return reports
+
+
+def _log_version(record: dict[str, Any]) -> None:
+    log.info(
+        "version %d: %d updates (staleness mean %.2f), test accuracy %s",
+        record["version"],
+        record["num_clients"],
+        record["staleness_mean"],
+        record.get("test_accuracy"),
+    )
+
+
+def _log_round(record: dict[str, Any]) -> None:
+    log.info(
+        "round %d: %d updates, test accuracy %s",
+        record["round"],
+        record["num_clients"],
+        record.get("test_accuracy"),
+    )

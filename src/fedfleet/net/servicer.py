@@ -312,7 +312,7 @@ class Servicer(pb_grpc.FedFleetServicer):
             await context.write(pb.TaskMessage(header=header))
             if header.kind == pb.TaskHeader.DONE:
                 return
-            for msg in self._broadcast(current, payload):
+            for msg in self._broadcast(current, cid, payload):
                 await context.write(msg)
             call.sending = False
             # hold the stream open until the task is answered or the round closes: if the
@@ -369,16 +369,19 @@ class Servicer(pb_grpc.FedFleetServicer):
         if task.instructions is not None:
             instructions_to_header(task.instructions, header)
             payload = dict(task.instructions.payload)
-        header.tensors.extend(tensor_infos({"vector": rnd.vector, **payload}))
+        header.tensors.extend(tensor_infos({"vector": rnd.vector_of(task), **payload}))
         return header, rnd, payload
 
     def _task_settled(self, current: _Round | None, cid: int) -> bool:
         """The task stream of ``cid`` in ``current`` can end (``_cond`` held)."""
         return self._done or self._round is not current or cid in current.answered  # type: ignore[union-attr]
 
-    def _broadcast(self, current: _Round, payload: dict[str, np.ndarray]) -> Iterator[Any]:
-        """The model's chunks (built once per round and shared), then the payload's."""
-        yield from current.broadcast
+    def _broadcast(
+        self, current: _Round, cid: int, payload: dict[str, np.ndarray]
+    ) -> Iterator[Any]:
+        """The model's chunks (built once per round, or per version, and shared), then the
+        payload's."""
+        yield from current.broadcast_of(current.tasks[cid])
         for chunk in chunk_messages(list(payload.values()), self.settings.chunk_size, start=1):
             yield pb.TaskMessage(chunk=chunk)
 
@@ -494,6 +497,7 @@ class Servicer(pb_grpc.FedFleetServicer):
                 return pb.UpdateReply(accepted=False, reason="the round closed before the upload")
             current.accepted[cid] = (update, len(h.tensors))
             current.answered.add(cid)
+            current.arrived.append(cid)
             self._clients[cid].last_seen = time.monotonic()
             self._cond.notify_all()
         self._wake([cid])  # its task stream can end
@@ -546,7 +550,7 @@ class Servicer(pb_grpc.FedFleetServicer):
         if cid not in self._clients:
             raise WireError("client is not registered")
         current = self._round
-        if current is None or current.rnd != rnd or cid not in current.tasks:
+        if current is None or cid not in current.tasks or current.tasks[cid].rnd != rnd:
             raise WireError(f"no open task for client {cid} in round {rnd}")
         task = current.tasks[cid]
         if not secrets.compare_digest(task.task_id, task_id):
@@ -562,10 +566,11 @@ class Servicer(pb_grpc.FedFleetServicer):
         """Count a refused answer to the open task as the client's answer (it will not send
         another); an answer of the wrong kind or for another task leaves the task open."""
         current = self._round
-        if current is not None and current.rnd == rnd and cid in current.tasks:
+        if current is not None and cid in current.tasks and cid not in current.answered:
             task = current.tasks[cid]
-            if task.task_id == task_id and task.kind == kind:
+            if task.rnd == rnd and task.task_id == task_id and task.kind == kind:
                 current.answered.add(cid)
+                current.arrived.append(cid)
                 self._cond.notify_all()
                 self._wake([cid])
 
@@ -580,8 +585,12 @@ class Servicer(pb_grpc.FedFleetServicer):
                 raise WireError(f"{len(h.tensors)} tensors declared, at most {1 + MAX_EXTRAS}")
             if cid in current.uploading:
                 raise WireError("an upload for this task is already being received")
-            if current.rows is None:
-                current.rows = np.empty((len(current.tasks), self.layout.size), np.float32)
+            if current.asynchronous:  # tasks come and go: a row of its own
+                row = np.empty(self.layout.size, np.float32)
+            else:
+                if current.rows is None:
+                    current.rows = np.empty((len(current.tasks), self.layout.size), np.float32)
+                row = current.rows[list(current.tasks).index(cid)]
             current.uploading.add(cid)
-            row = current.rows[list(current.tasks).index(cid)]
-            return current.rnd, task, current.vector, self._clients[cid].num_samples, current, row
+            vector = current.vector_of(task)
+            return task.rnd, task, vector, self._clients[cid].num_samples, current, row

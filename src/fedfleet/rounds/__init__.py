@@ -4,6 +4,7 @@ Simulation (:mod:`fedfleet.sim`) and deployment (:mod:`fedfleet.net`) are front 
 :class:`RoundLoop`: they differ only in the transport they hand it and where they keep state.
 """
 
+from fedfleet.rounds._buffered import Arrival, AsyncTransport, BufferedLoop, Dispatch
 from fedfleet.rounds._loop import (
     TIMING_KEYS,
     LoopState,
@@ -27,6 +28,10 @@ from fedfleet.rounds._transport import (
 __all__ = [
     "TIMING_KEYS",
     "Aggregate",
+    "Arrival",
+    "AsyncTransport",
+    "BufferedLoop",
+    "Dispatch",
     "EvaluateJob",
     "FitJob",
     "FitReplies",

@@ -201,7 +201,9 @@ class RoundLoop:
             if replies is None:
                 return None
             self.rejected.extend(replies.rejected)
-            if len(replies.updates) >= self.min_accept:
+            # a plan of nobody (a Poisson draw that sampled no client) is a round: retrying it
+            # would draw the same empty cohort again
+            if not plan or len(replies.updates) >= self.min_accept:
                 return plan, replies, len(clients), wait_s
             log.warning(
                 "round %d: %d valid updates, fewer than min_accept=%d; retrying the round",

@@ -30,7 +30,7 @@ from fedfleet.runs.executors import choose_executor
 from fedfleet.sim.clock import ClientClock
 from fedfleet.sim.deadline import DeadlinePolicy, DropLate, OverSelect, PartialWork
 from fedfleet.sim.engine import Simulation
-from fedfleet.sim.fedbuff import FedBuffSimulation, polynomial_staleness
+from fedfleet.sim.fedbuff import FedBuffSimulation
 from fedfleet.sim.federation import ClientPopulation, Federation
 from fedfleet.sim.population import SyntheticPopulation
 from fedfleet.sim.profiles import ClientProfiles, Lognormal, ProfileSpec, load_profiles_csv
@@ -39,6 +39,7 @@ from fedfleet.strategies.base import Strategy
 from fedfleet.strategies.compensation import Compensation, CompensationRule, MoreEpochs, ScaleLR
 from fedfleet.strategies.dpfedavg import AdaptiveClipping, DPFedAvg
 from fedfleet.strategies.fedavg import FedAvg
+from fedfleet.strategies.fedbuff import FedBuff, polynomial_staleness
 from fedfleet.strategies.fednova import FedNova
 from fedfleet.strategies.fedopt import fedadagrad, fedadam, fedyogi
 from fedfleet.strategies.personal import FedPer, FedRep
@@ -185,9 +186,18 @@ def _last_layer(layout: Layout) -> tuple[str, ...]:
     return (name.rsplit(".", 1)[0] + ".",) if "." in name else (name,)
 
 
-def build_strategy(config: RunConfig, trainer: Trainer, num_clients: int) -> Strategy:
-    """The strategy ``config.strategy`` names, with the client settings as local instructions."""
+def build_strategy(config: RunConfig, trainer: Trainer, num_clients: int) -> Strategy | FedBuff:
+    """The strategy ``config.strategy`` names, with the client settings as local instructions
+    (FedBuff's for asynchronous rounds)."""
     s, c = config.strategy, config.client
+    if s.name == "fedbuff":
+        return FedBuff(
+            local=FitInstructions(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr),
+            buffer_size=s.buffer_size,
+            concurrency=min(s.concurrency, num_clients),
+            server_lr=s.server_lr if s.server_lr is not None else 1.0,
+            staleness_weight=polynomial_staleness(s.staleness_exponent),
+        )
     config_extra = {"prox_mu": s.mu} if s.name in ("fedprox", "fednova") and s.mu > 0 else {}
     local = FitInstructions(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, config=config_extra)
     k = None if s.fraction is not None else s.clients_per_round
@@ -355,6 +365,7 @@ def build_run(config: RunConfig) -> RunPieces:
         )
         return RunPieces(task, fedbuff)
     strategy = build_strategy(config, trainer, federation.num_clients)
+    assert not isinstance(strategy, FedBuff)  # built above
     p = config.privacy
     if p.local_noise_multiplier is not None:
         strategy = LocalDP(

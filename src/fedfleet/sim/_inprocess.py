@@ -27,6 +27,7 @@ from fedfleet.client.state_store import ClientStateStore
 from fedfleet.errors import UpdateRejected
 from fedfleet.evaluation import ClientEvaluation
 from fedfleet.rounds import EvaluateJob, FitJob, FitReplies, client_seed
+from fedfleet.sim._secure import summed_replies
 from fedfleet.sim.cohort import ClientJob, CohortExecutor
 from fedfleet.sim.federation import ClientPopulation
 from fedfleet.strategies.base import ClientUpdate, Strategy
@@ -86,6 +87,10 @@ class InProcessTransport:
             for cid, instructions in plan
         ]
         results = self.executor.run(self.strategy, self.trainer, vector, jobs, self.on_client)
+        trained = [(j.client_id, r) for j, r in zip(jobs, results, strict=True)]
+        summed = summed_replies(self.strategy, job, trained)
+        if summed is not None:  # secure aggregation, HE: the server only sees the sum
+            return summed
         block = _handed_over_block(self.trainer, [r.fit.vector for r in results], vector)
         if block is not None:
             rows, order = block  # result order[j] is row j

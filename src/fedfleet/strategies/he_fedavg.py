@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedfleet.client.protocol import FitInstructions
-from fedfleet.errors import UpdateRejected
+from fedfleet.errors import FedfleetError, UpdateRejected
 from fedfleet.privacy.he import (
     EncryptedVector,
     HEError,
@@ -39,7 +39,7 @@ from fedfleet.privacy.he import (
 from fedfleet.privacy.he_ckks import (
     CkksKeyHolder,
 )
-from fedfleet.strategies.base import ClientResult, StrategyState, plain_client_fit
+from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState, plain_client_fit
 from fedfleet.strategies.sampling import cohort_size, sample_clients
 from fedfleet.transforms.base import ServerTransform, sgd
 
@@ -129,6 +129,20 @@ class HEFedAvg:
         except HEError as err:  # e.g. the weights total more than the packing holds
             rejected += [UpdateRejected(c, rnd, f"round not summed: {err}") for c in good]
             return None, rejected
+
+    def aggregate_fit(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        updates: Sequence[ClientUpdate],
+    ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
+        """Not how HE aggregates: its transports sum encrypted uploads and call :meth:`apply`
+        on the decrypted mean (the round loop does that for you)."""
+        raise FedfleetError(
+            "HEFedAvg sums encrypted uploads; run it through fedfleet.sim.Simulation or "
+            "fedfleet.net.FederatedServer, whose transports encrypt, sum and decrypt"
+        )
 
     def apply(
         self, vector: np.ndarray, state: StrategyState, mean_delta: np.ndarray | None

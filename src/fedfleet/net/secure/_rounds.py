@@ -16,46 +16,30 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import grpc
-import numpy as np
 
 import fedfleet.net.server as net_server
 from fedfleet.errors import UpdateRejected
-from fedfleet.rounds import client_seed
-from fedfleet.rounds import sampling_rng as _sampling_rng
-from fedfleet.strategies.base import StrategyState
+from fedfleet.rounds import FitJob, client_seed
 
 log = logging.getLogger("fedfleet.net.secure")
 
 
 def open_training(
-    fs: net_server.FederatedServer,
-    rnd: int,
-    vector: np.ndarray,
-    state: StrategyState,
-    prepare: Callable[[dict[int, str]], None],
-) -> Any:
-    """Wait for ``min_clients``, sample the cohort with ``configure_fit`` (the simulation's
-    sampling RNG), call ``prepare`` with each selected client's task id (so the secure round
-    exists before any client can reach it), then publish the TRAIN tasks; returns the plan, or
-    None if the server is stopping."""
-    with fs._cond:
-        while len(fs._connected()) < fs.settings.min_clients:
-            if fs._done:
-                return None
-            fs._cond.wait(0.5)
-        clients = fs._connected()
-    seed = fs.config.seed
-    plan = fs.strategy.configure_fit(rnd, vector, state, clients, _sampling_rng(seed, rnd))
+    fs: net_server.FederatedServer, job: FitJob, prepare: Callable[[dict[int, str]], None]
+) -> None:
+    """Call ``prepare`` with each planned client's task id (so the secure round exists before
+    any client can reach it), then publish the TRAIN tasks (each with the simulation's seed,
+    ``client_seed(seed, round, client)``)."""
+    rnd = job.round
     tasks = {
-        cid: net_server._Task(rnd, secrets.token_hex(16), ins, client_seed(seed, rnd, cid))
-        for cid, ins in plan
+        cid: net_server._Task(rnd, secrets.token_hex(16), ins, client_seed(job.seed, rnd, cid))
+        for cid, ins in job.plan
     }
     prepare({cid: t.task_id for cid, t in tasks.items()})
-    r = net_server._Round(rnd, vector, tasks, set(tasks))
-    r.broadcast = fs._broadcast_messages(vector)
+    r = net_server._Round(rnd, job.vector, tasks, set(tasks))
+    r.broadcast = fs._broadcast_messages(job.vector)
     fs._open_round(r)
-    log.info("round %d: %d connected, secure round over %s", rnd, len(clients), sorted(tasks))
-    return plan
+    log.info("round %d: secure round over %s", rnd, sorted(tasks))
 
 
 def close_training(fs: net_server.FederatedServer) -> None:

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +32,11 @@ import fedfleet.net.server as net_server
 from fedfleet._proto import he_pb2 as hpb
 from fedfleet._proto import he_pb2_grpc as hpb_grpc
 from fedfleet.errors import FedfleetError
+from fedfleet.evaluation import ClientEvaluation
 from fedfleet.net._loop import SharedCondition
 from fedfleet.net.wire import WireError
 from fedfleet.privacy.he import EncryptedVector, HEError
+from fedfleet.rounds import Aggregate, EvaluateJob, FitJob, FitReplies
 from fedfleet.strategies.base import ClientUpdate, StrategyState
 from fedfleet.strategies.he_fedavg import HEFedAvg
 
@@ -101,7 +103,6 @@ class HERounds(hpb_grpc.HEAggregationServicer):
         self.fs, self.strategy = server, strategy
         self._lock = SharedCondition(server._loop)
         self._round: _HERound | None = None
-        self._results: dict[int, tuple[np.ndarray | None, dict[str, float]]] = {}
         self._limit = 0
         self._length = 0
 
@@ -118,12 +119,11 @@ class HERounds(hpb_grpc.HEAggregationServicer):
                     return
                 self._lock.wait(min(left, 0.5))
 
-    def play_round(
-        self, rnd: int, vector: np.ndarray, state: StrategyState
-    ) -> tuple[Any, list[ClientUpdate]] | None:
+    def fit(self, job: FitJob) -> FitReplies | None:
         """Hand out the tasks, sum the encrypted uploads, have a key holder decrypt the sum;
-        returns ``(plan, receipts)`` (no deltas: the server never sees one)."""
-        fs = self.fs
+        the replies are receipts (no deltas: the server never sees one) and the server's step
+        on the decrypted mean (``HEFedAvg.apply``)."""
+        fs, rnd, vector = self.fs, job.round, job.vector
         if self._length != vector.size:  # the largest upload a client may declare
             zero = self.strategy.public.encrypt(np.zeros(vector.size), 1).to_bytes()
             self._length, self._limit = vector.size, 2 * len(zero) + (1 << 16)
@@ -136,9 +136,7 @@ class HERounds(hpb_grpc.HEAggregationServicer):
 
         timeout = fs.settings.round_timeout_s
         try:
-            plan = _rounds.open_training(fs, rnd, vector, state, prepare)
-            if plan is None:
-                return None
+            _rounds.open_training(fs, job, prepare)
             r = opened[0]
             expected = set(r.task_ids)
             self._wait(lambda: expected <= set(r.uploads) | r.gone, time.monotonic() + timeout)
@@ -182,16 +180,25 @@ class HERounds(hpb_grpc.HEAggregationServicer):
         }
         if r.mean is None:
             log.warning("round %d: no decrypted sum (uploads from %s); model kept", rnd, included)
-        self._results[rnd] = (r.mean, metrics)
-        return plan, [ClientUpdate(c, np.zeros(0, np.float32), r.weights[c], 0) for c in included]
+        receipts = [ClientUpdate(c, np.zeros(0, np.float32), r.weights[c], 0) for c in included]
+        return FitReplies(receipts, aggregate=self._step(r.mean, metrics))
 
-    def aggregate_fit(
-        self, rnd: int, vector: np.ndarray, state: StrategyState, updates: list[ClientUpdate]
-    ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
-        """``HEFedAvg.apply`` on the mean the key holder decrypted (None: keep the model)."""
-        mean, metrics = self._results.pop(rnd)
-        new, new_state = self.strategy.apply(vector, state, mean)
-        return new, new_state, metrics
+    def _step(self, mean: np.ndarray | None, metrics: dict[str, float]) -> Aggregate:
+        def aggregate(
+            rnd: int, vector: np.ndarray, state: StrategyState, updates: Sequence[ClientUpdate]
+        ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
+            """``HEFedAvg.apply`` on the mean the key holder decrypted (None: keep the model)."""
+            self.fs.aggregated(rnd, updates)
+            new, new_state = self.strategy.apply(vector, state, mean)
+            return new, new_state, metrics
+
+        return aggregate
+
+    def evaluate(self, job: EvaluateJob) -> list[ClientEvaluation]:
+        return self.fs.evaluate(job)
+
+    def commit(self, rnd: int, accepted: Sequence[int]) -> None:
+        self.fs.commit(rnd, accepted)
 
     # ----- RPCs ------------------------------------------------------------------------------
 

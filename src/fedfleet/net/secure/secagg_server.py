@@ -24,7 +24,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -36,12 +36,14 @@ import fedfleet.net.secure.secagg_wire as wire
 import fedfleet.net.server as net_server
 from fedfleet._proto import secagg_pb2 as spb
 from fedfleet._proto import secagg_pb2_grpc as spb_grpc
+from fedfleet.evaluation import ClientEvaluation
 from fedfleet.net._loop import SharedCondition
 from fedfleet.net.wire import WireError
 from fedfleet.privacy.secagg.errors import SecAggAborted, SecAggProtocolError
 from fedfleet.privacy.secagg.messages import AdvertiseKeys, MaskedInput
 from fedfleet.privacy.secagg.server import SecAggServer
 from fedfleet.privacy.secagg.strategy import SecAggFedAvg
+from fedfleet.rounds import Aggregate, EvaluateJob, FitJob, FitReplies
 from fedfleet.strategies.base import ClientUpdate, StrategyState
 
 __all__ = ["SecAggRounds"]
@@ -74,31 +76,22 @@ class SecAggRounds(spb_grpc.SecureAggregationServicer):
         self.fs, self.strategy = server, strategy
         self._lock = SharedCondition(server._loop)
         self._round: _SecureRound | None = None
-        self._results: dict[int, tuple[np.ndarray | None, int, dict[str, float]]] = {}
 
     def register(self, grpc_server: grpc.aio.Server) -> None:
         spb_grpc.add_SecureAggregationServicer_to_server(self, grpc_server)
 
     # ----- the round runner (the server's main thread) ----------------------------------------
 
-    def play_round(
-        self, rnd: int, vector: np.ndarray, state: StrategyState
-    ) -> tuple[Any, list[ClientUpdate]] | None:
-        """Hand out the training tasks and run the protocol; like ``_play_round`` it returns
-        ``(plan, updates)``, where the updates are receipts (no delta: the server never sees
-        one) of the clients whose input is in the sum; ``aggregate_fit`` then uses the sum."""
-        fs = self.fs
+    def fit(self, job: FitJob) -> FitReplies | None:
+        """Hand out the training tasks and run the protocol. The replies are receipts (no
+        delta: the server never sees one) of the clients whose input is in the sum, and the
+        server's step on that sum (``SecAggFedAvg.aggregate_sum``)."""
+        fs, rnd = self.fs, job.round
         opened: list[_SecureRound] = []
         try:
-            plan = _rounds.open_training(
-                fs,
-                rnd,
-                vector,
-                state,
-                lambda ids: opened.append(self._open_round(rnd, vector, ids)),
+            _rounds.open_training(
+                fs, job, lambda ids: opened.append(self._open_round(rnd, job.vector, ids))
             )
-            if plan is None:
-                return None
             r = opened[0]
             result = self._run_stages(r)
         finally:
@@ -112,22 +105,31 @@ class SecAggRounds(spb_grpc.SecureAggregationServicer):
         if r.sent_bytes:
             metrics["secagg_bytes_per_client"] = sum(r.sent_bytes.values()) / len(r.task_ids)
         if result is None:
-            self._results[rnd] = (None, 0, metrics)
-            return plan, []
-        self._results[rnd] = (result.total, len(result.included), metrics)
+            return FitReplies([], aggregate=self._step(None, [], metrics))
         if result.dropped:
             log.warning(
                 "round %d: clients %s dropped out of the secure sum", rnd, list(result.dropped)
             )
         log.info("round %d: unmasked the sum of clients %s", rnd, list(result.included))
-        return plan, [ClientUpdate(c, np.zeros(0, np.float32), 0, 0) for c in result.included]
+        receipts = [ClientUpdate(c, np.zeros(0, np.float32), 0, 0) for c in result.included]
+        return FitReplies(receipts, aggregate=self._step(result.total, receipts, metrics))
 
-    def aggregate_fit(
-        self, rnd: int, vector: np.ndarray, state: StrategyState, updates: list[ClientUpdate]
-    ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
-        """``SecAggFedAvg.aggregate_sum`` on the sum round ``rnd`` unmasked."""
-        total, included, metrics = self._results.pop(rnd)
-        return self.strategy.aggregate_sum(rnd, vector, state, total, included, metrics)
+    def _step(
+        self, total: np.ndarray | None, receipts: list[ClientUpdate], metrics: dict[str, float]
+    ) -> Aggregate:
+        def aggregate(
+            rnd: int, vector: np.ndarray, state: StrategyState, updates: Sequence[ClientUpdate]
+        ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
+            self.fs.aggregated(rnd, updates)
+            return self.strategy.aggregate_sum(rnd, vector, state, total, len(receipts), metrics)
+
+        return aggregate
+
+    def evaluate(self, job: EvaluateJob) -> list[ClientEvaluation]:
+        return self.fs.evaluate(job)
+
+    def commit(self, rnd: int, accepted: Sequence[int]) -> None:
+        self.fs.commit(rnd, accepted)
 
     def _open_round(self, rnd: int, vector: np.ndarray, task_ids: dict[int, str]) -> _SecureRound:
         s, ids = self.strategy, sorted(task_ids)
