@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,9 @@ from fedfleet.net.certs import create_test_federation
 from fedfleet.net.cli import read_config
 from fedfleet.net.wire import TensorReceiver
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
+from fedfleet.runs.rundir import load_model_vector
 from fedfleet.sim.engine import Simulation, SimulationResult
+from fedfleet.strategies.base import Strategy
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "net_worker.py"
@@ -56,20 +58,32 @@ def simulate(config_path: Path) -> np.ndarray:
     return simulate_run(config_path).vector
 
 
-def simulate_run(config_path: Path) -> SimulationResult:
+def simulate_run(
+    config_path: Path, adjust: Callable[[Strategy], Strategy] | None = None
+) -> SimulationResult:
+    """The reference run; ``adjust`` may change the config's strategy first (e.g. give
+    SecAggFedAvg simulated dropouts, which the config cannot express)."""
     cfg, _ = read_config(config_path)
     task = load_task_for(cfg)
     fed = build_federation(cfg, task)
     trainer = build_trainer(cfg, task)
+    strategy = build_strategy(cfg, trainer, fed.num_clients)
     sim = Simulation(
         trainer,
         fed,
-        build_strategy(cfg, trainer, fed.num_clients),
+        strategy if adjust is None else adjust(strategy),
         seed=cfg.seed,
         eval_every=cfg.eval.every,
         federated_eval_every=cfg.eval.federated_every,
     )
     return sim.run(cfg.rounds)
+
+
+def final_vector(run_dir: Path, config: Path) -> np.ndarray:
+    """The model a server run wrote to ``run_dir/model.safetensors``, as a flat float32 vector."""
+    cfg, _ = read_config(config)
+    layout = build_trainer(cfg, load_task_for(cfg)).layout
+    return load_model_vector(run_dir / "model.safetensors", layout)
 
 
 def read_task(stub, cid: int, size: int, timeout: float = 60.0):

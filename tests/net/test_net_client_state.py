@@ -9,13 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import free_port, simulate_run, wait_for, write_config
+from conftest import final_vector, free_port, simulate_run, wait_for, write_config
 from fedfleet.errors import FedfleetError
 from fedfleet.net.checkpoint import load_checkpoint
-from fedfleet.net.cli import read_config
 from fedfleet.net.client_state import ClientStateFile
-from fedfleet.runs.build import build_trainer, load_task_for
-from fedfleet.runs.rundir import load_model_vector
 
 
 def test_state_file_is_two_phase_and_survives_a_restart(tmp_path):
@@ -90,9 +87,7 @@ def test_scaffold_client_restarted_from_state_dir_matches_simulation(procs):
     for p in [restarted, *others]:
         assert procs.wait(p, 300) == 0, procs.log(p.name)
     assert "client 0 done: rounds [2, 3]" in procs.log("w0")
-    cfg, _ = read_config(config)
-    layout = build_trainer(cfg, load_task_for(cfg)).layout
-    got = load_model_vector(run_dir / "model.safetensors", layout)
+    got = final_vector(run_dir, config)
     assert np.array_equal(got, reference.vector), f"max diff {np.abs(got - reference.vector).max()}"
     history = load_checkpoint(run_dir).history
     keys = ["client_accuracy_mean", "client_accuracy_worst10", "client_accuracy_min",

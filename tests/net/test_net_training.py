@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import free_port, simulate, start_server, wait_for, write_config
+from conftest import final_vector, free_port, simulate, start_server, wait_for, write_config
 from fedfleet.net.checkpoint import (
     CHECKPOINT_NAME,
     PAUSE_ENV,
     load_checkpoint,
     save_checkpoint,
 )
-from fedfleet.net.cli import read_config
-from fedfleet.runs.build import build_trainer, load_task_for
-from fedfleet.runs.rundir import load_model_vector
-
-
-def _final_vector(run_dir: Path, config: Path) -> np.ndarray:
-    cfg, _ = read_config(config)
-    layout = build_trainer(cfg, load_task_for(cfg)).layout
-    return load_model_vector(run_dir / "model.safetensors", layout)
 
 
 def test_tls_server_and_three_clients_match_simulation_bit_for_bit(procs, certs_dir):
@@ -42,7 +32,7 @@ def test_tls_server_and_three_clients_match_simulation_bit_for_bit(procs, certs_
     assert procs.wait(procs.procs[0], 300) == 0, procs.log("server")
     for p in clients:
         assert procs.wait(p, 300) == 0, procs.log(p.name)
-    got = _final_vector(run_dir, config)
+    got = final_vector(run_dir, config)
     assert got.dtype == np.float32 and got.shape == reference.shape
     assert np.array_equal(got, reference), f"max diff {np.abs(got - reference).max()}"
     assert load_checkpoint(run_dir).round == 3
@@ -111,7 +101,7 @@ def test_server_killed_while_writing_a_checkpoint_resumes_to_identical_model(pro
     assert "resuming after round 2" in procs.log("server2")
     for p in clients:
         assert procs.wait(p, 300) == 0, procs.log(p.name)
-    got = _final_vector(run_dir, config)
+    got = final_vector(run_dir, config)
     assert np.array_equal(got, reference), f"max diff {np.abs(got - reference).max()}"
     after = load_checkpoint(run_dir)
     assert after.round == 4 and [r["round"] for r in after.history] == [1, 2, 3, 4]

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import HERE, read_task, simulate, start_server, wait_for
+from conftest import HERE, final_vector, read_task, simulate, start_server, wait_for
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet._proto import secagg_pb2 as spb
@@ -20,7 +20,6 @@ from fedfleet.net.certs import create_test_federation
 from fedfleet.net.cli import read_config
 from fedfleet.net.server import grpc_options
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
-from fedfleet.runs.rundir import load_model_vector
 from fedfleet.sim.engine import client_seed
 from fedfleet.strategies.base import ClientUpdate
 
@@ -57,13 +56,6 @@ def _config(path: Path, clients: int, rounds: int, dp: bool = False) -> Path:
     return path
 
 
-def _final(run_dir: Path, config: Path) -> np.ndarray:
-    cfg, _ = read_config(config)
-    return load_model_vector(
-        run_dir / "model.safetensors", build_trainer(cfg, load_task_for(cfg)).layout
-    )
-
-
 def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -92,7 +84,7 @@ def test_tls_secagg_with_central_dp_matches_simulation_bit_for_bit(procs, certs5
     assert procs.wait(procs.procs[0], 300) == 0, procs.log("server")
     for p in clients:
         assert procs.wait(p, 300) == 0, procs.log(p.name)
-    got = _final(run_dir, config)
+    got = final_vector(run_dir, config)
     assert np.array_equal(got, reference), f"max diff {np.abs(got - reference).max()}"
     records = _metrics(run_dir)
     assert [r["secagg_included"] for r in records] == [4.0, 4.0]
@@ -234,6 +226,6 @@ def test_killed_client_and_malformed_messages_leave_an_exact_sum(procs, certs5):
     assert "clients [3] dropped out of the secure sum" in log
     record = _metrics(run_dir)[0]
     assert record["secagg_included"] == 4.0 and record["secagg_aborted"] == 0.0
-    got = _final(run_dir, config)
+    got = final_vector(run_dir, config)
     expected = _expected_model(config, {0: None, 1: None, 2: None, 4: delta})
     assert np.array_equal(got, expected), f"max diff {np.abs(got - expected).max()}"
