@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from fedfleet._proto import fedfleet_pb2 as pb
@@ -64,6 +65,9 @@ def simulate_run(
     """The reference run; ``adjust`` may change the config's strategy first (e.g. give
     SecAggFedAvg simulated dropouts, which the config cannot express)."""
     cfg, _ = read_config(config_path)
+    # the thread count the deployed processes train with (float sums differ across counts);
+    # a module-scoped fixture runs before the autouse one-thread fixture
+    torch.set_num_threads(cfg.threads)
     task = load_task_for(cfg)
     fed = build_federation(cfg, task)
     trainer = build_trainer(cfg, task)

@@ -42,7 +42,7 @@ import grpc
 import numpy as np
 import pytest
 
-import fedfleet.privacy.secagg.strategy as secagg_strategy
+import fedfleet.sim._secure as secagg_strategy
 from conftest import (
     HERE,
     Procs,
