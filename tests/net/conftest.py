@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet.net.certs import create_test_federation
