@@ -153,7 +153,7 @@ def main() -> None:
     settings = ServerSettings(
         min_clients=n, min_accept=n, poll_wait_s=0.5, **_settings(args, certs)
     )
-    server = FederatedServer(
+    server = FederatedServer.from_config(
         cfg, settings, trainer=trainer, strategy=FedAvg(local=local, clients_per_round=n)
     )
     port = server.start()

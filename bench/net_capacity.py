@@ -92,7 +92,7 @@ def serve(args: argparse.Namespace) -> None:
         min_accept=1,
         round_timeout_s=args.round_timeout_s,
     )
-    server = FederatedServer(cfg, settings)
+    server = FederatedServer.from_config(cfg, settings)
     rss: list[float] = []
     stop = threading.Event()
 

@@ -83,7 +83,7 @@ def serve(args: argparse.Namespace) -> None:
         round_timeout_s=60.0,
         upload_idle_timeout_s=args.idle_s,
     )
-    server = FederatedServer(cfg, settings)
+    server = FederatedServer.from_config(cfg, settings)
     port = server.start()
     Path(args.port_file + ".tmp").write_text(str(port))
     os.replace(args.port_file + ".tmp", args.port_file)

@@ -40,7 +40,7 @@ def one_run(strategy: Strategy, args: argparse.Namespace, certs: str | None) -> 
     settings = ServerSettings(
         insecure=certs is None, certs_dir=certs, min_clients=n, min_accept=n, poll_wait_s=0.5,
     )  # fmt: skip
-    server = FederatedServer(cfg, settings, trainer=trainer, strategy=strategy)
+    server = FederatedServer.from_config(cfg, settings, trainer=trainer, strategy=strategy)
     port = server.start()
     data = ArrayDataset(np.zeros((10, 1), np.float32), np.zeros(10, np.int64))
     clients = [

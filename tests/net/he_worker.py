@@ -45,7 +45,9 @@ def main(role: str, config: str, certs: str, key: str, where: str, extra: str) -
         settings = ServerSettings(
             certs_dir=certs, min_clients=cfg.data.num_clients, round_timeout_s=60, poll_wait_s=0.5
         )
-        server = FederatedServer(cfg, settings, strategy=he_strategy(cfg, load_public(data)))
+        server = FederatedServer.from_config(
+            cfg, settings, strategy=he_strategy(cfg, load_public(data))
+        )
         Path(where).write_text(str(server.start()))
         try:
             result = server.run()

@@ -84,4 +84,4 @@ def test_a_server_given_the_secret_key_refuses_to_start(tmp_path):
     strategy = he_strategy(cfg, load_public(holder.public.to_bytes()), holder)
     assert isinstance(strategy.public, PaillierPublic)
     with pytest.raises(FedfleetError, match="holds a secret key; give the server only the public"):
-        FederatedServer(cfg, ServerSettings(insecure=True), strategy=strategy)
+        FederatedServer.from_config(cfg, ServerSettings(insecure=True), strategy=strategy)

@@ -33,7 +33,7 @@ def test_evaluation_reports_are_validated_and_summarised(tmp_path):
         insecure=True, min_clients=3, round_timeout_s=20.0, poll_wait_s=0.2, chunk_size=1 << 16,
         run_dir=tmp_path / "run",
     )  # fmt: skip
-    server = FederatedServer(cfg, settings)
+    server = FederatedServer.from_config(cfg, settings)
     fp = server.fingerprint
     port = server.start()
     result: dict = {}

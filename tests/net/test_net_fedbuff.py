@@ -11,7 +11,7 @@ import numpy as np
 
 from conftest import wait_for
 from fedfleet.net.cli import read_config
-from fedfleet.net.server import FederatedServer, ServerSettings
+from fedfleet.net.server import FederatedServer, RunSpec, ServerSettings
 from fedfleet.rounds import TIMING_KEYS
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.sim import FedBuffSimulation
@@ -62,8 +62,14 @@ def test_fedbuff_over_grpc_equals_the_simulation_in_the_same_arrival_order(procs
     config = procs.tmp / "fedbuff.toml"
     config.write_text(FEDBUFF_TOML.format(versions=versions))
     cfg, _ = read_config(config)
+    task = load_task_for(cfg)
+    trainer = build_trainer(cfg, task)
+    # fedfleet.net takes a trainer, a strategy and settings (no run config needed)
     server = FederatedServer(
-        cfg, ServerSettings(insecure=True, min_clients=3, round_timeout_s=600.0)
+        trainer,
+        build_strategy(cfg, trainer, cfg.data.num_clients),
+        ServerSettings(insecure=True, min_clients=3, round_timeout_s=600.0),
+        RunSpec(seed=cfg.seed, rounds=versions, test_data=task.test),
     )
     port = server.start()
     result: dict[str, Any] = {}

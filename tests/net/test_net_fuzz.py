@@ -36,7 +36,7 @@ def test_fuzzed_server_never_crashes_and_aggregates_only_valid_updates(tmp_path)
         insecure=True, min_clients=1, min_accept=1, round_timeout_s=2.0, poll_wait_s=0.05,
         chunk_size=4096, max_message_bytes=1 << 16,
     )  # fmt: skip
-    server = FederatedServer(cfg, settings)
+    server = FederatedServer.from_config(cfg, settings)
     layout, fp = server.layout, server.fingerprint
     valid_sent: dict[tuple[int, int], np.ndarray] = {}
     aggregated: list[tuple[int, int]] = []

@@ -44,7 +44,7 @@ class Federation:
             "certs_dir": str(certs), "min_clients": 2, "min_accept": 1, "round_timeout_s": 120.0,
             "heartbeat_timeout_s": 1.0, "run_dir": str(tmp / "run"),
         }  # fmt: skip
-        self.server = FederatedServer(cfg, ServerSettings(**{**defaults, **settings}))
+        self.server = FederatedServer.from_config(cfg, ServerSettings(**{**defaults, **settings}))
         self.port = self.server.start()
         self.result: dict[str, Any] = {}
         self.errors: list[BaseException] = []
@@ -336,12 +336,12 @@ def test_deployed_dp_noise_is_unpredictable_unless_a_test_asks_by_name(tmp_path)
                           ("seeded-testing-only", "seeded-testing-only")]:  # fmt: skip
         text = dp if noise is None else dp + f'noise = "{noise}"\n'
         cfg, _ = read_config(_write(tmp_path / "dp.toml", text))
-        assert FederatedServer(cfg, settings).config.privacy.noise == expect
+        assert FederatedServer.from_config(cfg, settings).config.privacy.noise == expect
         client = FederatedClient(cfg, ClientSettings(server="127.0.0.1:1", insecure=True), 0)
         assert client.config.privacy.noise == expect
     cfg, _ = read_config(_write(tmp_path / "dp.toml", dp + 'noise = "seeded"\n'))
     with pytest.raises(FedfleetError, match="seeded-testing-only"):
-        FederatedServer(cfg, settings)
+        FederatedServer.from_config(cfg, settings)
     with pytest.raises(FedfleetError, match="OS CSPRNG"):
         FederatedClient(cfg, ClientSettings(server="127.0.0.1:1", insecure=True), 0)
 

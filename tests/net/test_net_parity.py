@@ -188,7 +188,7 @@ def test_dpfedavg_round_that_samples_nobody_matches_simulation(tmp_path):
     assert reference.history[0]["num_clients"] == 0
     cfg, _ = read_config(config)
     settings = ServerSettings(insecure=True, min_clients=3, poll_wait_s=0.2, round_timeout_s=60)
-    server = FederatedServer(cfg, settings)
+    server = FederatedServer.from_config(cfg, settings)
     settled, result = threading.Event(), {}
 
     class Retried(logging.Handler):

@@ -13,12 +13,13 @@ strategies, trainers and validation; only broadcast and upload travel over the n
 import fedfleet.net.secure  # noqa: F401
 from fedfleet.net.certs import create_test_federation
 from fedfleet.net.client import ClientSettings, FederatedClient
-from fedfleet.net.server import FederatedServer, ServerSettings
+from fedfleet.net.server import FederatedServer, RunSpec, ServerSettings
 
 __all__ = [
     "ClientSettings",
     "FederatedClient",
     "FederatedServer",
+    "RunSpec",
     "ServerSettings",
     "create_test_federation",
 ]

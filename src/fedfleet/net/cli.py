@@ -121,7 +121,7 @@ def server(
             typer.echo("WARNING: --insecure: no TLS, no client authentication", err=True)
         settings = ServerSettings(**deploy)
         run_dir = Path(settings.run_dir) if settings.run_dir else None
-        srv = FederatedServer(cfg, settings)
+        srv = FederatedServer.from_config(cfg, settings)
         bound = srv.start()
         typer.echo(f"fedfleet server listening on {settings.host}:{bound}", err=True)
         if port_file is not None:
@@ -132,6 +132,7 @@ def server(
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
             # the deployed config (noise from the OS CSPRNG), which --resume reads back
+            assert srv.config is not None  # built from the config
             (run_dir / "config.toml").write_text(dump_config(srv.config))
         try:
             result = srv.run(resume=resume is not None)

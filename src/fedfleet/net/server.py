@@ -32,7 +32,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ import numpy as np
 import fedfleet.net._hooks as _hooks
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
-from fedfleet.client.protocol import Trainer
+from fedfleet.client.protocol import EvalResult, Trainer
 from fedfleet.errors import FedfleetError
 from fedfleet.evaluation import ClientEvaluation
 from fedfleet.net._buffered import BufferedRounds
@@ -59,7 +59,7 @@ from fedfleet.net._state import (
 from fedfleet.net._state import _Refused as _Refused  # importable from here
 from fedfleet.net.certs import read_pem
 from fedfleet.net.servicer import Servicer
-from fedfleet.net.settings import ServerSettings, grpc_options
+from fedfleet.net.settings import RunSpec, ServerSettings, grpc_options
 from fedfleet.net.wire import chunk_messages
 from fedfleet.rounds import (
     BufferedLoop,
@@ -79,6 +79,7 @@ from fedfleet.strategies.fedbuff import FedBuff
 
 __all__ = [
     "FederatedServer",
+    "RunSpec",
     "ServerSettings",
     "grpc_options",
     "instructions_from_header",
@@ -89,30 +90,39 @@ log = logging.getLogger("fedfleet.net.server")
 
 
 class FederatedServer(Servicer, BufferedRounds):
-    """Serves one run of ``config`` to clients that connect over gRPC.
+    """Serves one federated run of ``strategy`` over ``trainer``'s model to clients that connect
+    over gRPC: the round loop (:class:`fedfleet.rounds.RoundLoop`, or FedBuff's
+    :class:`~fedfleet.rounds.BufferedLoop`) with this server as its transport.
+
+    Args:
+        trainer: the model's layout, initialisation and the server's evaluation.
+        strategy: the federated algorithm (its server side runs here).
+        settings: how the server listens and paces rounds.
+        run: seed, rounds and evaluation (:class:`RunSpec`).
 
     Example:
-        >>> server = FederatedServer(config, ServerSettings(insecure=True))  # doctest: +SKIP
+        >>> server = FederatedServer(trainer, FedAvg(clients_per_round=2),  # doctest: +SKIP
+        ...                          ServerSettings(insecure=True), RunSpec(seed=0, rounds=5))
         >>> server.start(); result = server.run()  # doctest: +SKIP
+
+    :meth:`from_config` builds the trainer, strategy and run from a run config, as
+    ``fedfleet server`` does.
     """
 
     def __init__(
         self,
-        config: RunConfig,
+        trainer: Trainer,
+        strategy: Strategy | FedBuff,
         settings: ServerSettings,
-        *,
-        trainer: Trainer | None = None,
-        strategy: Strategy | FedBuff | None = None,
+        run: RunSpec | None = None,
     ) -> None:
-        config = for_deployment(config)  # deployed DP noise from the OS CSPRNG
-        self.config, self.settings = config, settings
-        self.task = load_task_for(config)
-        federation = build_federation(config, self.task)
-        self.trainer = trainer or build_trainer(config, self.task)
-        self.strategy = strategy or build_strategy(config, self.trainer, federation.num_clients)
+        self.trainer, self.strategy, self.settings = trainer, strategy, settings
+        self.run_spec = run or RunSpec()
+        self.config: RunConfig | None = None
+        """The run config, when built by :meth:`from_config`."""
         self.layout = self.trainer.layout
         self.fingerprint = self.layout.fingerprint
-        self.max_update_norm = config.strategy.max_update_norm
+        self.max_update_norm = self.run_spec.max_update_norm
         self._loop = ServerLoop()
         self._stopping = threading.Lock()
         self._cond = SharedCondition(self._loop)
@@ -145,6 +155,34 @@ class FederatedServer(Servicer, BufferedRounds):
                 settings.host,
                 settings.port,
             )
+
+    @classmethod
+    def from_config(
+        cls,
+        config: RunConfig,
+        settings: ServerSettings,
+        *,
+        trainer: Trainer | None = None,
+        strategy: Strategy | FedBuff | None = None,
+    ) -> FederatedServer:
+        """The server of the run ``config`` describes (its data gives the test split and the
+        federation's size; deployed DP noise comes from the OS CSPRNG)."""
+        config = for_deployment(config)
+        task = load_task_for(config)
+        federation = build_federation(config, task)
+        trainer = trainer or build_trainer(config, task)
+        strategy = strategy or build_strategy(config, trainer, federation.num_clients)
+        run = RunSpec(
+            seed=config.seed,
+            rounds=config.rounds,
+            test_data=task.test,
+            eval_every=config.eval.every,
+            federated_every=config.eval.federated_every,
+            max_update_norm=config.strategy.max_update_norm,
+        )
+        server = cls(trainer, strategy, settings, run)
+        server.config = config
+        return server
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -225,8 +263,8 @@ class FederatedServer(Servicer, BufferedRounds):
         """Run ``rounds`` (default config.rounds) rounds of the round loop
         (:class:`fedfleet.rounds.RoundLoop`) with this server as its transport (or the secure
         round runner, for SecAgg and HE); returns history, vector and state."""
-        rounds = rounds or self.config.rounds
-        seed = self.config.seed
+        spec = self.run_spec
+        rounds, seed = rounds or spec.rounds, spec.seed
         vector = self.trainer.init_vector(seed)
         start = LoopState(0, vector, self.strategy.init(vector))
         if resume:
@@ -249,9 +287,9 @@ class FederatedServer(Servicer, BufferedRounds):
             self if self.secure is None else self.secure,  # secure aggregation hook
             seed,
             self._wait_for_clients,
-            test=lambda v: self.trainer.evaluate(v, self.task.test),
-            eval_every=self.config.eval.every,
-            federated_every=self.config.eval.federated_every,
+            test=self._test,
+            eval_every=spec.eval_every,
+            federated_every=spec.federated_every,
             min_accept=self.settings.min_accept,
             checkpoint=None if self.settings.run_dir is None else self._save,
             checkpoint_before_commit=True,
@@ -280,9 +318,9 @@ class FederatedServer(Servicer, BufferedRounds):
         loop = BufferedLoop(
             self.strategy,
             self,
-            self.config.seed,
-            test=lambda v: self.trainer.evaluate(v, self.task.test),
-            eval_every=self.config.eval.every,
+            self.run_spec.seed,
+            test=self._test,
+            eval_every=self.run_spec.eval_every,
         )
         try:
             end, _ = loop.run(versions, start, on_round=_log_version)
@@ -298,6 +336,11 @@ class FederatedServer(Servicer, BufferedRounds):
             "state": end.strategy_state,
             "layout": self.layout,
         }
+
+    @property
+    def _test(self) -> Callable[[np.ndarray], EvalResult] | None:
+        data = self.run_spec.test_data
+        return None if data is None else lambda v: self.trainer.evaluate(v, data)
 
     def _wait_for_clients(self, rnd: int) -> list[int] | None:
         """The connected clients once there are ``min_clients`` (None: the server stopped)."""
@@ -328,7 +371,7 @@ class FederatedServer(Servicer, BufferedRounds):
         save_checkpoint(
             self.settings.run_dir,
             state.round,
-            self.config.seed,
+            self.run_spec.seed,
             self.fingerprint,
             state.vector,
             state.strategy_state,

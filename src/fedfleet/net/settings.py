@@ -10,7 +10,7 @@ from typing import Any
 
 from fedfleet.errors import FedfleetError
 
-__all__ = ["ServerSettings", "grpc_options"]
+__all__ = ["RunSpec", "ServerSettings", "grpc_options"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,3 +83,30 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """What one federated run is, besides its trainer and strategy: the seed every draw derives
+    from, how many rounds, and its evaluation. ``FederatedServer.from_config`` fills it from a
+    run config; a program that builds its own trainer and strategy gives it directly."""
+
+    seed: int = 0
+    rounds: int = 1
+    """Rounds (FedBuff: server versions) by default."""
+    test_data: Any = None
+    """The server's test split (an ``ArrayDataset``) for centralized evaluation (None: none)."""
+    eval_every: int = 1
+    """Centralized evaluation every k rounds and after the last (0: only after the last)."""
+    federated_every: int = 0
+    """Federated evaluation on the clients' held-out splits every k rounds (0: never)."""
+    max_update_norm: float | None = None
+    """Refuse uploads whose delta has a larger L2 norm (None: no bound)."""
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.eval_every < 0 or self.federated_every < 0:
+            raise FedfleetError(
+                f"RunSpec: rounds must be >= 1 and eval_every, federated_every >= 0; got "
+                f"rounds={self.rounds}, eval_every={self.eval_every}, "
+                f"federated_every={self.federated_every}"
+            )
