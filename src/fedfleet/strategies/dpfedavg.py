@@ -32,15 +32,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import fedfleet._streams as _streams
-from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
+from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, PrivacyBudgetExhausted
 from fedfleet.privacy.accountant import DpAccounting
-from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian, is_seeded
-from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState
+from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState, transform_fit
 from fedfleet.strategies.sampling import sample_clients
-from fedfleet.transforms.base import ServerTransform, sgd
+from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
+from fedfleet.transforms.dp import (
+    NoiseSource,
+    adaptive_clip,
+    clip,
+    clip_by_l2,
+    gaussian_noise,
+    is_seeded,
+    noise_rng,
+)
 
 __all__ = ["AdaptiveClipping", "DPFedAvg"]
 
@@ -120,6 +128,20 @@ class DPFedAvg:
             return z
         return (z**-2 - (2 * self.adaptive.count_noise) ** -2) ** -0.5
 
+    @property
+    def _adaptive_clip(self) -> ServerTransform | None:
+        a = self.adaptive
+        if a is None:
+            return None
+        return adaptive_clip(
+            initial=self.clip_norm,
+            expected_cohort=self.accounting.expected_cohort,
+            target_quantile=a.target_quantile,
+            learning_rate=a.learning_rate,
+            count_noise=a.count_noise,
+            source=self.noise,
+        )
+
     def init(self, vector: np.ndarray) -> StrategyState:
         return {
             "server_optimizer": self.server_optimizer.init(vector),
@@ -176,10 +198,10 @@ class DPFedAvg:
                 "another strategy?"
             )
         bound = float(instructions.config[CLIP_NORM])
-        clipped, norm = clip_by_l2(fit.vector.astype(np.float64) - vector, bound)
-        metrics = {**fit.metrics, UNCLIPPED: float(norm <= bound)}
-        out = (vector.astype(np.float64) + clipped).astype(np.float32)
-        return ClientResult(FitResult(out, fit.num_samples, fit.num_steps, metrics))
+        fit, norm = transform_fit(fit, vector, clip(bound))
+        return ClientResult(
+            dataclasses.replace(fit, metrics={**fit.metrics, UNCLIPPED: float(norm <= bound)})
+        )
 
     def aggregate_fit(
         self,
@@ -190,25 +212,26 @@ class DPFedAvg:
     ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
         bound = float(state["clip_norm"])  # type: ignore[arg-type]
         total = np.zeros(vector.shape, dtype=np.float64)
-        unclipped = 0
-        for u in updates:  # the server clips too: the bound holds whatever a client sent
-            clipped, norm = clip_by_l2(u.delta, bound)
+        norms = np.zeros(len(updates))
+        for i, u in enumerate(updates):  # the server clips too: the bound holds whatever was sent
+            clipped, norms[i] = clip_by_l2(u.delta, bound)  # norms measured here, not reported
             total += clipped
-            unclipped += norm <= bound  # counted here, never taken from the client's word
-        rng = (
-            _streams.generator(self.noise_seed, _streams.central_dp_noise(rnd))
-            if is_seeded(self.noise) and self.noise_seed is not None
-            else None
-        )
+        # one stream for the round: the delta noise, then (adaptive) the count noise
+        rng = noise_rng(self.noise, self.noise_seed, _streams.central_dp_noise(rnd))
         std = self.delta_noise_multiplier * bound
-        total += gaussian(vector.size, std, self.noise, rng)
+        total, _ = gaussian_noise(std, self.noise).update(total, {}, vector, rng)
         expected = self.accounting.expected_cohort
-        step, opt_state = self.server_optimizer.update(
-            -total / expected,
-            state["server_optimizer"],  # type: ignore[arg-type]
+        new, opt_state = apply_delta(
+            self.server_optimizer,
             vector,
+            total / expected,
+            state["server_optimizer"],  # type: ignore[arg-type]
         )
         new_state: StrategyState = {"server_optimizer": opt_state, "clip_norm": bound}
+        if self._adaptive_clip is not None:
+            _, moved = self._adaptive_clip.update(norms, {"clip_norm": bound}, vector, rng)
+            new_state.update(moved)
+        unclipped = int(np.count_nonzero(norms <= bound))
         metrics = {
             "dp_epsilon": self.accounting.epsilon(rnd),
             "dp_delta": self.accounting.delta,
@@ -216,10 +239,4 @@ class DPFedAvg:
             "dp_noise_std": std,
             "dp_unclipped_fraction": unclipped / len(updates) if updates else 0.0,
         }
-        if self.adaptive is not None:
-            a = self.adaptive
-            noisy = unclipped + float(gaussian(1, a.count_noise, self.noise, rng)[0])
-            new_state["clip_norm"] = bound * math.exp(
-                -a.learning_rate * (noisy / expected - a.target_quantile)
-            )
-        return (vector.astype(np.float64) + step).astype(np.float32), new_state, metrics
+        return new, new_state, metrics

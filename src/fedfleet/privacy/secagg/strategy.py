@@ -36,18 +36,18 @@ from types import MappingProxyType
 import numpy as np
 
 import fedfleet._streams as _streams
-from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
+from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError
 from fedfleet.privacy.accountant import DpAccounting
-from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian, is_seeded
 from fedfleet.privacy.secagg.config import SecAggConfig
 from fedfleet.privacy.secagg.errors import SecAggAborted
 from fedfleet.privacy.secagg.simulate import draw_dropouts, run_secagg
-from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState
+from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState, transform_fit
 from fedfleet.strategies.sampling import cohort_size, default_cohort, sample_clients
-from fedfleet.transforms.base import ServerTransform, sgd
+from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
+from fedfleet.transforms.dp import NoiseSource, clip, gaussian_noise, noise_rng
 
 __all__ = ["SecAggFedAvg"]
 
@@ -141,9 +141,7 @@ class SecAggFedAvg:
     ) -> ClientResult:
         """Train, then clip the delta to ``clip_norm`` before it is quantised and masked."""
         fit = trainer.fit(vector, data, instructions, seed)
-        clipped, _ = clip_by_l2(fit.vector.astype(np.float64) - vector, self.clip_norm)
-        out = (vector.astype(np.float64) + clipped).astype(np.float32)
-        return ClientResult(FitResult(out, fit.num_samples, fit.num_steps, fit.metrics))
+        return ClientResult(transform_fit(fit, vector, clip(self.clip_norm))[0])
 
     def aggregate_fit(
         self,
@@ -201,24 +199,19 @@ class SecAggFedAvg:
             if total is None or included == 0:  # nothing securely summed: keep the model
                 return vector, state, {**metrics, "aggregated": 0.0}
             mean = total / included
-        else:
-            noise_rng = (
-                _streams.generator(self.seed, _streams.secagg_dp_noise(rnd))
-                if is_seeded(self.noise)
-                else None
-            )
+        else:  # the central Gaussian mechanism on the sum, over the expected cohort
+            rng = noise_rng(self.noise, self.seed, _streams.secagg_dp_noise(rnd))
             std = self.dp.noise_multiplier * self.clip_norm
-            noisy = (np.zeros(vector.size) if total is None else total) + gaussian(
-                vector.size, std, self.noise, noise_rng
-            )
+            summed = np.zeros(vector.size) if total is None else total
+            noisy, _ = gaussian_noise(std, self.noise).update(summed, {}, vector, rng)
             mean = noisy / self.dp.expected_cohort
             metrics.update(
                 dp_epsilon=self.dp.epsilon(rnd), dp_delta=self.dp.delta, dp_noise_std=std
             )
-        step, opt_state = self.server_optimizer.update(
-            -mean,
-            state["server_optimizer"],  # type: ignore[arg-type]
+        new, opt_state = apply_delta(
+            self.server_optimizer,
             vector,
+            mean,
+            state["server_optimizer"],  # type: ignore[arg-type]
         )
-        new = (vector.astype(np.float64) + step).astype(np.float32)
         return new, {"server_optimizer": opt_state}, {**metrics, "aggregated": float(included)}
