@@ -38,7 +38,7 @@ from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, PrivacyBudgetExhausted
 from fedfleet.privacy.accountant import DpAccounting
 from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState, transform_fit
-from fedfleet.strategies.sampling import sample_clients
+from fedfleet.strategies.sampling import AccountedSampling
 from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
 from fedfleet.transforms.dp import (
     NoiseSource,
@@ -161,22 +161,7 @@ class DPFedAvg:
                 f"round {rnd} would raise epsilon to {self.accounting.epsilon(rnd):.3f}, past "
                 f"the target {self.target_epsilon} (delta {self.accounting.delta})"
             )
-        acc = self.accounting
-        if len(clients) != acc.population:
-            raise ConfigError(
-                f"DP accounting assumes a population of {acc.population} clients but "
-                f"{len(clients)} are available; set accounting.population to the federation size"
-            )
-        if acc.sampling == "poisson":
-            assert acc.sampling_rate is not None
-            chosen = [
-                int(c)
-                for c, u in zip(clients, rng.random(len(clients)), strict=True)
-                if u < acc.sampling_rate
-            ]
-        else:
-            assert acc.cohort_size is not None
-            chosen = sample_clients(clients, acc.cohort_size, rng)
+        chosen = AccountedSampling(self.accounting).sample(clients, rng)
         config = {**self.local.config, CLIP_NORM: float(state["clip_norm"])}  # type: ignore[arg-type]
         instructions = dataclasses.replace(self.local, config=config)
         return [(cid, instructions) for cid in chosen]

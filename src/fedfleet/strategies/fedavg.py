@@ -24,11 +24,11 @@ from fedfleet._rows import rows_of
 from fedfleet._threads import map_blocks
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.strategies.base import ClientUpdate, StrategyState, plain_client_fit
-from fedfleet.strategies.sampling import cohort_size, default_cohort, sample_clients
+from fedfleet.strategies.sampling import Sampling, plan_round
 from fedfleet.strategies.stragglers import Stragglers
 from fedfleet.transforms.base import ServerTransform, sgd
 
-__all__ = ["FedAvg", "uniform_plan", "weighted_mean"]
+__all__ = ["FedAvg", "weighted_mean"]
 
 
 def weighted_mean(deltas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -70,28 +70,13 @@ def _shared_rows(vectors: Sequence[np.ndarray]) -> np.ndarray | None:
     return base[start : start + len(rows)]
 
 
-def uniform_plan(
-    clients: Sequence[int],
-    rng: np.random.Generator,
-    clients_per_round: int | None,
-    fraction: float | None,
-    local: FitInstructions,
-    stragglers: Stragglers | None = None,
-) -> list[tuple[int, FitInstructions]]:
-    """Sample the cohort uniformly and give every client ``local``; then, if given, let
-    ``stragglers`` cut some clients' work (drawn after sampling: the same cohort either way)."""
-    k = cohort_size(len(clients), clients_per_round, fraction)
-    plan = [(cid, local) for cid in sample_clients(clients, k, rng)]
-    return plan if stragglers is None else stragglers.apply(plan, rng)
-
-
 @dataclass(frozen=True, kw_only=True)
-class FedAvg:
+class FedAvg(Sampling):
     """Federated averaging with uniform client sampling.
 
     Attributes:
-        clients_per_round: K, a count (give this or ``fraction``).
-        fraction: C, the fraction of available clients per round.
+        clients_per_round, fraction: K or C, as in :class:`~fedfleet.strategies.sampling.
+            Sampling` (10 clients a round if neither).
         local: the instructions every sampled client gets (epochs, batch size, lr).
         server_optimizer: transform applied to the pseudo-gradient; ``sgd(1.0)`` is plain FedAvg.
         stragglers: systems heterogeneity: a share of the sampled clients run fewer epochs or
@@ -101,14 +86,9 @@ class FedAvg:
         >>> strategy = FedAvg(clients_per_round=10, local=FitInstructions(epochs=1, lr=0.05))
     """
 
-    clients_per_round: int | None = None
-    fraction: float | None = None
     local: FitInstructions = field(default_factory=FitInstructions)
     server_optimizer: ServerTransform = field(default_factory=sgd)
     stragglers: Stragglers | None = None
-
-    def __post_init__(self) -> None:
-        default_cohort(self)
 
     def init(self, vector: np.ndarray) -> StrategyState:
         return {"server_optimizer": self.server_optimizer.init(vector)}
@@ -121,9 +101,7 @@ class FedAvg:
         clients: Sequence[int],
         rng: np.random.Generator,
     ) -> list[tuple[int, FitInstructions]]:
-        return uniform_plan(
-            clients, rng, self.clients_per_round, self.fraction, self.local, self.stragglers
-        )
+        return plan_round(self, clients, rng, self.local, self.stragglers)
 
     client_fit = staticmethod(plain_client_fit)
 

@@ -45,7 +45,7 @@ from fedfleet.privacy.secagg.config import SecAggConfig
 from fedfleet.privacy.secagg.errors import SecAggAborted
 from fedfleet.privacy.secagg.simulate import draw_dropouts, run_secagg
 from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState, transform_fit
-from fedfleet.strategies.sampling import cohort_size, default_cohort, sample_clients
+from fedfleet.strategies.sampling import AccountedSampling, Sampler, Sampling
 from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
 from fedfleet.transforms.dp import NoiseSource, clip, gaussian_noise, noise_rng
 
@@ -53,13 +53,13 @@ __all__ = ["SecAggFedAvg"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class SecAggFedAvg:
+class SecAggFedAvg(Sampling):
     """Federated averaging over secure aggregation; see the module docstring.
 
     Attributes:
         clip_norm: S, the L2 bound every client clips its delta to (and the quantiser's range).
-        clients_per_round: K (or give ``fraction``); ignored when ``dp`` decides the sampling.
-        fraction: C, the share of available clients a round.
+        clients_per_round, fraction: K or C, as in :class:`~fedfleet.strategies.sampling.
+            Sampling`; ignored when ``dp`` decides the sampling.
         local: the instructions every sampled client gets.
         quant_range: R, the quantisation levels per sign (error <= S / (2R) per coordinate).
         neighbours: SecAgg+ degree k; None: O(log n) default; ``"complete"``: plain SecAgg.
@@ -77,8 +77,6 @@ class SecAggFedAvg:
     """
 
     clip_norm: float
-    clients_per_round: int | None = None
-    fraction: float | None = None
     local: FitInstructions = field(default_factory=FitInstructions)
     quant_range: int = 2**20
     neighbours: int | str | None = None
@@ -92,7 +90,7 @@ class SecAggFedAvg:
     def __post_init__(self) -> None:
         if not self.clip_norm > 0:
             raise ConfigError(f"clip_norm must be > 0, got {self.clip_norm}")
-        default_cohort(self)
+        super().__post_init__()
         SecAggConfig(  # validates the protocol parameters early
             vector_length=1,
             clip_range=self.clip_norm,
@@ -112,23 +110,9 @@ class SecAggFedAvg:
         clients: Sequence[int],
         rng: np.random.Generator,
     ) -> list[tuple[int, FitInstructions]]:
-        acc = self.dp
-        if acc is None:
-            k = cohort_size(len(clients), self.clients_per_round, self.fraction)
-            chosen = sample_clients(clients, k, rng)
-        elif len(clients) != acc.population:
-            raise ConfigError(
-                f"DP accounting assumes a population of {acc.population} clients but "
-                f"{len(clients)} are available; set dp.population to the federation size"
-            )
-        elif acc.sampling == "poisson":
-            assert acc.sampling_rate is not None
-            draws = rng.random(len(clients))
-            chosen = [int(c) for c, u in zip(clients, draws, strict=True) if u < acc.sampling_rate]
-        else:
-            assert acc.cohort_size is not None
-            chosen = sample_clients(clients, acc.cohort_size, rng)
-        return [(cid, self.local) for cid in chosen]
+        # with dp, the sampling its accountant assumes; else uniform, this strategy's own
+        sampler: Sampler = self if self.dp is None else AccountedSampling(self.dp)
+        return [(cid, self.local) for cid in sampler.sample(clients, rng)]
 
     def client_fit(
         self,
