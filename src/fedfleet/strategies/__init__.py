@@ -9,6 +9,7 @@ wrappers FedPer/FedRep are their own small strategies. FedBuff, being asynchrono
 # HE FedAvg's in-memory round loop lives in sim, above the strategies (it returns the engine's
 # SimulationResult); its public name stays here. No sim module imports this package's __init__.
 from fedfleet.sim.he_run import run_he_fedavg
+from fedfleet.strategies.aggregators import weighted_mean
 from fedfleet.strategies.base import (
     ClientResult,
     ClientUpdate,
@@ -18,7 +19,7 @@ from fedfleet.strategies.base import (
 )
 from fedfleet.strategies.compensation import Compensation, MoreEpochs, ScaleLR
 from fedfleet.strategies.dpfedavg import AdaptiveClipping, DPFedAvg
-from fedfleet.strategies.fedavg import FedAvg, weighted_mean
+from fedfleet.strategies.fedavg import FedAvg
 from fedfleet.strategies.fednova import FedNova
 from fedfleet.strategies.fedopt import fedadagrad, fedadam, fedavgm, fedyogi
 from fedfleet.strategies.fedprox import fedprox

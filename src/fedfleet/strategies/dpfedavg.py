@@ -37,6 +37,7 @@ from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, PrivacyBudgetExhausted
 from fedfleet.privacy.accountant import DpAccounting
+from fedfleet.strategies.aggregators import clipped_sum
 from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState, transform_fit
 from fedfleet.strategies.sampling import AccountedSampling
 from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
@@ -44,7 +45,6 @@ from fedfleet.transforms.dp import (
     NoiseSource,
     adaptive_clip,
     clip,
-    clip_by_l2,
     gaussian_noise,
     is_seeded,
     noise_rng,
@@ -196,11 +196,9 @@ class DPFedAvg:
         updates: Sequence[ClientUpdate],
     ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
         bound = float(state["clip_norm"])  # type: ignore[arg-type]
-        total = np.zeros(vector.shape, dtype=np.float64)
-        norms = np.zeros(len(updates))
-        for i, u in enumerate(updates):  # the server clips too: the bound holds whatever was sent
-            clipped, norms[i] = clip_by_l2(u.delta, bound)  # norms measured here, not reported
-            total += clipped
+        # the server clips too (the bound holds whatever a client sent) and measures the norms
+        # the adaptive clip counts itself, never taking a client's word for them
+        total, norms = clipped_sum([u.delta for u in updates], bound, vector.size)
         # one stream for the round: the delta noise, then (adaptive) the count noise
         rng = noise_rng(self.noise, self.noise_seed, _streams.central_dp_noise(rnd))
         std = self.delta_noise_multiplier * bound

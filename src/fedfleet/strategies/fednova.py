@@ -46,11 +46,11 @@ import numpy as np
 
 from fedfleet.client.protocol import PROX_MU, FitInstructions
 from fedfleet.errors import ConfigError
+from fedfleet.strategies.aggregators import normalized_mean
 from fedfleet.strategies.base import ClientUpdate, StrategyState, plain_client_fit
-from fedfleet.strategies.fedavg import weighted_mean
 from fedfleet.strategies.sampling import Sampling, plan_round
 from fedfleet.strategies.stragglers import Stragglers
-from fedfleet.transforms.base import ServerTransform, sgd
+from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
 
 __all__ = ["FedNova"]
 
@@ -148,18 +148,15 @@ class FedNova(Sampling):
         if not used:
             return vector, state, metrics
         mu = self._prox_mu
-        a = np.array([_step_norm(u.num_steps, self.momentum, self.local.lr, mu) for u in used])
-        n = np.array([u.num_samples for u in used], dtype=np.float64)
-        p = n / n.sum()
-        tau_eff = float(p @ a)
-        # x_new - x = sum_i c_i delta_i with c_i = tau_eff p_i / a_i (sum_i c_i != 1 in general)
-        c = tau_eff * p / a
-        direction = c.sum() * weighted_mean([u.delta for u in used], c)
-        step, opt_state = self.server_optimizer.update(
-            -direction,
-            state["server_optimizer"],  # type: ignore[arg-type]
-            vector,
+        a = [_step_norm(u.num_steps, self.momentum, self.local.lr, mu) for u in used]
+        direction, tau_eff = normalized_mean(
+            [u.delta for u in used], [u.num_samples for u in used], a
         )
-        new = (vector.astype(np.float64) + step).astype(np.float32)
+        new, opt_state = apply_delta(
+            self.server_optimizer,
+            vector,
+            direction,
+            state["server_optimizer"],  # type: ignore[arg-type]
+        )
         metrics["tau_eff"] = tau_eff
         return new, {"server_optimizer": opt_state}, metrics

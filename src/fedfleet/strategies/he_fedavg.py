@@ -41,7 +41,7 @@ from fedfleet.privacy.he_ckks import (
 )
 from fedfleet.strategies.base import ClientResult, StrategyState, plain_client_fit
 from fedfleet.strategies.sampling import Sampling
-from fedfleet.transforms.base import ServerTransform, sgd
+from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
 
 __all__ = ["HEFedAvg", "decrypt_aggregate"]
 
@@ -128,14 +128,13 @@ class HEFedAvg(Sampling):
         """Server side: the next global vector from the decrypted mean delta (None: keep)."""
         if mean_delta is None:
             return vector, state
-        step, opt_state = self.server_optimizer.update(
-            -mean_delta,
-            state["server_optimizer"],  # type: ignore[arg-type]
+        new, opt_state = apply_delta(
+            self.server_optimizer,
             vector,
+            mean_delta,
+            state["server_optimizer"],  # type: ignore[arg-type]
         )
-        return (vector.astype(np.float64) + step).astype(np.float32), {
-            "server_optimizer": opt_state
-        }
+        return new, {"server_optimizer": opt_state}
 
 
 def decrypt_aggregate(key_holder: KeyHolder, aggregate: bytes) -> np.ndarray:

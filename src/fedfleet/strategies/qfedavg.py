@@ -34,6 +34,7 @@ from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, UpdateRejected
+from fedfleet.strategies.aggregators import qffl_mean
 from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState
 from fedfleet.strategies.sampling import Sampling, plan_round
 
@@ -132,15 +133,9 @@ class QFedAvg(Sampling):
         }
         if not used:
             return vector, state, metrics
-        q = self.q
         lip = self.lipschitz if self.lipschitz is not None else 1.0 / self.local.lr
         f = np.maximum(np.array([u.metrics[LOSS_AT_GLOBAL] for u in used], np.float64), _MIN_LOSS)
-        dw = -lip * np.stack([u.delta for u in used]).astype(np.float64)
-        # F_k^q and F_k^(q-1) both divided by max_k F^q: the ratio below is unchanged and
-        # large q cannot overflow.
-        fq = (f / f.max()) ** q
-        h = q * fq / f * np.einsum("kd,kd->k", dw, dw) + lip * fq
-        new = vector.astype(np.float64) - (fq @ dw) / h.sum()
+        new = vector.astype(np.float64) + qffl_mean([u.delta for u in used], f, self.q, lip)
         metrics[f"{LOSS_AT_GLOBAL}_mean"] = float(f.mean())
         metrics[f"{LOSS_AT_GLOBAL}_max"] = float(f.max())
         return new.astype(np.float32), state, metrics

@@ -41,8 +41,8 @@ from fedfleet.client.protocol import GRAD_CORRECTION, FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, FedfleetError
+from fedfleet.strategies.aggregators import weighted_mean
 from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState
-from fedfleet.strategies.fedavg import weighted_mean
 from fedfleet.strategies.sampling import Sampling
 
 __all__ = ["CONTROL_DELTA", "SERVER_CONTROL", "Scaffold"]
