@@ -22,8 +22,10 @@ it took part.
 The inner strategy's own client-side steps (extras, client state) are not covered: wrap only
 strategies whose only upload is the delta (FedAvg, FedProx, FedOpt, FedNova).
 
-Noise is seeded in simulation: client seed s (the engine derives it from the run seed, round and
-client id) feeds ``SeedSequence(s, spawn_key=(1,))``, a stream independent of the training one
+The client's release is the transform ``chain(clip(S), gaussian_noise(z S))``
+(:mod:`fedfleet.transforms.dp`, :attr:`LocalDP.mechanism`) applied to its delta. Noise is seeded
+in simulation: client seed s (the engine derives it from the run seed, round and client id)
+feeds ``SeedSequence(s, spawn_key=(1,))``, a stream independent of the training one
 (``default_rng(s)``), so runs are reproducible; ``noise="secure"`` draws from the OS CSPRNG.
 """
 

@@ -20,6 +20,14 @@ z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2 so the two releases together cost what z 
 Accounting (:class:`fedfleet.privacy.DpAccounting`) reports epsilon at the configured delta in
 every round's metrics; a run with ``target_epsilon`` refuses to start when one round would
 exceed it and stops (``PrivacyBudgetExhausted``) before the round that would.
+
+The pieces: the accountant's sampling (:class:`~fedfleet.strategies.sampling.
+AccountedSampling`); on the client, training then :func:`~fedfleet.transforms.dp.clip`; on the
+server :func:`~fedfleet.strategies.aggregators.clipped_sum`, then
+:func:`~fedfleet.transforms.dp.gaussian_noise` on the sum (drawn from stream
+``central_dp_noise(r)`` of ``noise_seed``), the division by the expected cohort and the server
+transform; :func:`~fedfleet.transforms.dp.adaptive_clip` moves S (its count noise continues the
+round's stream after the delta noise).
 """
 
 from __future__ import annotations
@@ -196,8 +204,8 @@ class DPFedAvg:
         updates: Sequence[ClientUpdate],
     ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
         bound = float(state["clip_norm"])  # type: ignore[arg-type]
-        # the server clips too (the bound holds whatever a client sent) and measures the norms
-        # the adaptive clip counts itself, never taking a client's word for them
+        # the server clips again (the bound holds whatever a client sent) and measures the
+        # norms itself: the count of unclipped deltas never rests on a client's word
         total, norms = clipped_sum([u.delta for u in updates], bound, vector.size)
         # one stream for the round: the delta noise, then (adaptive) the count noise
         rng = noise_rng(self.noise, self.noise_seed, _streams.central_dp_noise(rnd))

@@ -25,6 +25,12 @@ coordinate by S regardless, so a cheating client moves the sum by at most S sqrt
 
 In simulation the protocol runs inside ``aggregate_fit`` on the deltas the engine hands it; over
 the network transport the same :class:`SecAggClient` / :class:`SecAggServer` run on each side.
+
+The pieces: :class:`~fedfleet.strategies.sampling.Sampling` (or, with ``dp``, the accountant's
+:class:`~fedfleet.strategies.sampling.AccountedSampling`); on the client training then
+:func:`~fedfleet.transforms.dp.clip`; the secure sum as the aggregator; with ``dp``,
+:func:`~fedfleet.transforms.dp.gaussian_noise` on the sum (stream ``secagg_dp_noise(r)`` of
+``seed``); the server transform.
 """
 
 from __future__ import annotations
