@@ -143,6 +143,8 @@ def test_apply_delta_is_w_plus_the_step():
         (lambda: gaussian_noise(1.0, "urandom"), "source must be"),
         (lambda: adaptive_clip(initial=0.0, expected_cohort=1.0), "initial"),
         (lambda: adaptive_clip(initial=1.0, expected_cohort=0.0), "expected_cohort"),
+        (lambda: adaptive_clip(initial=1.0, expected_cohort=5, target_quantile=1.5), "quantile"),
+        (lambda: adaptive_clip(initial=1.0, expected_cohort=5, count_noise=-1), "count_noise"),
     ],
 )
 def test_bad_parameters_are_config_errors(make, match):

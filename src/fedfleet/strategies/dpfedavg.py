@@ -123,6 +123,7 @@ class DPFedAvg:
                 "adaptive clipping needs count_noise > 1 / (2 z) so that some of the privacy "
                 "budget is left for the delta; raise count_noise or the noise multiplier"
             )
+        self._adaptive_clip()  # its settings are checked here, before any round
         if self.target_epsilon is not None and self.accounting.epsilon(1) > self.target_epsilon:
             raise ConfigError(
                 f"one round already costs epsilon {self.accounting.epsilon(1):.3f} > target "
@@ -136,8 +137,8 @@ class DPFedAvg:
             return z
         return (z**-2 - (2 * self.adaptive.count_noise) ** -2) ** -0.5
 
-    @property
     def _adaptive_clip(self) -> ServerTransform | None:
+        """The piece that moves the clipping norm, None for a fixed one."""
         a = self.adaptive
         if a is None:
             return None
@@ -219,8 +220,9 @@ class DPFedAvg:
             state["server_optimizer"],  # type: ignore[arg-type]
         )
         new_state: StrategyState = {"server_optimizer": opt_state, "clip_norm": bound}
-        if self._adaptive_clip is not None:
-            _, moved = self._adaptive_clip.update(norms, {"clip_norm": bound}, vector, rng)
+        moving = self._adaptive_clip()
+        if moving is not None:  # after the delta noise: its draw continues the round's stream
+            _, moved = moving.update(norms, {"clip_norm": bound}, vector, rng)
             new_state.update(moved)
         unclipped = int(np.count_nonzero(norms <= bound))
         metrics = {

@@ -21,6 +21,7 @@ work. No library we depend on offers a CSPRNG-backed normal sampler for NumPy ar
 these few lines.
 
 Example (a client's local-DP upload, seed ``s``):
+    >>> from fedfleet.transforms.base import chain
     >>> release = chain(clip(1.0), gaussian_noise(0.5))
     >>> rng = noise_rng("seeded", s, _streams.LOCAL_DP_NOISE)  # doctest: +SKIP
     >>> noisy, _ = release.update(delta, release.init(delta), delta, rng)  # doctest: +SKIP
@@ -238,6 +239,15 @@ def adaptive_clip(
         raise ConfigError(f"adaptive_clip: initial must be a finite number > 0, got {initial}")
     if not expected_cohort > 0:
         raise ConfigError(f"adaptive_clip: expected_cohort must be > 0, got {expected_cohort}")
+    if not 0 <= target_quantile <= 1:
+        raise ConfigError(
+            f"adaptive_clip: target_quantile must be in [0, 1], got {target_quantile}"
+        )
+    if not (learning_rate >= 0 and count_noise >= 0):
+        raise ConfigError(
+            f"adaptive_clip: learning_rate and count_noise must be >= 0, got {learning_rate} and "
+            f"{count_noise}"
+        )
     return _AdaptiveClip(
         float(initial),
         float(target_quantile),
