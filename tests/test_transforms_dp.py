@@ -150,3 +150,16 @@ def test_apply_delta_is_w_plus_the_step():
 def test_bad_parameters_are_config_errors(make, match):
     with pytest.raises(ConfigError, match=match):
         make()
+
+
+def test_a_chain_without_a_generator_still_takes_three_argument_transforms():
+    class Halve:  # written before update took rng
+        def init(self, vector):
+            return {}
+
+        def update(self, grad, state, vector):
+            return grad / 2, state
+
+    t = chain(Halve(), clip(1.0))
+    out, _ = t.update(np.array([4.0, 0.0]), t.init(W), W)
+    assert np.array_equal(out, [1.0, 0.0])

@@ -82,7 +82,12 @@ class _Chain:
     ) -> tuple[np.ndarray, TransformState]:
         new_state: TransformState = {}
         for i, t in enumerate(self.transforms):
-            grad, new_state[str(i)] = t.update(grad, state[str(i)], vector, rng)  # type: ignore[arg-type]
+            own: TransformState = state[str(i)]  # type: ignore[assignment]
+            # without a generator, call as (grad, state, vector): transforms written before
+            # ``rng`` existed still chain
+            grad, new_state[str(i)] = (
+                t.update(grad, own, vector) if rng is None else t.update(grad, own, vector, rng)
+            )
         return grad, new_state
 
 
