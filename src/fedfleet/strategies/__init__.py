@@ -4,6 +4,11 @@ FedAvg and its server-optimizer variants (FedAvgM, FedAdam, FedYogi, FedAdagrad)
 configured ``FedAvg`` instances; SCAFFOLD, FedNova, q-FedAvg, DP-FedAvg and the personalising
 wrappers FedPer/FedRep are their own small strategies. FedBuff, being asynchronous, is an engine:
 :class:`fedfleet.sim.FedBuffSimulation`.
+
+Each is composed of shared pieces: a sampler (:mod:`~fedfleet.strategies.sampling`), a client
+program (plain training, or training then a client-side transform such as clipping), an
+aggregator (:mod:`~fedfleet.strategies.aggregators`) and server transforms
+(:mod:`fedfleet.transforms`: DP noise and adaptive clipping, the server optimizer).
 """
 
 # HE FedAvg's in-memory round loop lives in sim, above the strategies (it returns the engine's
