@@ -16,7 +16,7 @@ from fedfleet.privacy.he_ckks import (
     CkksPublic,
 )
 from fedfleet.privacy.local_dp import LocalDP, local_epsilon
-from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian, secure_normal
+from fedfleet.transforms.dp import NoiseSource, clip_by_l2, gaussian, secure_normal
 
 __all__ = [
     "CkksKeyHolder",

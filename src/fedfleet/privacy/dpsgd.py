@@ -46,7 +46,7 @@ from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError
 from fedfleet.params import Layout
 from fedfleet.privacy.accountant import DpAccounting
-from fedfleet.privacy.mechanisms import NoiseSource, gaussian
+from fedfleet.transforms.dp import NoiseSource, gaussian
 
 __all__ = ["DPSGDTrainer", "dpsgd_epsilon"]
 

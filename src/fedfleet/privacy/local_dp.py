@@ -22,8 +22,10 @@ it took part.
 The inner strategy's own client-side steps (extras, client state) are not covered: wrap only
 strategies whose only upload is the delta (FedAvg, FedProx, FedOpt, FedNova).
 
-Noise is seeded in simulation: client seed s (the engine derives it from the run seed, round and
-client id) feeds ``SeedSequence(s, spawn_key=(1,))``, a stream independent of the training one
+The client's release is the transform ``chain(clip(S), gaussian_noise(z S))``
+(:mod:`fedfleet.transforms.dp`, :attr:`LocalDP.mechanism`) applied to its delta. Noise is seeded
+in simulation: client seed s (the engine derives it from the run seed, round and client id)
+feeds ``SeedSequence(s, spawn_key=(1,))``, a stream independent of the training one
 (``default_rng(s)``), so runs are reproducible; ``noise="secure"`` draws from the OS CSPRNG.
 """
 
@@ -39,12 +41,19 @@ from typing import Literal
 import numpy as np
 
 import fedfleet._streams as _streams
-from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
+from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError
-from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian, is_seeded
-from fedfleet.strategies.base import ClientResult, ClientUpdate, Strategy, StrategyState
+from fedfleet.strategies.base import (
+    ClientResult,
+    ClientUpdate,
+    Strategy,
+    StrategyState,
+    transform_fit,
+)
+from fedfleet.transforms.base import ServerTransform, chain
+from fedfleet.transforms.dp import NoiseSource, clip, gaussian_noise, noise_rng
 
 __all__ = ["LocalDP", "local_epsilon"]
 
@@ -159,15 +168,20 @@ class LocalDP:
     ) -> list[tuple[int, FitInstructions]]:
         return self.strategy.configure_fit(rnd, vector, state, clients, rng)
 
+    @property
+    def mechanism(self) -> ServerTransform:
+        """What a client applies to its delta: ``chain(clip(S), gaussian_noise(z S))`` (just
+        the clip when z = 0)."""
+        if self.noise_multiplier == 0:
+            return clip(self.clip_norm)
+        return chain(clip(self.clip_norm), gaussian_noise(self.noise_std, self.noise))
+
     def privatize(self, delta: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
-        """``clip(delta, S) + N(0, (z S)^2)`` in float64 and the delta's original norm."""
-        clipped, norm = clip_by_l2(delta, self.clip_norm)
-        rng = None
-        if is_seeded(self.noise):
-            rng = _streams.generator(seed, _streams.LOCAL_DP_NOISE)
-        if self.noise_multiplier > 0:
-            clipped = clipped + gaussian(clipped.size, self.noise_std, self.noise, rng)
-        return clipped, norm
+        """``clip(delta, S) + N(0, (z S)^2)`` in float64 and the delta's original norm, with
+        the noise from client seed ``seed``'s local-DP stream."""
+        rng = noise_rng(self.noise, seed, _streams.LOCAL_DP_NOISE)
+        noisy, _ = self.mechanism.update(delta, self.mechanism.init(delta), delta, rng)
+        return noisy, float(np.linalg.norm(np.asarray(delta, dtype=np.float64)))
 
     def client_fit(
         self,
@@ -180,13 +194,10 @@ class LocalDP:
     ) -> ClientResult:
         """The inner client side, then clip and noise the delta before it leaves the client."""
         inner = self.strategy.client_fit(trainer, vector, data, instructions, seed, state)
-        fit = inner.fit
-        noisy, norm = self.privatize(fit.vector.astype(np.float64) - vector, seed)
+        rng = noise_rng(self.noise, seed, _streams.LOCAL_DP_NOISE)
+        fit, norm = transform_fit(inner.fit, vector, self.mechanism, rng)
         metrics = {**fit.metrics, "ldp_unclipped": float(norm <= self.clip_norm)}
-        out = (vector.astype(np.float64) + noisy).astype(np.float32)
-        return dataclasses.replace(
-            inner, fit=FitResult(out, fit.num_samples, fit.num_steps, metrics)
-        )
+        return dataclasses.replace(inner, fit=dataclasses.replace(fit, metrics=metrics))
 
     def aggregate_fit(
         self,

@@ -2,10 +2,17 @@
 
 FedAvg and its server-optimizer variants (FedAvgM, FedAdam, FedYogi, FedAdagrad) and FedProx are
 configured ``FedAvg`` instances; SCAFFOLD, FedNova, q-FedAvg, DP-FedAvg and the personalising
-wrappers FedPer/FedRep are their own small strategies. FedBuff, being asynchronous, is an engine:
-:class:`fedfleet.sim.FedBuffSimulation`.
+wrappers FedPer/FedRep are their own small strategies. FedBuff (asynchronous) is
+:class:`~fedfleet.strategies.fedbuff.FedBuff`, run by the round loop's asynchronous mode
+(:class:`fedfleet.rounds.BufferedLoop`).
+
+Each is composed of shared pieces: a sampler (:mod:`~fedfleet.strategies.sampling`), a client
+program (plain training, or training then a client-side transform such as clipping), an
+aggregator (:mod:`~fedfleet.strategies.aggregators`) and server transforms
+(:mod:`fedfleet.transforms`: DP noise and adaptive clipping, the server optimizer).
 """
 
+from fedfleet.strategies.aggregators import weighted_mean
 from fedfleet.strategies.base import (
     ClientResult,
     ClientUpdate,
@@ -15,7 +22,7 @@ from fedfleet.strategies.base import (
 )
 from fedfleet.strategies.compensation import Compensation, MoreEpochs, ScaleLR
 from fedfleet.strategies.dpfedavg import AdaptiveClipping, DPFedAvg
-from fedfleet.strategies.fedavg import FedAvg, weighted_mean
+from fedfleet.strategies.fedavg import FedAvg
 from fedfleet.strategies.fednova import FedNova
 from fedfleet.strategies.fedopt import fedadagrad, fedadam, fedavgm, fedyogi
 from fedfleet.strategies.fedprox import fedprox

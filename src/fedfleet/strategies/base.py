@@ -20,9 +20,16 @@ import numpy as np
 from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
-from fedfleet.transforms.base import TransformState
+from fedfleet.transforms.base import ServerTransform, TransformState
 
-__all__ = ["ClientResult", "ClientUpdate", "Strategy", "StrategyState", "plain_client_fit"]
+__all__ = [
+    "ClientResult",
+    "ClientUpdate",
+    "Strategy",
+    "StrategyState",
+    "plain_client_fit",
+    "transform_fit",
+]
 
 StrategyState = TransformState
 
@@ -69,6 +76,22 @@ def plain_client_fit(
 ) -> ClientResult:
     """The client side of FedAvg: local training as instructed, nothing else."""
     return ClientResult(trainer.fit(vector, data, instructions, seed))
+
+
+def transform_fit(
+    fit: FitResult,
+    vector: np.ndarray,
+    transform: ServerTransform,
+    rng: np.random.Generator | None = None,
+) -> tuple[FitResult, float]:
+    """A client-side transform (clipping, local DP noise) applied to a fit's delta before it
+    leaves the client: the fit whose vector is ``float32(w + transform(trained - w))`` (float64
+    arithmetic), and the L2 norm the delta had before (for the clients' ``*_unclipped``
+    metrics)."""
+    delta = fit.vector.astype(np.float64) - vector
+    out, _ = transform.update(delta, transform.init(vector), vector, rng)
+    new = (vector.astype(np.float64) + out).astype(np.float32)
+    return FitResult(new, fit.num_samples, fit.num_steps, fit.metrics), float(np.linalg.norm(delta))
 
 
 @runtime_checkable

@@ -20,6 +20,14 @@ z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2 so the two releases together cost what z 
 Accounting (:class:`fedfleet.privacy.DpAccounting`) reports epsilon at the configured delta in
 every round's metrics; a run with ``target_epsilon`` refuses to start when one round would
 exceed it and stops (``PrivacyBudgetExhausted``) before the round that would.
+
+The pieces: the accountant's sampling (:class:`~fedfleet.strategies.sampling.
+AccountedSampling`); on the client, training then :func:`~fedfleet.transforms.dp.clip`; on the
+server :func:`~fedfleet.strategies.aggregators.clipped_sum`, then
+:func:`~fedfleet.transforms.dp.gaussian_noise` on the sum (drawn from stream
+``central_dp_noise(r)`` of ``noise_seed``), the division by the expected cohort and the server
+transform; :func:`~fedfleet.transforms.dp.adaptive_clip` moves S (its count noise continues the
+round's stream after the delta noise).
 """
 
 from __future__ import annotations
@@ -32,15 +40,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import fedfleet._streams as _streams
-from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
+from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, PrivacyBudgetExhausted
 from fedfleet.privacy.accountant import DpAccounting
-from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian, is_seeded
-from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState
-from fedfleet.strategies.sampling import sample_clients
-from fedfleet.transforms.base import ServerTransform, sgd
+from fedfleet.strategies.aggregators import clipped_sum
+from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState, transform_fit
+from fedfleet.strategies.sampling import AccountedSampling
+from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
+from fedfleet.transforms.dp import (
+    NoiseSource,
+    adaptive_clip,
+    clip,
+    gaussian_noise,
+    is_seeded,
+    noise_rng,
+)
 
 __all__ = ["AdaptiveClipping", "DPFedAvg"]
 
@@ -107,6 +123,7 @@ class DPFedAvg:
                 "adaptive clipping needs count_noise > 1 / (2 z) so that some of the privacy "
                 "budget is left for the delta; raise count_noise or the noise multiplier"
             )
+        self._adaptive_clip()  # its settings are checked here, before any round
         if self.target_epsilon is not None and self.accounting.epsilon(1) > self.target_epsilon:
             raise ConfigError(
                 f"one round already costs epsilon {self.accounting.epsilon(1):.3f} > target "
@@ -119,6 +136,20 @@ class DPFedAvg:
         if self.adaptive is None:
             return z
         return (z**-2 - (2 * self.adaptive.count_noise) ** -2) ** -0.5
+
+    def _adaptive_clip(self) -> ServerTransform | None:
+        """The piece that moves the clipping norm, None for a fixed one."""
+        a = self.adaptive
+        if a is None:
+            return None
+        return adaptive_clip(
+            initial=self.clip_norm,
+            expected_cohort=self.accounting.expected_cohort,
+            target_quantile=a.target_quantile,
+            learning_rate=a.learning_rate,
+            count_noise=a.count_noise,
+            source=self.noise,
+        )
 
     def init(self, vector: np.ndarray) -> StrategyState:
         return {
@@ -139,22 +170,7 @@ class DPFedAvg:
                 f"round {rnd} would raise epsilon to {self.accounting.epsilon(rnd):.3f}, past "
                 f"the target {self.target_epsilon} (delta {self.accounting.delta})"
             )
-        acc = self.accounting
-        if len(clients) != acc.population:
-            raise ConfigError(
-                f"DP accounting assumes a population of {acc.population} clients but "
-                f"{len(clients)} are available; set accounting.population to the federation size"
-            )
-        if acc.sampling == "poisson":
-            assert acc.sampling_rate is not None
-            chosen = [
-                int(c)
-                for c, u in zip(clients, rng.random(len(clients)), strict=True)
-                if u < acc.sampling_rate
-            ]
-        else:
-            assert acc.cohort_size is not None
-            chosen = sample_clients(clients, acc.cohort_size, rng)
+        chosen = AccountedSampling(self.accounting).sample(clients, rng)
         config = {**self.local.config, CLIP_NORM: float(state["clip_norm"])}  # type: ignore[arg-type]
         instructions = dataclasses.replace(self.local, config=config)
         return [(cid, instructions) for cid in chosen]
@@ -176,10 +192,10 @@ class DPFedAvg:
                 "another strategy?"
             )
         bound = float(instructions.config[CLIP_NORM])
-        clipped, norm = clip_by_l2(fit.vector.astype(np.float64) - vector, bound)
-        metrics = {**fit.metrics, UNCLIPPED: float(norm <= bound)}
-        out = (vector.astype(np.float64) + clipped).astype(np.float32)
-        return ClientResult(FitResult(out, fit.num_samples, fit.num_steps, metrics))
+        fit, norm = transform_fit(fit, vector, clip(bound))
+        return ClientResult(
+            dataclasses.replace(fit, metrics={**fit.metrics, UNCLIPPED: float(norm <= bound)})
+        )
 
     def aggregate_fit(
         self,
@@ -189,26 +205,26 @@ class DPFedAvg:
         updates: Sequence[ClientUpdate],
     ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
         bound = float(state["clip_norm"])  # type: ignore[arg-type]
-        total = np.zeros(vector.shape, dtype=np.float64)
-        unclipped = 0
-        for u in updates:  # the server clips too: the bound holds whatever a client sent
-            clipped, norm = clip_by_l2(u.delta, bound)
-            total += clipped
-            unclipped += norm <= bound  # counted here, never taken from the client's word
-        rng = (
-            _streams.generator(self.noise_seed, _streams.central_dp_noise(rnd))
-            if is_seeded(self.noise) and self.noise_seed is not None
-            else None
-        )
+        # the server clips again (the bound holds whatever a client sent) and measures the
+        # norms itself: the count of unclipped deltas never rests on a client's word
+        total, norms = clipped_sum([u.delta for u in updates], bound, vector.size)
+        # one stream for the round: the delta noise, then (adaptive) the count noise
+        rng = noise_rng(self.noise, self.noise_seed, _streams.central_dp_noise(rnd))
         std = self.delta_noise_multiplier * bound
-        total += gaussian(vector.size, std, self.noise, rng)
+        total, _ = gaussian_noise(std, self.noise).update(total, {}, vector, rng)
         expected = self.accounting.expected_cohort
-        step, opt_state = self.server_optimizer.update(
-            -total / expected,
-            state["server_optimizer"],  # type: ignore[arg-type]
+        new, opt_state = apply_delta(
+            self.server_optimizer,
             vector,
+            total / expected,
+            state["server_optimizer"],  # type: ignore[arg-type]
         )
         new_state: StrategyState = {"server_optimizer": opt_state, "clip_norm": bound}
+        moving = self._adaptive_clip()
+        if moving is not None:  # after the delta noise: its draw continues the round's stream
+            _, moved = moving.update(norms, {"clip_norm": bound}, vector, rng)
+            new_state.update(moved)
+        unclipped = int(np.count_nonzero(norms <= bound))
         metrics = {
             "dp_epsilon": self.accounting.epsilon(rnd),
             "dp_delta": self.accounting.delta,
@@ -216,10 +232,4 @@ class DPFedAvg:
             "dp_noise_std": std,
             "dp_unclipped_fraction": unclipped / len(updates) if updates else 0.0,
         }
-        if self.adaptive is not None:
-            a = self.adaptive
-            noisy = unclipped + float(gaussian(1, a.count_noise, self.noise, rng)[0])
-            new_state["clip_norm"] = bound * math.exp(
-                -a.learning_rate * (noisy / expected - a.target_quantile)
-            )
-        return (vector.astype(np.float64) + step).astype(np.float32), new_state, metrics
+        return new, new_state, metrics

@@ -20,78 +20,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedfleet._rows import rows_of
-from fedfleet._threads import map_blocks
 from fedfleet.client.protocol import FitInstructions
+from fedfleet.strategies.aggregators import weighted_mean
 from fedfleet.strategies.base import ClientUpdate, StrategyState, plain_client_fit
-from fedfleet.strategies.sampling import cohort_size, default_cohort, sample_clients
+from fedfleet.strategies.sampling import Sampling, plan_round
 from fedfleet.strategies.stragglers import Stragglers
-from fedfleet.transforms.base import ServerTransform, sgd
+from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
 
-__all__ = ["FedAvg", "uniform_plan", "weighted_mean"]
-
-
-def weighted_mean(deltas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """``sum_k w_k d_k / sum_k w_k`` in float64, as one matrix-vector product.
-
-    The deltas are read as one ``[K, P]`` matrix: when they are consecutive rows of one array
-    (the engine hands them over that way) the array itself, else a stacked copy. ``np.einsum``
-    widens the float32 values to float64 block by block as it goes; a whole float64 copy of the
-    matrix would cost more than the product (measured 140 ms against 17 ms for 100 x 101,770).
-    A numba loop streaming the rows gave the same bits in a third of the time (2.2 against 6.8
-    ms on one core), but importing numba and loading the loop added ~0.3 s to a run's first
-    round, more than it saves over a short run, so NumPy it is.
-    The same inputs give the same bits, whichever way they are held; large matrices are split
-    by columns over the cores (``fedfleet._threads``), which changes no bit.
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    matrix = _shared_rows(deltas)
-    if matrix is None:
-        matrix = np.stack(deltas)
-    share = w / w.sum()
-    out = np.empty(matrix.shape[1], dtype=np.float64)
-
-    def block(start: int, stop: int) -> None:  # per column the same sum, however split
-        np.einsum("k,kp->p", share, matrix[:, start:stop], dtype=np.float64, out=out[start:stop])
-
-    map_blocks(block, matrix.shape[1], matrix.size)
-    return out
-
-
-def _shared_rows(vectors: Sequence[np.ndarray]) -> np.ndarray | None:
-    """The ``[K, P]`` block of one array whose rows are ``vectors`` in order, if there is one."""
-    found = rows_of(vectors)
-    if found is None:
-        return None
-    base, rows = found
-    start = rows[0]
-    if rows != list(range(start, start + len(rows))):
-        return None
-    return base[start : start + len(rows)]
-
-
-def uniform_plan(
-    clients: Sequence[int],
-    rng: np.random.Generator,
-    clients_per_round: int | None,
-    fraction: float | None,
-    local: FitInstructions,
-    stragglers: Stragglers | None = None,
-) -> list[tuple[int, FitInstructions]]:
-    """Sample the cohort uniformly and give every client ``local``; then, if given, let
-    ``stragglers`` cut some clients' work (drawn after sampling: the same cohort either way)."""
-    k = cohort_size(len(clients), clients_per_round, fraction)
-    plan = [(cid, local) for cid in sample_clients(clients, k, rng)]
-    return plan if stragglers is None else stragglers.apply(plan, rng)
+__all__ = ["FedAvg", "weighted_mean"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class FedAvg:
+class FedAvg(Sampling):
     """Federated averaging with uniform client sampling.
 
     Attributes:
-        clients_per_round: K, a count (give this or ``fraction``).
-        fraction: C, the fraction of available clients per round.
+        clients_per_round, fraction: K or C, as in :class:`~fedfleet.strategies.sampling.
+            Sampling` (10 clients a round if neither).
         local: the instructions every sampled client gets (epochs, batch size, lr).
         server_optimizer: transform applied to the pseudo-gradient; ``sgd(1.0)`` is plain FedAvg.
         stragglers: systems heterogeneity: a share of the sampled clients run fewer epochs or
@@ -101,14 +46,9 @@ class FedAvg:
         >>> strategy = FedAvg(clients_per_round=10, local=FitInstructions(epochs=1, lr=0.05))
     """
 
-    clients_per_round: int | None = None
-    fraction: float | None = None
     local: FitInstructions = field(default_factory=FitInstructions)
     server_optimizer: ServerTransform = field(default_factory=sgd)
     stragglers: Stragglers | None = None
-
-    def __post_init__(self) -> None:
-        default_cohort(self)
 
     def init(self, vector: np.ndarray) -> StrategyState:
         return {"server_optimizer": self.server_optimizer.init(vector)}
@@ -121,9 +61,7 @@ class FedAvg:
         clients: Sequence[int],
         rng: np.random.Generator,
     ) -> list[tuple[int, FitInstructions]]:
-        return uniform_plan(
-            clients, rng, self.clients_per_round, self.fraction, self.local, self.stragglers
-        )
+        return plan_round(self, clients, rng, self.local, self.stragglers)
 
     client_fit = staticmethod(plain_client_fit)
 
@@ -137,10 +75,10 @@ class FedAvg:
         if not updates:  # nobody reported: keep the model, say so in the metrics
             return vector, state, {"aggregated": 0.0}
         mean_delta = weighted_mean([u.delta for u in updates], [u.num_samples for u in updates])
-        step, opt_state = self.server_optimizer.update(
-            -mean_delta,
-            state["server_optimizer"],  # type: ignore[arg-type]
+        new, opt_state = apply_delta(
+            self.server_optimizer,
             vector,
+            mean_delta,
+            state["server_optimizer"],  # type: ignore[arg-type]
         )
-        new = (vector.astype(np.float64) + step).astype(np.float32)
         return new, {"server_optimizer": opt_state}, {"aggregated": float(len(updates))}

@@ -31,7 +31,7 @@ from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError
 from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState, plain_client_fit
 from fedfleet.strategies.sampling import sample_clients
-from fedfleet.transforms.base import ServerTransform, sgd
+from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
 
 __all__ = ["FedBuff", "StalenessWeight", "buffered_mean", "polynomial_staleness"]
 
@@ -143,14 +143,14 @@ class FedBuff:
         mean = buffered_mean(
             [u.delta for u in updates], staleness, self.staleness_weight, self.buffer_size
         )
-        step, opt_state = self.transform.update(
-            -mean,
-            state["server_optimizer"],  # type: ignore[arg-type]
+        new, opt_state = apply_delta(
+            self.transform,
             vector,
+            mean,
+            state["server_optimizer"],  # type: ignore[arg-type]
         )
         metrics = {
             "staleness_mean": float(np.mean(staleness)),
             "staleness_max": int(max(staleness)),
         }
-        new = (vector.astype(np.float64) + step).astype(np.float32)
         return new, {"server_optimizer": opt_state}, metrics

@@ -46,11 +46,11 @@ import numpy as np
 
 from fedfleet.client.protocol import PROX_MU, FitInstructions
 from fedfleet.errors import ConfigError
+from fedfleet.strategies.aggregators import normalized_mean
 from fedfleet.strategies.base import ClientUpdate, StrategyState, plain_client_fit
-from fedfleet.strategies.fedavg import uniform_plan, weighted_mean
-from fedfleet.strategies.sampling import default_cohort
+from fedfleet.strategies.sampling import Sampling, plan_round
 from fedfleet.strategies.stragglers import Stragglers
-from fedfleet.transforms.base import ServerTransform, sgd
+from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
 
 __all__ = ["FedNova"]
 
@@ -73,12 +73,12 @@ def _step_norm(tau: int, rho: float, eta: float, mu: float) -> float:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FedNova:
+class FedNova(Sampling):
     """Normalised averaging for clients that ran different numbers of local steps.
 
     Attributes:
-        clients_per_round: K, a count (give this or ``fraction``).
-        fraction: C, the fraction of available clients per round.
+        clients_per_round, fraction: K or C, as in :class:`~fedfleet.strategies.sampling.
+            Sampling` (10 clients a round if neither).
         local: the instructions every sampled client gets; ``local.lr`` is eta and
             ``local.config["prox_mu"]`` (if > 0) is mu in the normaliser.
         momentum: rho, the clients' SGD momentum. It must equal the trainer's optimizer
@@ -94,15 +94,13 @@ class FedNova:
         ...                    stragglers=Stragglers(fraction=1.0, drop=False))
     """
 
-    clients_per_round: int | None = None
-    fraction: float | None = None
     local: FitInstructions = field(default_factory=FitInstructions)
     momentum: float = 0.0
     server_optimizer: ServerTransform = field(default_factory=sgd)
     stragglers: Stragglers | None = None
 
     def __post_init__(self) -> None:
-        default_cohort(self)
+        super().__post_init__()
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"FedNova: momentum must be in [0, 1), got {self.momentum}")
         mu = self._prox_mu
@@ -131,9 +129,7 @@ class FedNova:
         clients: Sequence[int],
         rng: np.random.Generator,
     ) -> list[tuple[int, FitInstructions]]:
-        return uniform_plan(
-            clients, rng, self.clients_per_round, self.fraction, self.local, self.stragglers
-        )
+        return plan_round(self, clients, rng, self.local, self.stragglers)
 
     client_fit = staticmethod(plain_client_fit)
 
@@ -152,18 +148,15 @@ class FedNova:
         if not used:
             return vector, state, metrics
         mu = self._prox_mu
-        a = np.array([_step_norm(u.num_steps, self.momentum, self.local.lr, mu) for u in used])
-        n = np.array([u.num_samples for u in used], dtype=np.float64)
-        p = n / n.sum()
-        tau_eff = float(p @ a)
-        # x_new - x = sum_i c_i delta_i with c_i = tau_eff p_i / a_i (sum_i c_i != 1 in general)
-        c = tau_eff * p / a
-        direction = c.sum() * weighted_mean([u.delta for u in used], c)
-        step, opt_state = self.server_optimizer.update(
-            -direction,
-            state["server_optimizer"],  # type: ignore[arg-type]
-            vector,
+        a = [_step_norm(u.num_steps, self.momentum, self.local.lr, mu) for u in used]
+        direction, tau_eff = normalized_mean(
+            [u.delta for u in used], [u.num_samples for u in used], a
         )
-        new = (vector.astype(np.float64) + step).astype(np.float32)
+        new, opt_state = apply_delta(
+            self.server_optimizer,
+            vector,
+            direction,
+            state["server_optimizer"],  # type: ignore[arg-type]
+        )
         metrics["tau_eff"] = tau_eff
         return new, {"server_optimizer": opt_state}, metrics

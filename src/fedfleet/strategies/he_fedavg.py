@@ -40,8 +40,8 @@ from fedfleet.privacy.he_ckks import (
     CkksKeyHolder,
 )
 from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState, plain_client_fit
-from fedfleet.strategies.sampling import cohort_size, sample_clients
-from fedfleet.transforms.base import ServerTransform, sgd
+from fedfleet.strategies.sampling import Sampling
+from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
 
 __all__ = ["HEFedAvg", "decrypt_aggregate"]
 
@@ -49,14 +49,14 @@ KeyHolder = PaillierKeyHolder | CkksKeyHolder
 
 
 @dataclass(frozen=True, kw_only=True)
-class HEFedAvg:
+class HEFedAvg(Sampling):
     """Sample-weighted FedAvg whose updates are summed under additively homomorphic encryption.
 
     Attributes:
         public: the federation's public key (from the key holder's ``public.to_bytes()``); the
             server holds nothing else.
-        clients_per_round: K (give this or ``fraction``).
-        fraction: C, the fraction of clients per round.
+        clients_per_round, fraction: K or C, as in :class:`~fedfleet.strategies.sampling.
+            Sampling` (10 clients a round if neither).
         local: instructions every sampled client gets.
         server_optimizer: transform applied to the decrypted mean pseudo-gradient.
         key_holder: the secret side, on clients only (over the network the server picks one
@@ -69,16 +69,9 @@ class HEFedAvg:
     """
 
     public: HEPublic
-    clients_per_round: int | None = None
-    fraction: float | None = None
     local: FitInstructions = field(default_factory=FitInstructions)
     server_optimizer: ServerTransform = field(default_factory=sgd)
     key_holder: KeyHolder | None = None
-
-    def __post_init__(self) -> None:
-        if self.clients_per_round is None and self.fraction is None:
-            object.__setattr__(self, "clients_per_round", 10)
-        cohort_size(10**9, self.clients_per_round, self.fraction)  # validates early
 
     def init(self, vector: np.ndarray) -> StrategyState:
         return {"server_optimizer": self.server_optimizer.init(vector)}
@@ -91,8 +84,7 @@ class HEFedAvg:
         clients: Sequence[int],
         rng: np.random.Generator,
     ) -> list[tuple[int, FitInstructions]]:
-        k = cohort_size(len(clients), self.clients_per_round, self.fraction)
-        return [(cid, self.local) for cid in sample_clients(clients, k, rng)]
+        return [(cid, self.local) for cid in self.sample(clients, rng)]
 
     client_fit = staticmethod(plain_client_fit)
 
@@ -150,14 +142,13 @@ class HEFedAvg:
         """Server side: the next global vector from the decrypted mean delta (None: keep)."""
         if mean_delta is None:
             return vector, state
-        step, opt_state = self.server_optimizer.update(
-            -mean_delta,
-            state["server_optimizer"],  # type: ignore[arg-type]
+        new, opt_state = apply_delta(
+            self.server_optimizer,
             vector,
+            mean_delta,
+            state["server_optimizer"],  # type: ignore[arg-type]
         )
-        return (vector.astype(np.float64) + step).astype(np.float32), {
-            "server_optimizer": opt_state
-        }
+        return new, {"server_optimizer": opt_state}
 
 
 def decrypt_aggregate(key_holder: KeyHolder, aggregate: bytes) -> np.ndarray:

@@ -34,9 +34,9 @@ from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, UpdateRejected
+from fedfleet.strategies.aggregators import qffl_mean
 from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState
-from fedfleet.strategies.fedavg import uniform_plan
-from fedfleet.strategies.sampling import default_cohort
+from fedfleet.strategies.sampling import Sampling, plan_round
 
 __all__ = ["LOSS_AT_GLOBAL", "QFedAvg"]
 
@@ -64,14 +64,14 @@ def _fit_reporting_loss(
 
 
 @dataclass(frozen=True, kw_only=True)
-class QFedAvg:
+class QFedAvg(Sampling):
     """Fair federated averaging: clients with a higher loss pull the model harder.
 
     Attributes:
         q: fairness exponent, >= 0; 0 averages client models uniformly, larger q moves
             towards minimising the worst client's loss (the paper tries 0.001 to 15).
-        clients_per_round: K, a count (give this or ``fraction``).
-        fraction: C, the fraction of available clients per round.
+        clients_per_round, fraction: K or C, as in :class:`~fedfleet.strategies.sampling.
+            Sampling` (10 clients a round if neither).
         local: the instructions every sampled client gets (epochs, batch size, lr).
         lipschitz: L in the update; None uses ``1 / local.lr`` as the paper does.
 
@@ -80,13 +80,11 @@ class QFedAvg:
     """
 
     q: float
-    clients_per_round: int | None = None
-    fraction: float | None = None
     local: FitInstructions = field(default_factory=FitInstructions)
     lipschitz: float | None = None
 
     def __post_init__(self) -> None:
-        default_cohort(self)
+        super().__post_init__()
         if not self.q >= 0:
             raise ConfigError(f"QFedAvg: q must be >= 0, got {self.q}")
         if self.lipschitz is not None and not self.lipschitz > 0:
@@ -108,7 +106,7 @@ class QFedAvg:
         clients: Sequence[int],
         rng: np.random.Generator,
     ) -> list[tuple[int, FitInstructions]]:
-        return uniform_plan(clients, rng, self.clients_per_round, self.fraction, self.local)
+        return plan_round(self, clients, rng, self.local)
 
     client_fit = staticmethod(_fit_reporting_loss)
 
@@ -135,15 +133,9 @@ class QFedAvg:
         }
         if not used:
             return vector, state, metrics
-        q = self.q
         lip = self.lipschitz if self.lipschitz is not None else 1.0 / self.local.lr
         f = np.maximum(np.array([u.metrics[LOSS_AT_GLOBAL] for u in used], np.float64), _MIN_LOSS)
-        dw = -lip * np.stack([u.delta for u in used]).astype(np.float64)
-        # F_k^q and F_k^(q-1) both divided by max_k F^q: the ratio below is unchanged and
-        # large q cannot overflow.
-        fq = (f / f.max()) ** q
-        h = q * fq / f * np.einsum("kd,kd->k", dw, dw) + lip * fq
-        new = vector.astype(np.float64) - (fq @ dw) / h.sum()
+        new = vector.astype(np.float64) + qffl_mean([u.delta for u in used], f, self.q, lip)
         metrics[f"{LOSS_AT_GLOBAL}_mean"] = float(f.mean())
         metrics[f"{LOSS_AT_GLOBAL}_max"] = float(f.max())
         return new.astype(np.float32), state, metrics

@@ -41,9 +41,9 @@ from fedfleet.client.protocol import GRAD_CORRECTION, FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, FedfleetError
+from fedfleet.strategies.aggregators import weighted_mean
 from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState
-from fedfleet.strategies.fedavg import weighted_mean
-from fedfleet.strategies.sampling import cohort_size, default_cohort, sample_clients
+from fedfleet.strategies.sampling import Sampling
 
 __all__ = ["CONTROL_DELTA", "SERVER_CONTROL", "Scaffold"]
 
@@ -56,13 +56,13 @@ CONTROL_DELTA = "control_delta"
 
 
 @dataclass(frozen=True, kw_only=True)
-class Scaffold:
+class Scaffold(Sampling):
     """SCAFFOLD with uniform client sampling and option II control variates.
 
     Attributes:
         num_clients: N, the size of the whole population (scales the server's c update).
-        clients_per_round: |S|, a count (give this or ``fraction``; 10 if neither).
-        fraction: the fraction of available clients per round.
+        clients_per_round, fraction: |S| as a count or a fraction of the available clients,
+            as in :class:`~fedfleet.strategies.sampling.Sampling` (10 if neither).
         local: every sampled client's instructions (epochs, batch size, lr = eta_l); the client
             optimizer should be plain SGD for option II to be exact.
         server_lr: eta_g, the global step size on the averaged model delta.
@@ -76,8 +76,6 @@ class Scaffold:
     """
 
     num_clients: int
-    clients_per_round: int | None = None
-    fraction: float | None = None
     local: FitInstructions = field(default_factory=FitInstructions)
     server_lr: float = 1.0
 
@@ -86,7 +84,7 @@ class Scaffold:
             raise ConfigError(f"scaffold: num_clients must be >= 1, got {self.num_clients}")
         if not self.server_lr > 0:
             raise ConfigError(f"scaffold: server_lr must be > 0, got {self.server_lr}")
-        default_cohort(self)
+        super().__post_init__()
 
     def init(self, vector: np.ndarray) -> StrategyState:
         return {"c": np.zeros(vector.shape, dtype=np.float64)}
@@ -104,12 +102,11 @@ class Scaffold:
                 f"scaffold: {len(clients)} clients are available but num_clients is "
                 f"{self.num_clients}; set num_clients to the population size"
             )
-        k = cohort_size(len(clients), self.clients_per_round, self.fraction)
         c = np.asarray(state["c"]).astype(np.float32)
         instructions = dataclasses.replace(
             self.local, payload={**self.local.payload, SERVER_CONTROL: c}
         )
-        return [(cid, instructions) for cid in sample_clients(clients, k, rng)]
+        return [(cid, instructions) for cid in self.sample(clients, rng)]
 
     def client_fit(
         self,

@@ -10,7 +10,7 @@ A weighting is a function ``ClientUpdate -> float`` (>= 0, finite; at least one 
   (e.g. ``lambda u: u.num_samples * u.metrics["train_loss"]``).
 
 Two ways to use one: :func:`aggregation_weights` for a strategy's own ``aggregate_fit`` (the
-weights to hand :func:`fedfleet.strategies.fedavg.weighted_mean`), or the :class:`Reweighted`
+weights to hand :func:`fedfleet.strategies.aggregators.weighted_mean`), or the :class:`Reweighted`
 wrapper, which hands the wrapped strategy (FedAvg, FedNova, FedOpt...) updates whose
 ``num_samples`` is replaced by the weight. Every strategy that weights by ``num_samples`` then
 weights by the rule; strategies that read ``num_samples`` for something else (none of the

@@ -1,4 +1,6 @@
-"""Composable server-side transforms: server optimizers (SGD/momentum, Adam, Yogi, Adagrad)."""
+"""Composable server-side transforms: server optimizers (SGD/momentum, Adam, Yogi, Adagrad);
+the differential-privacy pieces (clip, Gaussian noise, adaptive clipping) are in
+:mod:`fedfleet.transforms.dp`."""
 
 from fedfleet.transforms.base import ServerTransform, TransformState, chain, sgd
 from fedfleet.transforms.fedopt import adagrad, adam, yogi

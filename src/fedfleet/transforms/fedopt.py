@@ -71,7 +71,11 @@ class _Adaptive:
         }
 
     def update(
-        self, grad: np.ndarray, state: TransformState, vector: np.ndarray
+        self,
+        grad: np.ndarray,
+        state: TransformState,
+        vector: np.ndarray,
+        rng: np.random.Generator | None = None,
     ) -> tuple[np.ndarray, TransformState]:
         delta = -np.asarray(grad, dtype=np.float64)
         m = self.b1 * state["m"] + (1.0 - self.b1) * delta  # type: ignore[operator]

@@ -25,6 +25,12 @@ coordinate by S regardless, so a cheating client moves the sum by at most S sqrt
 
 In simulation the protocol runs inside ``aggregate_fit`` on the deltas the engine hands it; over
 the network transport the same :class:`SecAggClient` / :class:`SecAggServer` run on each side.
+
+The pieces: :class:`~fedfleet.strategies.sampling.Sampling` (or, with ``dp``, the accountant's
+:class:`~fedfleet.strategies.sampling.AccountedSampling`); on the client training then
+:func:`~fedfleet.transforms.dp.clip`; the secure sum as the aggregator; with ``dp``,
+:func:`~fedfleet.transforms.dp.gaussian_noise` on the sum (stream ``secagg_dp_noise(r)`` of
+``seed``); the server transform.
 """
 
 from __future__ import annotations
@@ -36,30 +42,30 @@ from types import MappingProxyType
 import numpy as np
 
 import fedfleet._streams as _streams
-from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
+from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError
 from fedfleet.privacy.accountant import DpAccounting
-from fedfleet.privacy.mechanisms import NoiseSource, clip_by_l2, gaussian, is_seeded
 from fedfleet.privacy.secagg.config import SecAggConfig
 from fedfleet.privacy.secagg.errors import SecAggAborted
 from fedfleet.privacy.secagg.simulate import draw_dropouts, run_secagg
-from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState
-from fedfleet.strategies.sampling import cohort_size, default_cohort, sample_clients
-from fedfleet.transforms.base import ServerTransform, sgd
+from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState, transform_fit
+from fedfleet.strategies.sampling import AccountedSampling, Sampler, Sampling
+from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
+from fedfleet.transforms.dp import NoiseSource, clip, gaussian_noise, noise_rng
 
 __all__ = ["SecAggFedAvg"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class SecAggFedAvg:
+class SecAggFedAvg(Sampling):
     """Federated averaging over secure aggregation; see the module docstring.
 
     Attributes:
         clip_norm: S, the L2 bound every client clips its delta to (and the quantiser's range).
-        clients_per_round: K (or give ``fraction``); ignored when ``dp`` decides the sampling.
-        fraction: C, the share of available clients a round.
+        clients_per_round, fraction: K or C, as in :class:`~fedfleet.strategies.sampling.
+            Sampling`; ignored when ``dp`` decides the sampling.
         local: the instructions every sampled client gets.
         quant_range: R, the quantisation levels per sign (error <= S / (2R) per coordinate).
         neighbours: SecAgg+ degree k; None: O(log n) default; ``"complete"``: plain SecAgg.
@@ -77,8 +83,6 @@ class SecAggFedAvg:
     """
 
     clip_norm: float
-    clients_per_round: int | None = None
-    fraction: float | None = None
     local: FitInstructions = field(default_factory=FitInstructions)
     quant_range: int = 2**20
     neighbours: int | str | None = None
@@ -92,7 +96,7 @@ class SecAggFedAvg:
     def __post_init__(self) -> None:
         if not self.clip_norm > 0:
             raise ConfigError(f"clip_norm must be > 0, got {self.clip_norm}")
-        default_cohort(self)
+        super().__post_init__()
         SecAggConfig(  # validates the protocol parameters early
             vector_length=1,
             clip_range=self.clip_norm,
@@ -112,23 +116,9 @@ class SecAggFedAvg:
         clients: Sequence[int],
         rng: np.random.Generator,
     ) -> list[tuple[int, FitInstructions]]:
-        acc = self.dp
-        if acc is None:
-            k = cohort_size(len(clients), self.clients_per_round, self.fraction)
-            chosen = sample_clients(clients, k, rng)
-        elif len(clients) != acc.population:
-            raise ConfigError(
-                f"DP accounting assumes a population of {acc.population} clients but "
-                f"{len(clients)} are available; set dp.population to the federation size"
-            )
-        elif acc.sampling == "poisson":
-            assert acc.sampling_rate is not None
-            draws = rng.random(len(clients))
-            chosen = [int(c) for c, u in zip(clients, draws, strict=True) if u < acc.sampling_rate]
-        else:
-            assert acc.cohort_size is not None
-            chosen = sample_clients(clients, acc.cohort_size, rng)
-        return [(cid, self.local) for cid in chosen]
+        # with dp, the sampling its accountant assumes; else uniform, this strategy's own
+        sampler: Sampler = self if self.dp is None else AccountedSampling(self.dp)
+        return [(cid, self.local) for cid in sampler.sample(clients, rng)]
 
     def client_fit(
         self,
@@ -141,9 +131,7 @@ class SecAggFedAvg:
     ) -> ClientResult:
         """Train, then clip the delta to ``clip_norm`` before it is quantised and masked."""
         fit = trainer.fit(vector, data, instructions, seed)
-        clipped, _ = clip_by_l2(fit.vector.astype(np.float64) - vector, self.clip_norm)
-        out = (vector.astype(np.float64) + clipped).astype(np.float32)
-        return ClientResult(FitResult(out, fit.num_samples, fit.num_steps, fit.metrics))
+        return ClientResult(transform_fit(fit, vector, clip(self.clip_norm))[0])
 
     def aggregate_fit(
         self,
@@ -201,24 +189,19 @@ class SecAggFedAvg:
             if total is None or included == 0:  # nothing securely summed: keep the model
                 return vector, state, {**metrics, "aggregated": 0.0}
             mean = total / included
-        else:
-            noise_rng = (
-                _streams.generator(self.seed, _streams.secagg_dp_noise(rnd))
-                if is_seeded(self.noise)
-                else None
-            )
+        else:  # the central Gaussian mechanism on the sum, over the expected cohort
+            rng = noise_rng(self.noise, self.seed, _streams.secagg_dp_noise(rnd))
             std = self.dp.noise_multiplier * self.clip_norm
-            noisy = (np.zeros(vector.size) if total is None else total) + gaussian(
-                vector.size, std, self.noise, noise_rng
-            )
+            summed = np.zeros(vector.size) if total is None else total
+            noisy, _ = gaussian_noise(std, self.noise).update(summed, {}, vector, rng)
             mean = noisy / self.dp.expected_cohort
             metrics.update(
                 dp_epsilon=self.dp.epsilon(rnd), dp_delta=self.dp.delta, dp_noise_std=std
             )
-        step, opt_state = self.server_optimizer.update(
-            -mean,
-            state["server_optimizer"],  # type: ignore[arg-type]
+        new, opt_state = apply_delta(
+            self.server_optimizer,
             vector,
+            mean,
+            state["server_optimizer"],  # type: ignore[arg-type]
         )
-        new = (vector.astype(np.float64) + step).astype(np.float32)
         return new, {"server_optimizer": opt_state}, {**metrics, "aggregated": float(included)}
