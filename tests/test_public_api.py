@@ -108,6 +108,10 @@ PUBLIC = {
     ],
     "fedfleet.rounds": [
         "Aggregate",
+        "Arrival",
+        "AsyncTransport",
+        "BufferedLoop",
+        "Dispatch",
         "EvaluateJob",
         "FitJob",
         "FitReplies",
