@@ -46,19 +46,12 @@ from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted
 from fedfleet.evaluation import ClientEvaluation, evaluation_summary
 from fedfleet.net._loop import ServerLoop, SharedCondition
 from fedfleet.net._rejections import RejectionLog
-from fedfleet.net._state import (
-    EVALUATE,
-    _Client,
-    _Round,
-    _Task,
-    instructions_from_header,
-    instructions_to_header,
-)
+from fedfleet.net._state import EVALUATE, _Client, _Round, _Task
 from fedfleet.net._state import _Refused as _Refused  # importable from here
 from fedfleet.net.certs import read_pem
 from fedfleet.net.servicer import Servicer
 from fedfleet.net.settings import ServerSettings, grpc_options
-from fedfleet.net.wire import chunk_messages
+from fedfleet.net.wire import chunk_messages, instructions_from_header, instructions_to_header
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.runs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedfleet.runs.config import RunConfig
