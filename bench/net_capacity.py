@@ -137,8 +137,15 @@ async def worker(args: argparse.Namespace) -> None:
 
     from fedfleet._proto import fedfleet_pb2 as pb
     from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
+    from fedfleet.client.protocol import FitResult
     from fedfleet.net.server import grpc_options
-    from fedfleet.net.wire import TensorReceiver, chunk_messages, tensor_infos
+    from fedfleet.net.wire import (
+        chunk_messages,
+        instructions_from_header,
+        receiver,
+        reply_to_header,
+    )
+    from fedfleet.strategies.base import ClientResult
 
     certs = Path(args.certs)
     ca = (certs / "ca.pem").read_bytes()
@@ -180,21 +187,19 @@ async def worker(args: argparse.Namespace) -> None:
                     continue
                 if h.kind == pb.TaskHeader.DONE:
                     return
-                receiver = TensorReceiver(h.tensors, args.size)
-                while not receiver.complete:
-                    receiver.add((await anext(it)).chunk)
-                vector = receiver.finish()["vector"]
+                rx = receiver(h.job, f"round {h.round} task", kind="jobs", size=args.size)
+                while not rx.complete:
+                    chunk = (await anext(it)).chunk
+                    rx.add(chunk.tensor, chunk.offset, chunk.data)
+                vector, _ = instructions_from_header(rx.head, rx.finish().arrays)
                 trained = vector + np.float32(1e-3) * rng.standard_normal(args.size, np.float32)
                 header = pb.UpdateHeader(
-                    round=h.round,
-                    task_id=h.task_id,
-                    layout_fingerprint=args.fingerprint,
-                    num_samples=NUM_SAMPLES,
-                    num_steps=1,
-                    tensors=tensor_infos({"vector": trained}),
+                    round=h.round, task_id=h.task_id, layout_fingerprint=args.fingerprint
                 )
+                fit = FitResult(trained, NUM_SAMPLES, 1, {})
+                arrays = reply_to_header(ClientResult(fit), header)
                 msgs = [pb.UpdateMessage(header=header)]
-                msgs += [pb.UpdateMessage(chunk=c) for c in chunk_messages([trained], 4 << 20)]
+                msgs += [pb.UpdateMessage(chunk=c) for c in chunk_messages(arrays, 4 << 20)]
                 reply = await stub.SubmitUpdate(iter(msgs), timeout=120)
                 if reply.accepted:
                     stats["rounds"] += 1

@@ -62,6 +62,15 @@ every = 0
 """
 
 
+def _reply_header(name: str) -> bytes:
+    """An upload's codec header declaring one vector of 1,306 floats named ``name`` (the codec's
+    "results" message; the upload is refused before its body is read)."""
+    body = {"results": [{"vector": 0, "num_samples": 10, "num_steps": 1, "metrics": {},
+                         "extras": {}, "state": None}]}  # fmt: skip
+    spec = {"name": name, "dtype": "<f4", "shape": [1306]}
+    return json.dumps({"kind": "results", "body": body, "arrays": [spec]}).encode()
+
+
 # ----- the server process ---------------------------------------------------------------------
 
 
@@ -147,9 +156,7 @@ async def hostile(args: argparse.Namespace) -> None:
             round=1,
             task_id="0" * 32,
             layout_fingerprint="not-the-layout",
-            num_samples=10,
-            num_steps=1,
-            tensors=[pb.TensorInfo(name="vector", shape=[1306], dtype="<f4")],
+            reply=_reply_header("vector"),
         )
         while refused() < args.refused and not stop.is_set():
             before = counts["slot_refused"]
@@ -162,8 +169,7 @@ async def hostile(args: argparse.Namespace) -> None:
             round=1,
             task_id=mb[: 1 << 20],
             layout_fingerprint=mb,
-            num_samples=10,
-            tensors=[pb.TensorInfo(name=mb, shape=[1306], dtype="<f4")],
+            reply=_reply_header(mb),
         )
         for i in range(args.oversized):
             if stop.is_set():

@@ -19,6 +19,7 @@ PACKAGE = SRC / "fedfleet"
 
 # lower layers: none of these may reach a higher one
 LOWER = (
+    "fedfleet._codec",
     "fedfleet.rounds",
     "fedfleet.client",
     "fedfleet.data",

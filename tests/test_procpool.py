@@ -16,7 +16,6 @@ from fedfleet.errors import FedfleetError
 from fedfleet.runs.build import build_run
 from fedfleet.runs.config import load_config
 from fedfleet.sim import TIMING_KEYS, VectorisedExecutor, client_seed
-from fedfleet.sim.jobcodec import pack, unpack
 from fedfleet.sim.procpool import ProcessExecutor, chunk_bounds
 
 SMALL = ["rounds=3", "data.num_clients=10", "strategy.clients_per_round=5"]
@@ -205,18 +204,9 @@ def test_process_executor_on_a_lazily_generated_population():
     assert [h["num_clients"] for h in got.history] == [6, 6]
 
 
-def test_chunks_and_frames():
+def test_chunks():
     assert chunk_bounds(10, 3) == [(0, 4), (4, 7), (7, 10)]
     assert chunk_bounds(1, 4) == [(0, 1)]
-    a = np.arange(6, dtype=np.float32).reshape(2, 3)
-    head, arrays = unpack(pack({"x": 0, "note": "hi"}, [a, np.array([1, 2], np.int64)]))
-    assert head == {"x": 0, "note": "hi"} and np.array_equal(arrays[0], a)
-    assert arrays[1].dtype == np.int64 and arrays[0].flags.writeable
-    frame = pack({}, [a])
-    with pytest.raises(FedfleetError, match="only"):
-        unpack(frame[:-4])  # truncated array bytes
-    with pytest.raises(FedfleetError, match="numbers only"):
-        pack({}, [np.array([object()])])
 
 
 def test_refused_settings():

@@ -41,6 +41,11 @@ class ClientEvaluation:
     global_loss: float | None = None
     global_accuracy: float | None = None
 
+    @property
+    def personalized(self) -> bool:
+        """The client evaluated a personalised model of its own (``global_*`` are set)."""
+        return self.global_loss is not None
+
 
 def evaluation_summary(reports: Sequence[ClientEvaluation]) -> dict[str, float]:
     """The round's federated-evaluation metrics: ``client_accuracy_{mean,worst10,min,std}``

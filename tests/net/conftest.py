@@ -18,7 +18,7 @@ import torch
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet.net.certs import create_test_federation
 from fedfleet.net.cli import read_config
-from fedfleet.net.wire import TensorReceiver
+from fedfleet.net.wire import instructions_from_header, receiver
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.runs.rundir import load_model_vector
 from fedfleet.sim.engine import Simulation, SimulationResult
@@ -91,17 +91,21 @@ def final_vector(run_dir: Path, config: Path) -> np.ndarray:
 
 
 def read_task(stub, cid: int, size: int, timeout: float = 60.0):
-    """One GetTask call made as a client makes it: the header, then exactly the tensors it
+    """One GetTask call made as a client makes it: the header, then exactly the arrays its job
     declares (of ``size`` floats each). The server keeps a task's stream open until the client
-    answers the task, so the stream is returned open: ``(header, arrays, stream)``."""
+    answers the task, so the stream is returned open: ``(header, arrays, stream)``, ``arrays``
+    the global ``"vector"`` and the job's payload by name."""
     stream = stub.GetTask(pb.TaskRequest(client_id=cid), timeout=timeout)
     header = next(stream).header
     if header.kind not in (pb.TaskHeader.TRAIN, pb.TaskHeader.EVALUATE):
         return header, {}, stream
-    receiver = TensorReceiver(header.tensors, size)
-    while not receiver.complete:
-        receiver.add(next(stream).chunk)
-    return header, receiver.finish(), stream
+    rx = receiver(header.job, "the task", kind="jobs", size=size)
+    while not rx.complete:
+        chunk = next(stream).chunk
+        rx.add(chunk.tensor, chunk.offset, chunk.data)
+    vector, job = instructions_from_header(rx.head, rx.finish().arrays)
+    payload = {} if job is None else dict(job.instructions.payload)
+    return header, {"vector": vector, **payload}, stream
 
 
 def wait_for(pred, timeout: float, what: str, alive: tuple = ()) -> None:

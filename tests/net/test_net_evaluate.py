@@ -11,11 +11,13 @@ import numpy as np
 from conftest import read_task, write_config
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
-from fedfleet.evaluation import fairness_stats
+from fedfleet.client.protocol import FitResult
+from fedfleet.evaluation import ClientEvaluation, fairness_stats
 from fedfleet.net.checkpoint import load_checkpoint
 from fedfleet.net.cli import read_config
 from fedfleet.net.server import FederatedServer, ServerSettings
-from fedfleet.net.wire import chunk_messages, tensor_infos
+from fedfleet.net.wire import chunk_messages, evaluation_to_pb, reply_to_header
+from fedfleet.strategies.base import ClientResult
 
 SAMPLES, HELD_OUT = 50, 10
 
@@ -51,10 +53,10 @@ def test_evaluation_reports_are_validated_and_summarised(tmp_path):
                 open_streams.append(stream)
                 return h, arrays.get("vector")
 
-    def report(cid: int, h: pb.TaskHeader, **fields) -> pb.EvaluationReply:
-        fields = {"round": h.round, "task_id": h.task_id, "num_samples": HELD_OUT, "loss": 0.5,
-                  "accuracy": 0.5, **fields}  # fmt: skip
-        msg = pb.EvaluationResult(client_id=cid, **fields)
+    def report(cid: int, h: pb.TaskHeader, task_id=None, **fields) -> pb.EvaluationReply:
+        fields = {"num_samples": HELD_OUT, "loss": 0.5, "accuracy": 0.5, **fields}
+        msg = pb.EvaluationResult(client_id=cid, round=h.round, task_id=task_id or h.task_id)
+        evaluation_to_pb(ClientEvaluation(**fields), msg)
         return stub.SubmitEvaluation(msg, timeout=10)
 
     def train(cid: int) -> None:
@@ -63,10 +65,10 @@ def test_evaluation_reports_are_validated_and_summarised(tmp_path):
         wrong = report(cid, h)  # an evaluation for a TRAIN task: refused, the task stays open
         assert not wrong.accepted and "is a TRAIN task" in wrong.reason
         header = pb.UpdateHeader(
-            client_id=cid, round=h.round, task_id=h.task_id, layout_fingerprint=fp,
-            num_samples=SAMPLES, num_steps=1, tensors=tensor_infos({"vector": vector}),
-        )  # fmt: skip
-        chunks = [pb.UpdateMessage(chunk=c) for c in chunk_messages([vector], 1 << 16)]
+            client_id=cid, round=h.round, task_id=h.task_id, layout_fingerprint=fp
+        )
+        arrays = reply_to_header(ClientResult(FitResult(vector, SAMPLES, 1, {})), header)
+        chunks = [pb.UpdateMessage(chunk=c) for c in chunk_messages(arrays, 1 << 16)]
         reply = stub.SubmitUpdate(iter([pb.UpdateMessage(header=header), *chunks]), timeout=10)
         assert reply.accepted, reply.reason
 

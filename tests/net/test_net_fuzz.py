@@ -2,15 +2,17 @@
 
 The server (in this process, so its aggregation inputs can be inspected) keeps running rounds
 while the fuzzer, posing as the registered clients 0-2, sends random bytes to every method,
-hostile headers (wrong shapes, dtypes, fingerprints, huge declared sizes, too many tensors),
-out-of-order, oversized and truncated chunk streams, NaN/Inf vectors and metrics, inflated
-sample and step counts, stale task ids and replays of accepted uploads. Now and then it sends a
-valid update. Asserts: the server never crashes or hangs, and every update that reached
-``aggregate_fit`` is one of the valid ones, bit for bit.
+hostile headers (wrong shapes, dtypes, fingerprints, huge declared sizes, too many arrays,
+codec headers that are not JSON, of another kind, with unknown fields, aliased or swapped
+arrays, client state), out-of-order, oversized and truncated chunk streams, NaN/Inf vectors and
+metrics, inflated sample and step counts, stale task ids and replays of accepted uploads. Now
+and then it sends a valid update. Asserts: the server never crashes or hangs, and every update
+that reached ``aggregate_fit`` is one of the valid ones, bit for bit.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -20,9 +22,11 @@ import numpy as np
 from conftest import read_task, write_config
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
+from fedfleet.client.protocol import FitResult
 from fedfleet.net.cli import read_config
 from fedfleet.net.server import FederatedServer, ServerSettings
-from fedfleet.net.wire import chunk_messages, tensor_infos
+from fedfleet.net.wire import chunk_messages, reply_to_header
+from fedfleet.strategies.base import ClientResult
 from fedfleet.validation import validate_update
 
 METHODS = ("Register", "GetTask", "SubmitUpdate", "SubmitEvaluation")
@@ -109,41 +113,56 @@ def test_fuzzed_server_never_crashes_and_aggregates_only_valid_updates(tmp_path)
         """One upload for a real task, valid or broken in one random way."""
         nonlocal sent
         trained = vector + np.float32(0.001) * rng.standard_normal(layout.size, dtype=np.float32)
-        arrays = [trained]
-        header = pb.UpdateHeader(
-            client_id=cid, round=h.round, task_id=h.task_id, layout_fingerprint=fp,
-            num_samples=SAMPLES, num_steps=1, metrics={"train_loss": 0.5},
-            tensors=tensor_infos({"vector": trained}),
-        )  # fmt: skip
+        extras = {}
         kind = ["valid", "nan", "inf", "shape", "dtype", "huge", "extras", "order", "truncate",
                 "overflow", "samples", "steps", "metric", "fingerprint", "taskid", "header2",
-                "badextra"][int(rng.integers(17)) if rng.random() < 0.7 else 0]  # fmt: skip
+                "badextra", "json", "kind", "unknown", "alias", "swap", "state"
+                ][int(rng.integers(23)) if rng.random() < 0.7 else 0]  # fmt: skip
         if kind == "nan":
             trained[rng.integers(layout.size)] = np.nan
         elif kind == "inf":
             trained[rng.integers(layout.size)] = -np.inf
-        elif kind == "shape":
-            header.tensors[0].shape[:] = [layout.size - 1]
+        elif kind in ("badextra", "swap", "state"):
+            extras["c"] = np.full(layout.size, np.nan if kind == "badextra" else 0, np.float32)
+        header = pb.UpdateHeader(client_id=cid, round=h.round, task_id=h.task_id,
+                                 layout_fingerprint=fp)  # fmt: skip
+        fit = FitResult(trained, SAMPLES, 1, {"train_loss": 0.5})
+        arrays = reply_to_header(ClientResult(fit, extras), header)
+        head = json.loads(header.reply)  # the codec's header, edited as a hostile client would
+        spec, body = head["arrays"][0], head["body"]["results"][0]
+        if kind == "shape":
+            spec["shape"] = [layout.size - 1]
         elif kind == "dtype":
-            header.tensors[0].dtype = "<f8"
+            spec["dtype"] = "<f8"
         elif kind == "huge":
-            header.tensors[0].shape[:] = [2**62]
+            spec["shape"] = [2**62]
         elif kind == "extras":
             for i in range(12):
-                header.tensors.add(name=f"x{i}", shape=[layout.size], dtype="<f4")
-        elif kind == "badextra":
-            header.tensors.add(name="c", shape=[layout.size], dtype="<f4")
-            arrays.append(np.full(layout.size, np.nan, dtype=np.float32))
+                head["arrays"].append({"name": f"x{i}", "shape": [layout.size], "dtype": "<f4"})
+                body["extras"][f"x{i}"] = i + 1
         elif kind == "samples":
-            header.num_samples = SAMPLES + int(rng.integers(1, 10**9))
+            body["num_samples"] = SAMPLES + int(rng.integers(1, 10**9))
         elif kind == "steps":
-            header.num_steps = 10**6 if rng.random() < 0.5 else -1
+            body["num_steps"] = 10**6 if rng.random() < 0.5 else -1
         elif kind == "metric":
-            header.metrics["train_loss"] = float("nan")
+            body["metrics"]["train_loss"] = float("nan")
         elif kind == "fingerprint":
             header.layout_fingerprint = "0" * 16
         elif kind == "taskid":
             header.task_id = rng.bytes(16).hex()
+        elif kind == "kind":
+            head["kind"] = "error"
+        elif kind == "unknown":
+            body["delta"] = 0
+        elif kind == "alias":  # an extra that is the vector's own array (the server's row)
+            body["extras"]["c"] = 0
+        elif kind == "swap":  # the vector as array 1: array 0 is written into the row
+            body["vector"], body["extras"]["c"] = 1, 0
+        elif kind == "state":  # a client's private state never leaves it
+            body["state"], body["extras"] = {"c_i": 1}, {}
+        header.reply = json.dumps(head).encode()
+        if kind == "json":
+            header.reply = header.reply[: int(rng.integers(0, len(header.reply)))] + b"\xff{"
         chunks = [pb.UpdateMessage(chunk=c) for c in chunk_messages(arrays, 4096)]
         if kind == "order":
             chunks = chunks[::-1]

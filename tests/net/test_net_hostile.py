@@ -8,6 +8,7 @@ Every test waits on the run finishing (a thread exit) with a generous limit; non
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,17 +164,18 @@ def test_an_upload_that_sends_nothing_is_cut_after_the_idle_timeout(federation):
 
 
 def test_flood_of_refused_uploads_keeps_the_log_and_checkpoint_bounded(federation):
-    """1,000 refused uploads, each with a 100 KB layout fingerprint and tensor name: every
+    """1,000 refused uploads, each with a 100 KB layout fingerprint and array name: every
     refusal is counted, only the last ``max_rejections_kept`` are kept, reasons are clipped,
     and the checkpoint stays small (it held every refusal before)."""
     channel = federation.hostile_channel()
     stub = pb_grpc.FedFleetStub(channel)
     federation.register_hostile(stub)
     huge = "x" * 100_000
+    reply = {"kind": "results", "body": {"results": []},
+             "arrays": [{"name": huge, "shape": [5], "dtype": "<f4"}]}  # fmt: skip
     header = pb.UpdateHeader(
-        round=1, task_id=huge, layout_fingerprint=huge, num_samples=1,
-        tensors=[pb.TensorInfo(name=huge, shape=[5], dtype="<f4")],
-    )  # fmt: skip
+        round=1, task_id=huge, layout_fingerprint=huge, reply=json.dumps(reply).encode()
+    )
     replies = [stub.SubmitUpdate(iter([pb.UpdateMessage(header=header)])) for _ in range(1000)]
     assert not any(r.accepted for r in replies)
     assert all(len(r.reason) < 1000 for r in replies)

@@ -9,7 +9,6 @@ from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
     _runtime_version.Domain.PUBLIC,
     7,
@@ -25,49 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64\x66leet/_proto/fedfleet.proto\x12\x0c\x66\x65\x64\x66leet.net\"8\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"5\n\x05\x43hunk\x12\x0e\n\x06tensor\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"E\n\x06Scalar\x12\x0b\n\x01\x66\x18\x01 \x01(\x01H\x00\x12\x0b\n\x01i\x18\x02 \x01(\x03H\x00\x12\x0b\n\x01s\x18\x03 \x01(\tH\x00\x12\x0b\n\x01\x62\x18\x04 \x01(\x08H\x00\x42\x07\n\x05value\"o\n\x0fRegisterRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\x1a\n\x12layout_fingerprint\x18\x02 \x01(\t\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x03\x12\x18\n\x10num_test_samples\x18\x04 \x01(\x03\"[\n\rRegisterReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1a\n\x12layout_fingerprint\x18\x03 \x01(\t\x12\x11\n\tclient_id\x18\x04 \x01(\x03\" \n\x0bTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x03\"\xc9\x03\n\nTaskHeader\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.fedfleet.net.TaskHeader.Kind\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x1a\n\x12layout_fingerprint\x18\x05 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x06 \x01(\x03\x12\x12\n\nbatch_size\x18\x07 \x01(\x03\x12\n\n\x02lr\x18\x08 \x01(\x01\x12\x11\n\tmax_steps\x18\t \x01(\x03\x12\x34\n\x06\x63onfig\x18\n \x03(\x0b\x32$.fedfleet.net.TaskHeader.ConfigEntry\x12)\n\x07tensors\x18\x0b \x03(\x0b\x32\x18.fedfleet.net.TensorInfo\x12\x0f\n\x07message\x18\x0c \x01(\t\x12\x15\n\rapplied_round\x18\r \x01(\x03\x1a\x43\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.fedfleet.net.Scalar:\x02\x38\x01\"3\n\x04Kind\x12\x08\n\x04WAIT\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04\x44ONE\x10\x02\x12\x0c\n\x08\x45VALUATE\x10\x03\"g\n\x0bTaskMessage\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedfleet.net.TaskHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedfleet.net.ChunkH\x00\x42\x06\n\x04\x62ody\"\x9a\x02\n\x0cUpdateHeader\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x1a\n\x12layout_fingerprint\x18\x04 \x01(\t\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x03\x12\x11\n\tnum_steps\x18\x06 \x01(\x03\x12\x38\n\x07metrics\x18\x07 \x03(\x0b\x32\'.fedfleet.net.UpdateHeader.MetricsEntry\x12)\n\x07tensors\x18\x08 \x03(\x0b\x32\x18.fedfleet.net.TensorInfo\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"k\n\rUpdateMessage\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedfleet.net.UpdateHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedfleet.net.ChunkH\x00\x42\x06\n\x04\x62ody\"/\n\x0bUpdateReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xbe\x01\n\x10\x45valuationResult\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x03\x12\x0c\n\x04loss\x18\x05 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\x06 \x01(\x01\x12\x14\n\x0cpersonalized\x18\x07 \x01(\x08\x12\x13\n\x0bglobal_loss\x18\x08 \x01(\x01\x12\x17\n\x0fglobal_accuracy\x18\t \x01(\x01\"3\n\x0f\x45valuationReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xb2\x02\n\x08\x46\x65\x64\x46leet\x12\x46\n\x08Register\x12\x1d.fedfleet.net.RegisterRequest\x1a\x1b.fedfleet.net.RegisterReply\x12\x41\n\x07GetTask\x12\x19.fedfleet.net.TaskRequest\x1a\x19.fedfleet.net.TaskMessage0\x01\x12H\n\x0cSubmitUpdate\x12\x1b.fedfleet.net.UpdateMessage\x1a\x19.fedfleet.net.UpdateReply(\x01\x12Q\n\x10SubmitEvaluation\x12\x1e.fedfleet.net.EvaluationResult\x1a\x1d.fedfleet.net.EvaluationReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64\x66leet/_proto/fedfleet.proto\x12\x0c\x66\x65\x64\x66leet.net\"5\n\x05\x43hunk\x12\x0e\n\x06tensor\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"o\n\x0fRegisterRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\x1a\n\x12layout_fingerprint\x18\x02 \x01(\t\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x03\x12\x18\n\x10num_test_samples\x18\x04 \x01(\x03\"[\n\rRegisterReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1a\n\x12layout_fingerprint\x18\x03 \x01(\t\x12\x11\n\tclient_id\x18\x04 \x01(\x03\" \n\x0bTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x03\"\xeb\x01\n\nTaskHeader\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.fedfleet.net.TaskHeader.Kind\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x1a\n\x12layout_fingerprint\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x0c \x01(\t\x12\x15\n\rapplied_round\x18\r \x01(\x03\x12\x0b\n\x03job\x18\x0e \x01(\x0c\"3\n\x04Kind\x12\x08\n\x04WAIT\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04\x44ONE\x10\x02\x12\x0c\n\x08\x45VALUATE\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x06\x10\x0c\"g\n\x0bTaskMessage\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedfleet.net.TaskHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedfleet.net.ChunkH\x00\x42\x06\n\x04\x62ody\"r\n\x0cUpdateHeader\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x1a\n\x12layout_fingerprint\x18\x04 \x01(\t\x12\r\n\x05reply\x18\t \x01(\x0cJ\x04\x08\x05\x10\t\"k\n\rUpdateMessage\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedfleet.net.UpdateHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedfleet.net.ChunkH\x00\x42\x06\n\x04\x62ody\"/\n\x0bUpdateReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"[\n\x10\x45valuationResult\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06report\x18\n \x01(\x0cJ\x04\x08\x04\x10\n\"3\n\x0f\x45valuationReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xb2\x02\n\x08\x46\x65\x64\x46leet\x12\x46\n\x08Register\x12\x1d.fedfleet.net.RegisterRequest\x1a\x1b.fedfleet.net.RegisterReply\x12\x41\n\x07GetTask\x12\x19.fedfleet.net.TaskRequest\x1a\x19.fedfleet.net.TaskMessage0\x01\x12H\n\x0cSubmitUpdate\x12\x1b.fedfleet.net.UpdateMessage\x1a\x19.fedfleet.net.UpdateReply(\x01\x12Q\n\x10SubmitEvaluation\x12\x1e.fedfleet.net.EvaluationResult\x1a\x1d.fedfleet.net.EvaluationReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedfleet._proto.fedfleet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKHEADER_CONFIGENTRY']._loaded_options = None
-  _globals['_TASKHEADER_CONFIGENTRY']._serialized_options = b'8\001'
-  _globals['_UPDATEHEADER_METRICSENTRY']._loaded_options = None
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_TENSORINFO']._serialized_start=48
-  _globals['_TENSORINFO']._serialized_end=104
-  _globals['_CHUNK']._serialized_start=106
-  _globals['_CHUNK']._serialized_end=159
-  _globals['_SCALAR']._serialized_start=161
-  _globals['_SCALAR']._serialized_end=230
-  _globals['_REGISTERREQUEST']._serialized_start=232
-  _globals['_REGISTERREQUEST']._serialized_end=343
-  _globals['_REGISTERREPLY']._serialized_start=345
-  _globals['_REGISTERREPLY']._serialized_end=436
-  _globals['_TASKREQUEST']._serialized_start=438
-  _globals['_TASKREQUEST']._serialized_end=470
-  _globals['_TASKHEADER']._serialized_start=473
-  _globals['_TASKHEADER']._serialized_end=930
-  _globals['_TASKHEADER_CONFIGENTRY']._serialized_start=810
-  _globals['_TASKHEADER_CONFIGENTRY']._serialized_end=877
-  _globals['_TASKHEADER_KIND']._serialized_start=879
-  _globals['_TASKHEADER_KIND']._serialized_end=930
-  _globals['_TASKMESSAGE']._serialized_start=932
-  _globals['_TASKMESSAGE']._serialized_end=1035
-  _globals['_UPDATEHEADER']._serialized_start=1038
-  _globals['_UPDATEHEADER']._serialized_end=1320
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=1274
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=1320
-  _globals['_UPDATEMESSAGE']._serialized_start=1322
-  _globals['_UPDATEMESSAGE']._serialized_end=1429
-  _globals['_UPDATEREPLY']._serialized_start=1431
-  _globals['_UPDATEREPLY']._serialized_end=1478
-  _globals['_EVALUATIONRESULT']._serialized_start=1481
-  _globals['_EVALUATIONRESULT']._serialized_end=1671
-  _globals['_EVALUATIONREPLY']._serialized_start=1673
-  _globals['_EVALUATIONREPLY']._serialized_end=1724
-  _globals['_FEDFLEET']._serialized_start=1727
-  _globals['_FEDFLEET']._serialized_end=2033
+  _globals['_CHUNK']._serialized_start=48
+  _globals['_CHUNK']._serialized_end=101
+  _globals['_REGISTERREQUEST']._serialized_start=103
+  _globals['_REGISTERREQUEST']._serialized_end=214
+  _globals['_REGISTERREPLY']._serialized_start=216
+  _globals['_REGISTERREPLY']._serialized_end=307
+  _globals['_TASKREQUEST']._serialized_start=309
+  _globals['_TASKREQUEST']._serialized_end=341
+  _globals['_TASKHEADER']._serialized_start=344
+  _globals['_TASKHEADER']._serialized_end=579
+  _globals['_TASKHEADER_KIND']._serialized_start=516
+  _globals['_TASKHEADER_KIND']._serialized_end=567
+  _globals['_TASKMESSAGE']._serialized_start=581
+  _globals['_TASKMESSAGE']._serialized_end=684
+  _globals['_UPDATEHEADER']._serialized_start=686
+  _globals['_UPDATEHEADER']._serialized_end=800
+  _globals['_UPDATEMESSAGE']._serialized_start=802
+  _globals['_UPDATEMESSAGE']._serialized_end=909
+  _globals['_UPDATEREPLY']._serialized_start=911
+  _globals['_UPDATEREPLY']._serialized_end=958
+  _globals['_EVALUATIONRESULT']._serialized_start=960
+  _globals['_EVALUATIONRESULT']._serialized_end=1051
+  _globals['_EVALUATIONREPLY']._serialized_start=1053
+  _globals['_EVALUATIONREPLY']._serialized_end=1104
+  _globals['_FEDFLEET']._serialized_start=1107
+  _globals['_FEDFLEET']._serialized_end=1413
 # @@protoc_insertion_point(module_scope)

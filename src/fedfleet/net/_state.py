@@ -1,5 +1,6 @@
 """What the server's round loop and RPC handlers share: per-client records, tasks, the open
-round, and the task header's encoding of a client's fit instructions."""
+round. (What a task, an upload and an evaluation report hold, and their checks, is the codec's:
+:mod:`fedfleet._codec`, through :mod:`fedfleet.net.wire`.)"""
 
 from __future__ import annotations
 
@@ -14,34 +15,10 @@ import numpy as np
 
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet.client.protocol import FitInstructions
-from fedfleet.net.wire import scalar_from_pb, scalar_to_pb
+from fedfleet.evaluation import ClientEvaluation
 from fedfleet.strategies.base import ClientUpdate
 
-__all__ = ["instructions_from_header", "instructions_to_header"]
-
 TRAIN, EVALUATE = pb.TaskHeader.TRAIN, pb.TaskHeader.EVALUATE
-
-
-def instructions_to_header(ins: FitInstructions, header: pb.TaskHeader) -> None:
-    header.epochs = ins.epochs
-    header.batch_size = ins.batch_size
-    header.lr = ins.lr
-    header.max_steps = -1 if ins.max_steps is None else ins.max_steps
-    for k, v in ins.config.items():
-        header.config[k].CopyFrom(scalar_to_pb(v))
-
-
-def instructions_from_header(
-    header: pb.TaskHeader, payload: dict[str, np.ndarray]
-) -> FitInstructions:
-    return FitInstructions(
-        epochs=int(header.epochs),
-        batch_size=int(header.batch_size),
-        lr=float(header.lr),
-        max_steps=None if header.max_steps < 0 else int(header.max_steps),
-        config={k: scalar_from_pb(v) for k, v in header.config.items()},
-        payload=payload,
-    )
 
 
 @dataclass
@@ -101,7 +78,7 @@ class _Round:
     gone: dict[int, float] = field(default_factory=dict)
     """Selected clients that hung up before answering, and when (monotonic): the round waits
     ``rejoin_grace_s`` for each to call back (a restarted client picks its task up again)."""
-    evaluations: dict[int, pb.EvaluationResult] = field(default_factory=dict)
+    evaluations: dict[int, ClientEvaluation] = field(default_factory=dict)
     broadcast: list[pb.TaskMessage] = field(default_factory=list)
     """The model's chunk messages, built once when the round opens and sent to every client."""
     rows: np.ndarray | None = None
@@ -131,23 +108,3 @@ class _Refused(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
-
-
-def _evaluation_problem(r: pb.EvaluationResult, registered: int) -> str | None:
-    """What is wrong with an evaluation report, or None."""
-    pairs = [("loss", r.loss, "accuracy", r.accuracy)]
-    if r.personalized:
-        pairs.append(("global_loss", r.global_loss, "global_accuracy", r.global_accuracy))
-    for lname, loss, aname, acc in pairs:
-        if not (math.isfinite(loss) and math.isfinite(acc)):
-            return f"{lname} {loss} / {aname} {acc} must be finite"
-        if not 0.0 <= acc <= 1.0:
-            return f"{aname} {acc} outside [0, 1]"
-        if loss < 0:
-            return f"{lname} {loss} is negative"
-    if not 0 <= r.num_samples <= registered:
-        return (
-            f"num_samples {r.num_samples} outside 0..{registered}, the held-out samples the "
-            "client registered with"
-        )
-    return None

@@ -27,16 +27,23 @@ import grpc
 import numpy as np
 
 import fedfleet.net._hooks as _hooks
+from fedfleet._codec import Job
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.client.protocol import Trainer
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, FedfleetError
+from fedfleet.evaluation import ClientEvaluation
 from fedfleet.net.certs import read_pem
 from fedfleet.net.client_state import ClientStateFile
-from fedfleet.net.servicer import instructions_from_header
 from fedfleet.net.settings import grpc_options
-from fedfleet.net.wire import TensorReceiver, chunk_messages, tensor_infos
+from fedfleet.net.wire import (
+    chunk_messages,
+    evaluation_to_pb,
+    instructions_from_header,
+    receiver,
+    reply_to_header,
+)
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.runs.config import RunConfig
 from fedfleet.runs.deploy_policy import for_deployment
@@ -278,32 +285,32 @@ class FederatedClient:
                     raise FedfleetError(f"client {self.client_id}: {h.message}")
                 log.info("client %d: the server finished the run", self.client_id)
                 return True
-            receiver = TensorReceiver(h.tensors, layout.size)
-            while not receiver.complete and (msg := next(stream, None)) is not None:
-                receiver.add(msg.chunk)
-            arrays = receiver.finish()
-            vector = arrays.pop("vector")
+            source = f"the server's round {h.round} task"
+            rx = receiver(h.job, source, kind="jobs", size=layout.size)
+            while not rx.complete and (msg := next(stream, None)) is not None:
+                rx.add(msg.chunk.tensor, msg.chunk.offset, msg.chunk.data)
+            vector, job = instructions_from_header(rx.head, rx.finish().arrays)
             if h.kind == pb.TaskHeader.EVALUATE:
                 self._evaluate(stub, h, vector)
+            elif job is None or job.client_id != self.client_id:
+                raise FedfleetError(
+                    f"client {self.client_id}: the server's round {h.round} TRAIN task holds "
+                    f"{'no job' if job is None else f'the job of client {job.client_id}'}"
+                )
             else:
-                self._train(stub, h, vector, arrays)
+                self._train(stub, h, vector, job)
             for _ in stream:  # the server ends the task's stream once it has the answer
                 pass
 
     def _train(
-        self,
-        stub: pb_grpc.FedFleetStub,
-        h: pb.TaskHeader,
-        vector: np.ndarray,
-        payload: dict[str, np.ndarray],
+        self, stub: pb_grpc.FedFleetStub, h: pb.TaskHeader, vector: np.ndarray, job: Job
     ) -> None:
-        instructions = instructions_from_header(h, payload)
         result = self.strategy.client_fit(
             self.trainer,
             vector,
             self.data,
-            instructions,
-            int(h.seed),
+            job.instructions,
+            job.seed,
             self.states.get(self.client_id),
         )
         secure_upload = _hooks.secure_upload_for(self.strategy)  # secure aggregation hook
@@ -313,20 +320,15 @@ class FederatedClient:
             return
         if result.state is not None:  # before the upload: the server may apply it at once
             self.states.stage(int(h.round), result.state)
-        fit = result.fit
-        uploads = {"vector": np.asarray(fit.vector, dtype=np.float32), **dict(result.extras)}
         header = pb.UpdateHeader(
             client_id=self.client_id,
             round=h.round,
             task_id=h.task_id,
             layout_fingerprint=self.trainer.layout.fingerprint,
-            num_samples=int(fit.num_samples),
-            num_steps=int(fit.num_steps),
-            metrics={k: float(v) for k, v in fit.metrics.items()},
-            tensors=tensor_infos(uploads),
         )
+        uploads = reply_to_header(result, header)
         reply = stub.SubmitUpdate(
-            _update_stream(header, list(uploads.values()), self.settings.chunk_size),
+            _update_stream(header, uploads, self.settings.chunk_size),
             timeout=self.settings.rpc_timeout_s,
         )
         if reply.accepted:
@@ -339,19 +341,26 @@ class FederatedClient:
 
     def _evaluate(self, stub: pb_grpc.FedFleetStub, h: pb.TaskHeader, vector: np.ndarray) -> None:
         """Evaluate the global model (and, for FedPer/FedRep, this client's own) locally."""
-        report = pb.EvaluationResult(client_id=self.client_id, round=h.round, task_id=h.task_id)
+        report = ClientEvaluation(0, 0.0, 0.0)  # nothing held out: a report of no samples
         data = self.test_data
         if data is not None and len(data) > 0:
             ev = self.trainer.evaluate(vector, data)
             personalize = getattr(self.strategy, "personalize", None)
-            if personalize is not None:
-                report.personalized = True
-                report.global_loss, report.global_accuracy = ev.loss, ev.accuracy
-                own = personalize(vector, self.states.get(self.client_id))
-                ev = self.trainer.evaluate(own, data)
-            report.num_samples = int(ev.num_samples)
-            report.loss, report.accuracy = float(ev.loss), float(ev.accuracy)
-        reply = stub.SubmitEvaluation(report, timeout=self.settings.rpc_timeout_s)
+            if personalize is None:
+                report = ClientEvaluation(int(ev.num_samples), float(ev.loss), float(ev.accuracy))
+            else:
+                mine = personalize(vector, self.states.get(self.client_id))
+                own = self.trainer.evaluate(mine, data)
+                report = ClientEvaluation(
+                    int(own.num_samples),
+                    float(own.loss),
+                    float(own.accuracy),
+                    float(ev.loss),
+                    float(ev.accuracy),
+                )
+        request = pb.EvaluationResult(client_id=self.client_id, round=h.round, task_id=h.task_id)
+        evaluation_to_pb(report, request)
+        reply = stub.SubmitEvaluation(request, timeout=self.settings.rpc_timeout_s)
         if not reply.accepted:
             log.warning(
                 "client %d: round %d evaluation refused: %s", self.client_id, h.round, reply.reason

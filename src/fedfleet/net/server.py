@@ -48,19 +48,12 @@ from fedfleet.evaluation import ClientEvaluation
 from fedfleet.net._buffered import BufferedRounds
 from fedfleet.net._loop import ServerLoop, SharedCondition
 from fedfleet.net._rejections import RejectionLog
-from fedfleet.net._state import (
-    EVALUATE,
-    _Client,
-    _Round,
-    _Task,
-    instructions_from_header,
-    instructions_to_header,
-)
+from fedfleet.net._state import EVALUATE, _Client, _Round, _Task
 from fedfleet.net._state import _Refused as _Refused  # importable from here
 from fedfleet.net.certs import read_pem
 from fedfleet.net.servicer import Servicer
 from fedfleet.net.settings import RunSpec, ServerSettings, grpc_options
-from fedfleet.net.wire import chunk_messages
+from fedfleet.net.wire import chunk_messages, instructions_from_header, instructions_to_header
 from fedfleet.rounds import (
     BufferedLoop,
     EvaluateJob,

@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from fedfleet._codec import ArrayReceiver, decode_evaluation, decode_header, decode_results
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.errors import UpdateRejected, clip_text
@@ -43,27 +44,18 @@ from fedfleet.net._state import (
     TRAIN,
     _Call,
     _Client,
-    _evaluation_problem,
     _Refused,
     _Round,
     _Task,
-    instructions_from_header,
-    instructions_to_header,
 )
 from fedfleet.net.certs import client_id_from_cn
 from fedfleet.net.settings import ServerSettings
-from fedfleet.net.wire import (
-    MAX_EXTRAS,
-    TensorReceiver,
-    WireError,
-    chunk_messages,
-    tensor_infos,
-)
+from fedfleet.net.wire import WireError, chunk_messages, instructions_to_header, receiver
 from fedfleet.params import Layout
 from fedfleet.strategies.base import ClientUpdate
 from fedfleet.validation import validate_update
 
-__all__ = ["Servicer", "instructions_from_header", "instructions_to_header"]
+__all__ = ["Servicer"]
 
 log = logging.getLogger("fedfleet.net.server")
 
@@ -342,7 +334,7 @@ class Servicer(pb_grpc.FedFleetServicer):
                 )
             self._cond.notify_all()
 
-    def _task_for(self, cid: int) -> tuple[pb.TaskHeader, _Round | None, dict[str, Any]] | None:
+    def _task_for(self, cid: int) -> tuple[pb.TaskHeader, _Round | None, list[np.ndarray]] | None:
         """The header (and round and payload) to send ``cid`` now, None to keep waiting;
         called with ``_cond`` held."""
         applied = self._applied.get(cid, -1)
@@ -352,7 +344,7 @@ class Servicer(pb_grpc.FedFleetServicer):
             done = pb.TaskHeader(
                 kind=pb.TaskHeader.DONE, applied_round=applied, message=self._done_message
             )
-            return done, None, {}
+            return done, None, []
         rnd = self._round
         if rnd is None or cid not in rnd.tasks or cid in rnd.answered:
             return None
@@ -360,29 +352,24 @@ class Servicer(pb_grpc.FedFleetServicer):
         header = pb.TaskHeader(
             kind=task.kind,
             round=task.rnd,
-            seed=task.seed,
             task_id=task.task_id,
             layout_fingerprint=self.fingerprint,
             applied_round=applied,
         )
-        payload: dict[str, np.ndarray] = {}
-        if task.instructions is not None:
-            instructions_to_header(task.instructions, header)
-            payload = dict(task.instructions.payload)
-        header.tensors.extend(tensor_infos({"vector": rnd.vector_of(task), **payload}))
+        payload = instructions_to_header(
+            task.instructions, header, rnd.vector_of(task), seed=task.seed, client_id=cid
+        )
         return header, rnd, payload
 
     def _task_settled(self, current: _Round | None, cid: int) -> bool:
         """The task stream of ``cid`` in ``current`` can end (``_cond`` held)."""
         return self._done or self._round is not current or cid in current.answered  # type: ignore[union-attr]
 
-    def _broadcast(
-        self, current: _Round, cid: int, payload: dict[str, np.ndarray]
-    ) -> Iterator[Any]:
+    def _broadcast(self, current: _Round, cid: int, payload: list[np.ndarray]) -> Iterator[Any]:
         """The model's chunks (built once per round, or per version, and shared), then the
         payload's."""
         yield from current.broadcast_of(current.tasks[cid])
-        for chunk in chunk_messages(list(payload.values()), self.settings.chunk_size, start=1):
+        for chunk in chunk_messages(payload, self.settings.chunk_size, start=1):
             yield pb.TaskMessage(chunk=chunk)
 
     async def _next_message(self, messages: Any, what: str) -> Any:
@@ -455,18 +442,15 @@ class Servicer(pb_grpc.FedFleetServicer):
                     f"update is for layout {clip_text(h.layout_fingerprint)!r}, the server's "
                     f"is {self.fingerprint!r}"
                 )
-            receiver = TensorReceiver(h.tensors, self.layout.size, {"vector": row})
-            if receiver.names[0] != "vector":
-                raise WireError(
-                    f"the first tensor must be 'vector', got {clip_text(receiver.names[0])!r}"
-                )
+            source = f"client {cid}'s update"
+            rx = receiver(h.reply, source, kind="results", size=self.layout.size, out={0: row})
             while (msg := await self._next_message(messages, f"client {cid}'s upload")) is not None:
                 if msg.WhichOneof("body") != "chunk":
                     raise WireError("a second header inside one update stream")
                 if self._round is not claimed:
                     raise WireError(f"round {rnd} closed while the upload was arriving")
-                receiver.add(msg.chunk)
-            update = await asyncio.to_thread(self._decode_update, receiver, vector, row, h, cid)
+                rx.add(msg.chunk.tensor, msg.chunk.offset, msg.chunk.data)
+            update = await asyncio.to_thread(self._decode_update, rx, vector, row, cid)
             await asyncio.to_thread(
                 validate_update,
                 update,
@@ -495,7 +479,7 @@ class Servicer(pb_grpc.FedFleetServicer):
             current = self._round
             if current is None or current.tasks.get(cid) is not task or cid in current.answered:
                 return pb.UpdateReply(accepted=False, reason="the round closed before the upload")
-            current.accepted[cid] = (update, len(h.tensors))
+            current.accepted[cid] = (update, 1 + len(update.extras))
             current.answered.add(cid)
             current.arrived.append(cid)
             self._clients[cid].last_seen = time.monotonic()
@@ -512,12 +496,21 @@ class Servicer(pb_grpc.FedFleetServicer):
 
     @staticmethod
     def _decode_update(
-        receiver: TensorReceiver, vector: np.ndarray, row: np.ndarray, h: Any, cid: int
+        rx: ArrayReceiver, vector: np.ndarray, row: np.ndarray, cid: int
     ) -> ClientUpdate:
-        arrays = receiver.finish()
-        delta = np.subtract(arrays.pop("vector"), vector, out=row)  # trained - global
-        metrics = {clip_text(k): v for k, v in h.metrics.items()}
-        return ClientUpdate(cid, delta, int(h.num_samples), int(h.num_steps), metrics, arrays)
+        results = decode_results(rx.finish())
+        if len(results) != 1:
+            raise WireError(f"client {cid}'s update holds {len(results)} replies, expected 1")
+        fit, extras, state = results[0].fit, results[0].extras, results[0].state
+        if fit.vector is not row:  # array 0 was written into the row; nothing may alias it
+            raise WireError(f"client {cid}'s update: the trained vector must be array 0")
+        if state is not None:
+            raise WireError(f"client {cid}'s update carries client state, which never leaves it")
+        delta = np.subtract(fit.vector, vector, out=row)  # trained - global
+        metrics = {clip_text(k): v for k, v in fit.metrics.items()}
+        return ClientUpdate(
+            cid, delta, int(fit.num_samples), int(fit.num_steps), metrics, dict(extras)
+        )
 
     async def SubmitEvaluation(self, request: pb.EvaluationResult, context: Any) -> Any:
         cid = await self._identify_or_abort(context, request.client_id)
@@ -525,16 +518,17 @@ class Servicer(pb_grpc.FedFleetServicer):
         with self._cond:
             try:
                 current, _ = self._find_task(cid, rnd, task_id, EVALUATE)
-                problem = _evaluation_problem(request, self._clients[cid].num_test_samples)
-                if problem is not None:
-                    raise WireError(problem)
+                report = decode_evaluation(
+                    decode_header(request.report, f"client {cid}'s evaluation").with_arrays([]),
+                    registered=self._clients[cid].num_test_samples,
+                )
             except WireError as err:
                 self.record_rejection(
                     UpdateRejected(cid, rnd, f"evaluation refused: {err}"), context.peer()
                 )
                 self._close_task(cid, rnd, task_id, EVALUATE)
                 return pb.EvaluationReply(accepted=False, reason=str(err))
-            current.evaluations[cid] = request
+            current.evaluations[cid] = report
             current.answered.add(cid)
             self._clients[cid].last_seen = time.monotonic()
             self._cond.notify_all()
@@ -581,8 +575,6 @@ class Servicer(pb_grpc.FedFleetServicer):
         global vector, registered samples, the round, the row the upload is written into)."""
         with self._cond:
             current, task = self._find_task(cid, int(h.round), h.task_id, TRAIN)
-            if len(h.tensors) > 1 + MAX_EXTRAS:
-                raise WireError(f"{len(h.tensors)} tensors declared, at most {1 + MAX_EXTRAS}")
             if cid in current.uploading:
                 raise WireError("an upload for this task is already being received")
             if current.asynchronous:  # tasks come and go: a row of its own

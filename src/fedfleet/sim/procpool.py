@@ -2,10 +2,11 @@
 
 :class:`ProcessExecutor` forks its worker processes once, at the first round, so each inherits
 the parent's strategy and trainer copy-on-write; nothing of them is ever serialised. Per round
-each worker gets one frame over its pipe (:mod:`fedfleet.sim.jobcodec`: JSON for client ids,
-seeds and instruction scalars, raw float32/int64 bytes for the global vector, broadcast payloads,
-client state, and the clients' data unless the workers hold the population themselves) and
-answers with one frame of raw trained vectors, extras, new client states and metrics. Only
+each worker gets one frame over its pipe (:mod:`fedfleet._codec`, the codec the network uses
+too: JSON for client ids, seeds and instruction scalars, raw float32/int64 bytes for the global
+vector, broadcast payloads, client state, and the clients' data unless the workers hold the
+population themselves) and answers with one frame of raw trained vectors, extras, new client
+states and metrics. Only
 ``Connection.send_bytes``/``recv_bytes`` are used, never ``send``/``recv`` or a ``Queue``
 (those pickle).
 
@@ -34,12 +35,23 @@ import weakref
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Literal, NoReturn
+from typing import Literal, NoReturn, Protocol
 
 import numpy as np
 import torch
 
+from fedfleet._codec import (
+    Job,
+    decode_jobs,
+    decode_results,
+    encode_error,
+    encode_jobs,
+    encode_results,
+    from_frame,
+    to_frame,
+)
 from fedfleet.client.protocol import Trainer
+from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, FedfleetError
 from fedfleet.sim.cohort import (
     ClientJob,
@@ -49,17 +61,9 @@ from fedfleet.sim.cohort import (
     VectorisedExecutor,
 )
 from fedfleet.sim.federation import ClientPopulation
-from fedfleet.sim.jobcodec import (
-    attach_data,
-    decode_jobs,
-    decode_results,
-    encode_error,
-    encode_jobs,
-    encode_results,
-)
 from fedfleet.strategies.base import ClientResult, Strategy
 
-__all__ = ["ProcessExecutor", "chunk_bounds"]
+__all__ = ["ProcessExecutor", "chunk_bounds", "client_jobs"]
 
 Inner = Literal["sequential", "vectorised", "compiled"]
 
@@ -75,6 +79,31 @@ def chunk_bounds(count: int, parts: int) -> list[tuple[int, int]]:
             bounds.append((start, stop))
         start = stop
     return bounds
+
+
+class _HasData(Protocol):
+    def train_data(self, cid: int) -> ArrayDataset: ...
+
+
+def client_jobs(jobs: Sequence[Job], population: _HasData | None) -> list[ClientJob]:
+    """Decoded jobs as the in-process executors take them: each with the data sent along, or
+    (``population`` given) the client's data from the receiver's own copy of the population,
+    refused by name when its size differs from the sender's."""
+    out = []
+    for job in jobs:
+        data = job.data
+        if population is not None:
+            data = population.train_data(job.client_id)
+            if len(data) != job.num_samples:
+                raise FedfleetError(
+                    f"client {job.client_id} has {len(data)} samples here but "
+                    f"{job.num_samples} where the round was planned; both sides must hold the "
+                    "same dataset"
+                )
+        if data is None:
+            raise FedfleetError(f"client {job.client_id}'s job came without its data")
+        out.append(ClientJob(job.client_id, data, job.instructions, job.seed, job.state))
+    return out
 
 
 def inner_executor(inner: Inner) -> CohortExecutor:
@@ -107,13 +136,13 @@ def _worker_main(
         if not frame:  # the stop signal
             return
         try:
-            vector, heads, jobs = decode_jobs(frame)
-            assert vector is not None
-            if population is not None:
-                jobs = attach_data(heads, jobs, population)
-            reply = encode_results(executor.run(strategy, trainer, vector, jobs))
+            vector, decoded = decode_jobs(from_frame(frame, "the parent process"))
+            if vector is None:
+                raise FedfleetError("the parent process sent jobs without the global vector")
+            jobs = client_jobs(decoded, population)
+            reply = to_frame(encode_results(executor.run(strategy, trainer, vector, jobs)))
         except Exception as err:  # relayed to the parent, which names the chunk's clients
-            reply = encode_error(f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+            reply = to_frame(encode_error(f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
         conn.send_bytes(reply)
 
 
@@ -252,8 +281,8 @@ class ProcessExecutor:
         sent = []
         for w, (lo, hi) in enumerate(bounds):
             try:
-                frame = encode_jobs(vector, jobs[lo:hi], with_data=self.population is None)
-                self._conns[w].send_bytes(frame)
+                message = encode_jobs(vector, jobs[lo:hi], with_data=self.population is None)
+                self._conns[w].send_bytes(to_frame(message))
             except OSError:
                 self._fail(w, jobs[lo:hi], "could not be sent its jobs")
             sent.append((w, lo, hi))
@@ -265,7 +294,7 @@ class ProcessExecutor:
             except (EOFError, OSError):
                 self._fail(w, jobs[lo:hi], "died")
             try:
-                results.extend(decode_results(frame))
+                results.extend(decode_results(from_frame(frame, f"worker {w}")))
             except FedfleetError as err:
                 errors.append(f"clients {_ids(jobs[lo:hi])} (worker {w}): {err}")
             if progress is not None:

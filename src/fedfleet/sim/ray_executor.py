@@ -15,10 +15,10 @@ What crosses via Ray, and why that is acceptable:
   Ray worker rebuilds the task, federation, trainer and strategy from it; clients' data are
   therefore loaded or generated on the worker, never shipped (a dataset read from files must
   exist at the same path on every node; digits and the synthetic ones need nothing);
-- the global vector as raw float32 bytes (``ray.put`` once per round);
-- each chunk's jobs and each task's results as one :mod:`fedfleet.sim.jobcodec` frame of
-  ``bytes``: JSON (client ids, seeds, instruction scalars, metrics) plus raw arrays (payloads,
-  client state, trained vectors, extras);
+- the global vector as a frame of its own (``ray.put`` once per round);
+- each chunk's jobs and each task's results as one :mod:`fedfleet._codec` frame of ``bytes``
+  (the codec the process pool and the network use): JSON (client ids, seeds, instruction
+  scalars, metrics) plus raw arrays (payloads, client state, trained vectors, extras);
 - the task function and the ``build`` function, which Ray's cloudpickle sends by reference
   (module and name), so fedfleet must be installed on every node.
 
@@ -44,18 +44,19 @@ from typing import Any
 
 import numpy as np
 
-from fedfleet.client.protocol import Trainer
-from fedfleet.errors import ConfigError, FedfleetError
-from fedfleet.sim.cohort import ClientJob, CohortExecutor, Progress
-from fedfleet.sim.jobcodec import (
-    attach_data,
+from fedfleet._codec import (
     decode_jobs,
     decode_results,
     encode_error,
     encode_jobs,
     encode_results,
+    from_frame,
+    to_frame,
 )
-from fedfleet.sim.procpool import chunk_bounds
+from fedfleet.client.protocol import Trainer
+from fedfleet.errors import ConfigError, FedfleetError
+from fedfleet.sim.cohort import ClientJob, CohortExecutor, Progress
+from fedfleet.sim.procpool import chunk_bounds, client_jobs
 from fedfleet.strategies.base import ClientResult, Strategy
 
 __all__ = ["BuildRun", "RayExecutor", "WorkerRun"]
@@ -192,12 +193,14 @@ def _train_chunk(build: BuildRun, setup: str, vector: bytes, request: bytes) -> 
     """The Ray task: train one chunk of clients; an error comes back as an error frame."""
     try:
         run = build(setup)
-        w = np.frombuffer(vector, dtype="<f4").astype(np.float32)
-        _, heads, jobs = decode_jobs(request)
-        own = attach_data(heads, jobs, run.federation)
-        return encode_results(run.executor.run(run.strategy, run.trainer, w, own))
+        w, _ = decode_jobs(from_frame(vector, "the driver's vector"))
+        if w is None:
+            raise FedfleetError("the driver's vector frame holds no vector")
+        _, jobs = decode_jobs(from_frame(request, "the driver"))
+        own = client_jobs(jobs, run.federation)
+        return to_frame(encode_results(run.executor.run(run.strategy, run.trainer, w, own)))
     except Exception as err:  # relayed to the driver, which names the chunk's clients
-        return encode_error(f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+        return to_frame(encode_error(f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
 
 
 class RayExecutor:
@@ -297,14 +300,14 @@ class RayExecutor:
         if not jobs:
             return []
         ray = self._connect()
-        vector_ref = ray.put(np.ascontiguousarray(vector, dtype="<f4").tobytes())
+        vector_ref = ray.put(to_frame(encode_jobs(np.asarray(vector, np.float32), [])))
         bounds = chunk_bounds(len(jobs), self.num_tasks)
         refs = [
             self._remote.remote(
                 self.build,
                 self._setup_ref,
                 vector_ref,
-                encode_jobs(None, jobs[lo:hi], with_data=False),
+                to_frame(encode_jobs(None, jobs[lo:hi], with_data=False)),
             )
             for lo, hi in bounds
         ]
@@ -313,7 +316,7 @@ class RayExecutor:
         for ref, (lo, hi) in zip(refs, bounds, strict=True):
             ids = [j.client_id for j in jobs[lo:hi]]
             try:
-                results.extend(decode_results(ray.get(ref)))
+                results.extend(decode_results(from_frame(ray.get(ref), "Ray task")))
             except (FedfleetError, ray.exceptions.RayError) as err:
                 errors.append(f"clients {ids}: {err}")
             if progress is not None:
