@@ -81,7 +81,7 @@ def run(
         console.print(
             f"[bold]fedfleet[/] {cfg.data.name}: {len(pieces.task.train)} train / "
             f"{len(pieces.task.test)} test samples over {sim.federation.num_clients} clients "
-            f"({cfg.data.partition}), model {cfg.model.name} "
+            f"({cfg.data.split()}), model {cfg.model.name} "
             f"({sim.trainer.layout.size:,} params), {cfg.strategy.name}, {cfg.rounds} rounds; "
             f"clients train {pieces.executor}"
         )
