@@ -22,6 +22,7 @@ from fedfleet.strategies import (
     FedPer,
     FedRep,
     QFedAvg,
+    RobustFedAvg,
     Scaffold,
 )
 
@@ -41,6 +42,9 @@ EXPECTED = {
     "fedrep": FedRep,
     "dpfedavg": DPFedAvg,
     "secagg": SecAggFedAvg,
+    "median": RobustFedAvg,
+    "trimmed-mean": RobustFedAvg,
+    "krum": RobustFedAvg,
 }
 
 

@@ -11,10 +11,11 @@ reads them from :data:`ALGORITHMS`.
 Adding an algorithm: its strategy module in :mod:`fedfleet.strategies`; here, in a module of this
 package, a params class (``name: Literal["its-name"] = "its-name"`` plus its keys, a docstring
 under each), a build function ``(params, BuildContext) -> Strategy`` and an :class:`Algorithm`
-entry in the module's ``ENTRIES``; that module's ``ENTRIES`` in the tuple below.
+entry in the module's ``ENTRIES``; that module's ``ENTRIES`` in the tuple below. ``_robust.py``
+is the worked example.
 """
 
-from fedfleet.runs.algorithms import _fedavg, _fedbuff, _personal, _privacy
+from fedfleet.runs.algorithms import _fedavg, _fedbuff, _personal, _privacy, _robust
 from fedfleet.runs.algorithms._base import (
     ALGORITHMS,
     Algorithm,
@@ -38,5 +39,6 @@ for _entry in (
     *_personal.ENTRIES,
     *_fedbuff.ENTRIES,
     *_privacy.ENTRIES,
+    *_robust.ENTRIES,
 ):
     ALGORITHMS.register(_entry)
