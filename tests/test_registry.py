@@ -1,6 +1,8 @@
 """The config's registries: each name declares its keys, and the config is validated by the entry
 its name picks; the rules across sections ask the entries for their capabilities."""
 
+import re
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -178,3 +180,11 @@ def test_config_changes_reports_another_algorithm_by_its_name():
     c = load_config(None, ["strategy.name=qfedavg"])
     assert config_changes(a, b) == ["strategy.mu"]
     assert config_changes(a, c) == ["strategy.name"]
+
+
+def test_the_readme_lists_every_registered_algorithm():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Algorithms", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    listed = {name for row in rows for name in re.findall(r"`([a-z-]+)`", row)}
+    assert set(ALGORITHMS.names()) <= listed, "add a row to the README's algorithm table"
