@@ -119,6 +119,20 @@ def test_numpy_backend_and_federated_eval_from_the_cli(tmp_path):
     assert last["test_accuracy"] > 0.8
 
 
+def test_algorithms_command_lists_the_registry_and_one_algorithms_keys():
+    proc = _fedfleet("algorithms")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("fedavg", "scaffold", "fedbuff", "dpfedavg", "median", "trimmed-mean", "krum"):
+        assert name in proc.stdout
+    proc = _fedfleet("algorithms", "trimmed-mean")
+    assert proc.returncode == 0, proc.stderr
+    for key in ("clients_per_round", "server_lr", "beta", "0.1"):
+        assert key in proc.stdout
+    proc = _fedfleet("algorithms", "fedsgd")
+    assert proc.returncode == 2
+    assert "unknown strategy 'fedsgd'; registered: fedavg" in proc.stderr
+
+
 def test_datasets_command_lists_sources():
     proc = _fedfleet("datasets")
     assert proc.returncode == 0, proc.stderr

@@ -73,7 +73,12 @@ def test_unknown_top_level_key_and_section():
             "worker_executor=ray",
             "worker_executor: Input should be 'auto', 'sequential', 'vectorised' or 'compiled'",
         ),
-        ("data.max_samples=0", "data.max_samples: Input should be greater than or equal to 1"),
+        # a key of other datasets only: the error says whose it is
+        (
+            "data.max_samples=0",
+            "unknown key 'data.max_samples' for dataset 'digits'; max_samples is a parameter of "
+            "synthetic-population, synthetic-iid-population and has no effect with digits",
+        ),
     ],
 )
 def test_bad_values_say_what_is_valid(override, fragment):

@@ -66,7 +66,11 @@ def test_population_settings_reach_the_population():
     ("overrides", "fragment"),
     [
         (["strategy.name=fedbuff"], "use another strategy than fedbuff"),
-        (["data.client_test_fraction=0.2"], "data.client_test_fraction = 0"),
+        (
+            ["data.client_test_fraction=0.2"],
+            "unknown key 'data.client_test_fraction' for dataset 'synthetic-population'",
+        ),
+        (["data.max_samples=0"], "data.max_samples: Input should be greater than or equal to 1"),
     ],
 )
 def test_population_refuses_what_it_cannot_do(overrides, fragment):

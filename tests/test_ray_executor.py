@@ -104,11 +104,16 @@ def _records(result):
     "overrides",
     [
         ["strategy.name=scaffold"],  # client state, payload and extras cross as raw arrays
-        ["strategy.name=fedavg", "data.name=synthetic-population", "data.num_clients=100000"],
+        [
+            "strategy.name=fedavg",
+            "data.name=synthetic-population",
+            "data.num_clients=100000",
+            "data.max_samples=100",
+        ],
     ],
 )
 def test_ray_run_is_bit_identical_to_the_local_sequential_run(local_ray, overrides):
-    common = [*SMALL, *overrides, "data.max_samples=100"]
+    common = [*SMALL, *overrides]
     ref = build_run(load_config(None, [*common, "executor=sequential"])).simulation.run(3)
     pieces = build_run(load_config(None, [*common, "executor=ray", "worker_executor=sequential"]))
     assert pieces.executor == "ray (2 tasks a round on a local Ray instance, sequential in each)"
@@ -119,7 +124,7 @@ def test_ray_run_is_bit_identical_to_the_local_sequential_run(local_ray, overrid
 
 @needs_ray
 def test_ray_with_compiled_tasks_is_bit_identical_to_compiled_in_process(local_ray):
-    common = [*SMALL, "model.name=logreg", "data.max_samples=100"]
+    common = [*SMALL, "model.name=logreg"]
     ref = build_run(load_config(None, [*common, "executor=compiled"])).simulation.run(2)
     pieces = build_run(load_config(None, [*common, "executor=ray"]))
     assert pieces.executor.endswith("compiled in each)")
@@ -154,7 +159,7 @@ def test_a_failing_task_names_its_clients(local_ray):
     # the first test's config (its run is cached on the Ray workers already)
     cfg = load_config(
         None,
-        [*SMALL, "strategy.name=scaffold", "data.max_samples=100", "worker_executor=sequential"],
+        [*SMALL, "strategy.name=scaffold", "worker_executor=sequential"],
     )
     sim = build_run(cfg).simulation
     # client 99 is not in the 10-client federation the Ray worker rebuilds from the config

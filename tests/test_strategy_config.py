@@ -11,10 +11,20 @@ from typer.testing import CliRunner
 from fedfleet.cli import app
 from fedfleet.errors import ConfigError
 from fedfleet.privacy.secagg.strategy import SecAggFedAvg
+from fedfleet.runs.algorithms import ALGORITHMS
 from fedfleet.runs.build import build_run
-from fedfleet.runs.config import STRATEGIES, load_config
+from fedfleet.runs.config import load_config
 from fedfleet.sim import FedBuffSimulation, Simulation
-from fedfleet.strategies import DPFedAvg, FedAvg, FedNova, FedPer, FedRep, QFedAvg, Scaffold
+from fedfleet.strategies import (
+    DPFedAvg,
+    FedAvg,
+    FedNova,
+    FedPer,
+    FedRep,
+    QFedAvg,
+    RobustFedAvg,
+    Scaffold,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -32,25 +42,30 @@ EXPECTED = {
     "fedrep": FedRep,
     "dpfedavg": DPFedAvg,
     "secagg": SecAggFedAvg,
+    "median": RobustFedAvg,
+    "trimmed-mean": RobustFedAvg,
+    "krum": RobustFedAvg,
 }
 
 
-@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize("name", ALGORITHMS.names())
 def test_each_strategy_builds_and_trains(name):
+    # fedbuff keeps `concurrency` clients busy instead of sampling a cohort each round
+    cohort = [] if ALGORITHMS[name].asynchronous else ["strategy.clients_per_round=5"]
     cfg = load_config(
         None,
         [
             f"strategy.name={name}",
             "rounds=3",
             "data.num_clients=10",
-            "strategy.clients_per_round=4",
+            *cohort,
             "data.client_test_fraction=0.2",
             "eval.federated_every=3",
             "privacy.noise_multiplier=0.5",
         ],
     )
     sim = build_run(cfg).simulation
-    if name == "fedbuff":
+    if ALGORITHMS[name].asynchronous:
         assert isinstance(sim, FedBuffSimulation)
     else:
         assert isinstance(sim, Simulation) and isinstance(sim.strategy, EXPECTED[name])

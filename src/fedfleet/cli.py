@@ -1,4 +1,4 @@
-"""The ``fedfleet`` command line: ``fedfleet run`` and ``fedfleet datasets``."""
+"""The ``fedfleet`` command line: ``fedfleet run``, ``datasets`` and ``algorithms``."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def run(
         console.print(
             f"[bold]fedfleet[/] {cfg.data.name}: {len(pieces.task.train)} train / "
             f"{len(pieces.task.test)} test samples over {sim.federation.num_clients} clients "
-            f"({cfg.data.partition}), model {cfg.model.name} "
+            f"({cfg.data.split()}), model {cfg.model.name} "
             f"({sim.trainer.layout.size:,} params), {cfg.strategy.name}, {cfg.rounds} rounds; "
             f"clients train {pieces.executor}"
         )
@@ -249,3 +249,36 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@app.command()
+def algorithms(
+    name: Annotated[
+        str | None, typer.Argument(help="Show the [strategy] keys of this algorithm.")
+    ] = None,
+) -> None:
+    """List the algorithms strategy.name selects, or one algorithm's keys with their defaults."""
+    from fedfleet.runs.algorithms import ALGORITHMS
+
+    if name is None:
+        table = Table(
+            title="algorithms (strategy.name)", caption="fedfleet algorithms NAME: its keys"
+        )
+        table.add_column("name", no_wrap=True)
+        table.add_column("algorithm")
+        for entry in ALGORITHMS:
+            table.add_row(entry.name, entry.summary)
+        Console().print(table)
+        return
+    try:
+        entry = ALGORITHMS[name]
+    except ConfigError as e:
+        console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    table = Table(title=f"strategy.name = {entry.name!r}: {entry.summary}")
+    table.add_column("key", no_wrap=True)
+    table.add_column("default", no_wrap=True)
+    table.add_column("what it does")
+    for key, field in list(entry.params.model_fields.items())[1:]:
+        table.add_row(key, repr(field.default), field.description or "")
+    Console().print(table)

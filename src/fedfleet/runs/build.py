@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import os
@@ -16,18 +15,15 @@ from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.torch_trainer import TorchTrainer
 from fedfleet.data import partition as part
 from fedfleet.data.base import TaskData
-from fedfleet.data.registry import load_task
 from fedfleet.errors import ConfigError, FedfleetError
-from fedfleet.models.zoo import build_model
-from fedfleet.params import Layout
-from fedfleet.privacy.accountant import DpAccounting, calibrate_noise_multiplier
 from fedfleet.privacy.dpsgd import DPSGDTrainer
 from fedfleet.privacy.dpsgd_ledger import DPSGDLedger
 from fedfleet.privacy.local_dp import LocalDP
-from fedfleet.privacy.secagg.strategy import SecAggFedAvg
-from fedfleet.runs.config import POPULATIONS, RunConfig, validate_config
+from fedfleet.runs.algorithms import ALGORITHMS, BuildContext, CohortParams, WeightedParams
+from fedfleet.runs.config import RunConfig, validate_config
+from fedfleet.runs.datasets import DATASETS, PartitionParams, partition_clients
 from fedfleet.runs.executors import choose_executor
-from fedfleet.sim.clock import ClientClock
+from fedfleet.runs.models import model_factory
 from fedfleet.sim.deadline import DeadlinePolicy, DropLate, OverSelect, PartialWork
 from fedfleet.sim.engine import Simulation
 from fedfleet.sim.fedbuff import FedBuffSimulation
@@ -37,18 +33,9 @@ from fedfleet.sim.profiles import ClientProfiles, Lognormal, ProfileSpec, load_p
 from fedfleet.sim.ray_executor import WorkerRun
 from fedfleet.strategies.base import Strategy
 from fedfleet.strategies.compensation import Compensation, CompensationRule, MoreEpochs, ScaleLR
-from fedfleet.strategies.dpfedavg import AdaptiveClipping, DPFedAvg
-from fedfleet.strategies.fedavg import FedAvg
-from fedfleet.strategies.fedbuff import FedBuff, polynomial_staleness
-from fedfleet.strategies.fednova import FedNova
-from fedfleet.strategies.fedopt import fedadagrad, fedadam, fedyogi
-from fedfleet.strategies.personal import FedPer, FedRep
-from fedfleet.strategies.qfedavg import QFedAvg
-from fedfleet.strategies.scaffold import Scaffold
+from fedfleet.strategies.fedbuff import FedBuff
 from fedfleet.strategies.selection import OortSelection
-from fedfleet.strategies.stragglers import Stragglers
 from fedfleet.strategies.weighting import Reweighted, by_steps, uniform
-from fedfleet.transforms.base import sgd
 
 __all__ = [
     "RunPieces",
@@ -64,8 +51,6 @@ __all__ = [
     "worker_run",
 ]
 
-_ADAPTIVE = ("fedadam", "fedyogi", "fedadagrad")
-
 
 @dataclass(frozen=True)
 class RunPieces:
@@ -76,64 +61,38 @@ class RunPieces:
 
 
 def load_task_for(config: RunConfig) -> TaskData:
-    d = config.data
-    if d.name in POPULATIONS:
-        return build_population(config).task
-    if d.name == "digits":
-        return load_task("digits", test_fraction=d.test_fraction, seed=config.seed)
-    if d.name in ("synthetic", "synthetic-iid"):
-        return load_task(
-            d.name,
-            alpha=d.synthetic_alpha,
-            beta=d.synthetic_beta,
-            num_devices=d.num_devices,
-            test_fraction=d.test_fraction,
-            seed=config.seed,
-        )
-    return load_task(d.name, path=d.path)
+    """The task ``config.data`` names: its train pool and the server's test set."""
+    return DATASETS[config.data.name].load(config.data, config.seed)
 
 
 def build_population(config: RunConfig) -> SyntheticPopulation:
-    """``data.name = 'synthetic-population'``: ``data.num_clients`` lazily generated
-    Synthetic(alpha, beta) devices ('synthetic-iid-population': Synthetic-IID, one shared
-    model); the server's test set is 50 further devices."""
+    """A lazily generated population (``data.name = 'synthetic-population'``:
+    ``data.num_clients`` Synthetic(alpha, beta) devices, generated when sampled;
+    'synthetic-iid-population': Synthetic-IID, one shared model); the server's test set is 50
+    further devices."""
     d = config.data
-    return SyntheticPopulation(
-        num_clients=d.num_clients,
-        iid=d.name == "synthetic-iid-population",
-        alpha=d.synthetic_alpha,
-        beta=d.synthetic_beta,
-        seed=config.seed,
-        max_samples=d.max_samples,
-    )
+    build = DATASETS[d.name].population
+    if build is None:
+        populations = ", ".join(DATASETS.names(lambda e: e.population is not None))
+        raise ConfigError(
+            f"data.name = {d.name!r} is a partitioned dataset, not a generated population "
+            f"({populations}); build it with build_federation(config, load_task_for(config))"
+        )
+    return build(d, config.seed)
 
 
 def build_federation(config: RunConfig, task: TaskData) -> Federation:
+    """``task``'s train pool split across clients as ``[data]`` says (with held-out client data
+    when ``data.client_test_fraction > 0``)."""
     d, seed = config.data, config.seed
-    if d.name in POPULATIONS:
+    if not isinstance(d, PartitionParams):
         raise ConfigError(
-            "data.name = 'synthetic-population' is a lazily generated population, not a "
-            "partitioned dataset; build it with build_population(config)"
+            f"data.name = {d.name!r} is a lazily generated population, not a partitioned "
+            "dataset; build it with build_population(config)"
         )
-    n = len(task.train)
+    parts = partition_clients(d, task, seed)
     if d.partition == "natural":
-        parts = part.natural(task)
         return Federation(task, parts, task.natural_test, test_from_task_test=True)
-    if d.partition == "iid":
-        parts = part.iid(n, d.num_clients, seed=seed)
-    elif d.partition == "dirichlet":
-        parts = part.dirichlet(task.train.y, d.num_clients, d.alpha, seed=seed)
-    elif d.partition == "shards":
-        parts = part.shards(task.train.y, d.num_clients, d.shards_per_client, seed=seed)
-    else:
-        parts = part.quantity_skew(
-            n,
-            d.num_clients,
-            seed=seed,
-            distribution=d.quantity_distribution,
-            sigma=d.quantity_sigma,
-            exponent=d.quantity_exponent,
-        )
     if d.client_test_fraction > 0:
         train, test = part.train_test_split_clients(parts, d.client_test_fraction, seed=seed)
         return Federation(task, train, test)
@@ -142,11 +101,11 @@ def build_federation(config: RunConfig, task: TaskData) -> Federation:
 
 def build_trainer(config: RunConfig, task: TaskData) -> Trainer:
     m, c, p = config.model, config.client, config.privacy
-    if m.backend == "numpy":
+    if m.backend == "numpy":  # the config validator checked that the model has a NumPy trainer
         return NumpyLogisticRegression(task.input_shape, task.num_classes)
     if p.sgd_noise_multiplier is not None:
         return DPSGDTrainer(
-            lambda: build_model(m.name, task.input_shape, task.num_classes, hidden=m.hidden),
+            model_factory(m, task),
             clip_norm=p.sgd_clip_norm,
             noise_multiplier=p.sgd_noise_multiplier,
             noise=p.noise,
@@ -154,7 +113,7 @@ def build_trainer(config: RunConfig, task: TaskData) -> Trainer:
             device=config.device,
         )
     return TorchTrainer(
-        lambda: build_model(m.name, task.input_shape, task.num_classes, hidden=m.hidden),
+        model_factory(m, task),
         optimizer=c.optimizer,
         optimizer_args=c.optimizer_args(),
         device=config.device,
@@ -180,156 +139,26 @@ def check_device(config: RunConfig) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def _last_layer(layout: Layout) -> tuple[str, ...]:
-    """The name prefix of the model's last tensor, e.g. ``('3.',)`` for an MLP's output layer."""
-    name = layout.specs[-1].name
-    return (name.rsplit(".", 1)[0] + ".",) if "." in name else (name,)
+def _context(config: RunConfig, trainer: Trainer, num_clients: int) -> BuildContext:
+    c = config.client
+    return BuildContext(
+        local=FitInstructions(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr),
+        client=c,
+        privacy=config.privacy,
+        clock=config.clock,
+        trainer=trainer,
+        num_clients=num_clients,
+        seed=config.seed,
+        rounds=config.rounds,
+        eval_every=config.eval.every,
+    )
 
 
 def build_strategy(config: RunConfig, trainer: Trainer, num_clients: int) -> Strategy | FedBuff:
-    """The strategy ``config.strategy`` names, with the client settings as local instructions
-    (FedBuff's for asynchronous rounds)."""
-    s, c = config.strategy, config.client
-    if s.name == "fedbuff":
-        return FedBuff(
-            local=FitInstructions(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr),
-            buffer_size=s.buffer_size,
-            concurrency=min(s.concurrency, num_clients),
-            server_lr=s.server_lr if s.server_lr is not None else 1.0,
-            staleness_weight=polynomial_staleness(s.staleness_exponent),
-        )
-    config_extra = {"prox_mu": s.mu} if s.name in ("fedprox", "fednova") and s.mu > 0 else {}
-    local = FitInstructions(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, config=config_extra)
-    k = None if s.fraction is not None else s.clients_per_round
-    stragglers = (
-        Stragglers(fraction=s.straggler_fraction, drop=s.straggler_policy == "drop")
-        if s.straggler_fraction > 0
-        else None
-    )
-    server_lr = s.server_lr if s.server_lr is not None else (0.03 if s.name in _ADAPTIVE else 1.0)
-    momentum = (
-        s.server_momentum
-        if s.server_momentum is not None
-        else (0.9 if s.name == "fedavgm" else 0.0)
-    )
-    if s.name == "fedadagrad":
-        return fedadagrad(
-            server_lr=server_lr,
-            tau=s.tau,
-            b1=s.b1,
-            clients_per_round=k,
-            fraction=s.fraction,
-            local=local,
-            stragglers=stragglers,
-        )
-    if s.name in ("fedadam", "fedyogi"):
-        return (fedadam if s.name == "fedadam" else fedyogi)(
-            server_lr=server_lr,
-            b1=s.b1,
-            b2=s.b2,
-            tau=s.tau,
-            clients_per_round=k,
-            fraction=s.fraction,
-            local=local,
-            stragglers=stragglers,
-        )
-    if s.name == "dpfedavg":
-        return _dp_strategy(config, local, num_clients)
-    if s.name == "secagg":
-        p = config.privacy
-        dp = None
-        if p.noise_multiplier is not None:
-            q = (k or round((s.fraction or 0.0) * num_clients)) / num_clients
-            dp = DpAccounting(
-                noise_multiplier=p.noise_multiplier,
-                population=num_clients,
-                sampling_rate=min(1.0, q),
-                delta=p.delta,
-                accountant=p.accountant,
-            )
-        return SecAggFedAvg(
-            clip_norm=p.clip_norm,
-            clients_per_round=k,
-            fraction=s.fraction,
-            local=local,
-            dp=dp,
-            noise=p.noise,
-            seed=config.seed,
-        )
-    if s.name == "scaffold":
-        if c.optimizer != "sgd" or c.momentum or c.weight_decay:
-            raise ConfigError(
-                "scaffold's control-variate update (option II) assumes plain SGD clients; set "
-                "client.optimizer = 'sgd', client.momentum = 0 and client.weight_decay = 0"
-            )
-        return Scaffold(
-            num_clients=num_clients,
-            local=local,
-            server_lr=server_lr,
-            clients_per_round=k,
-            fraction=s.fraction,
-        )
-    if s.name == "qfedavg":
-        return QFedAvg(q=s.q, local=local, clients_per_round=k, fraction=s.fraction)
-    if s.name == "fednova":
-        if c.optimizer != "sgd" or c.weight_decay:
-            raise ConfigError(
-                "fednova normalises plain SGD (with optional momentum) updates; set "
-                "client.optimizer = 'sgd' and client.weight_decay = 0"
-            )
-        return FedNova(
-            local=local,
-            momentum=c.momentum,
-            server_optimizer=sgd(server_lr, momentum),
-            stragglers=stragglers,
-            clients_per_round=k,
-            fraction=s.fraction,
-        )
-    base = FedAvg(
-        local=local,
-        server_optimizer=sgd(server_lr, momentum),
-        stragglers=stragglers,
-        clients_per_round=k,
-        fraction=s.fraction,
-    )
-    if s.name in ("fedper", "fedrep"):
-        head = s.head or _last_layer(trainer.layout)
-        if s.name == "fedper":
-            return FedPer(strategy=base, layout=trainer.layout, head=head)
-        return FedRep(strategy=base, layout=trainer.layout, head=head, head_epochs=s.head_epochs)
-    return base  # fedavg, fedavgm, fedprox
-
-
-def _dp_strategy(config: RunConfig, local: FitInstructions, num_clients: int) -> DPFedAvg:
-    p, s = config.privacy, config.strategy
-    k = s.clients_per_round if s.fraction is None else max(1, round(s.fraction * num_clients))
-    k = min(k or 1, num_clients)
-    accounting = DpAccounting(
-        noise_multiplier=p.noise_multiplier if p.noise_multiplier is not None else 1.0,
-        population=num_clients,
-        sampling=p.sampling,
-        sampling_rate=k / num_clients if p.sampling == "poisson" else None,
-        cohort_size=k if p.sampling == "fixed" else None,
-        delta=p.delta,
-        accountant=p.accountant,
-    )
-    if p.noise_multiplier is None:
-        assert p.target_epsilon is not None  # the config validator guarantees it
-        z = calibrate_noise_multiplier(p.target_epsilon, config.rounds, accounting)
-        accounting = dataclasses.replace(accounting, noise_multiplier=z)
-    return DPFedAvg(
-        accounting=accounting,
-        clip_norm=p.clip_norm,
-        local=local,
-        adaptive=(
-            AdaptiveClipping(target_quantile=p.adaptive_quantile)
-            if p.adaptive_quantile is not None
-            else None
-        ),
-        target_epsilon=p.target_epsilon,
-        noise=p.noise,
-        noise_seed=config.seed,
-    )
+    """The strategy ``config.strategy`` names (built by its registered entry), with the client
+    settings as local instructions (FedBuff's, for the asynchronous loop)."""
+    algorithm = ALGORITHMS[config.strategy.name]
+    return algorithm.strategy(config.strategy, _context(config, trainer, num_clients))
 
 
 def build_run(config: RunConfig) -> RunPieces:
@@ -338,34 +167,20 @@ def build_run(config: RunConfig) -> RunPieces:
     check_device(config)
     torch.set_num_threads(config.threads)
     federation: ClientPopulation
-    if config.data.name in POPULATIONS:
+    if DATASETS[config.data.name].population is not None:
         federation = build_population(config)
         task = federation.task
     else:
         task = load_task_for(config)
         federation = build_federation(config, task)
     trainer = build_trainer(config, task)
-    s, c = config.strategy, config.client
-    if s.name == "fedbuff":
+    engine = ALGORITHMS[config.strategy.name].engine
+    if engine is not None:  # an asynchronous algorithm runs its own loop
         assert isinstance(federation, Federation)  # the config validator guarantees it
-        fedbuff = FedBuffSimulation(
-            trainer,
-            federation,
-            local=FitInstructions(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr),
-            buffer_size=s.buffer_size,
-            concurrency=min(s.concurrency, federation.num_clients),
-            server_lr=s.server_lr if s.server_lr is not None else 1.0,
-            staleness_weight=polynomial_staleness(s.staleness_exponent),
-            clock=ClientClock(
-                time_per_step=config.clock.time_per_step, speed_sigma=config.clock.speed_sigma
-            ),
-            seed=config.seed,
-            eval_every=config.eval.every,
-            max_update_norm=s.max_update_norm,
-        )
-        return RunPieces(task, fedbuff)
+        context = _context(config, trainer, federation.num_clients)
+        return RunPieces(task, engine(config.strategy, context, federation))
     strategy = build_strategy(config, trainer, federation.num_clients)
-    assert not isinstance(strategy, FedBuff)  # built above
+    assert not isinstance(strategy, FedBuff)  # an asynchronous algorithm returned above
     p = config.privacy
     if p.local_noise_multiplier is not None:
         strategy = LocalDP(
@@ -456,8 +271,9 @@ def _heterogeneity_wrappers(
     """Weighting, compensation and selection wrap the strategy, in that order (innermost
     first), so selection sees the compensated instructions' costs."""
     weights = {"steps": by_steps, "uniform": uniform}
-    if config.strategy.weighting in weights:
-        strategy = Reweighted(inner=strategy, weighting=weights[config.strategy.weighting])
+    s = config.strategy
+    if isinstance(s, WeightedParams) and s.weighting in weights:
+        strategy = Reweighted(inner=strategy, weighting=weights[s.weighting])
     comp = config.compensation
     if comp.rule != "none":
         rule: CompensationRule = (
@@ -479,7 +295,7 @@ def _heterogeneity_wrappers(
     sel = config.selection
     preferred = sel.preferred_s or config.deadline.seconds
     if sel.method == "oort" and profiles is not None and preferred is not None:
-        s = config.strategy
+        assert isinstance(s, CohortParams)  # only a synchronous algorithm reaches here
         k = s.clients_per_round or max(1, round((s.fraction or 0.1) * federation.num_clients))
         strategy = OortSelection(
             inner=strategy,

@@ -15,8 +15,8 @@ from fedfleet.client.threaded_trainer import ThreadedTrainer
 from fedfleet.client.vmap_trainer import VmapTrainer
 from fedfleet.data.base import TaskData
 from fedfleet.errors import ConfigError
-from fedfleet.models.zoo import build_model
 from fedfleet.runs.config import RunConfig, dump_config
+from fedfleet.runs.models import model_factory
 from fedfleet.sim.cohort import CohortExecutor, SequentialExecutor, VectorisedExecutor
 from fedfleet.sim.federation import ClientPopulation
 from fedfleet.sim.procpool import Inner, ProcessExecutor
@@ -90,7 +90,7 @@ def choose_executor(
         lanes = cores() if auto and big else 1
     try:
         vmap = VmapTrainer(
-            lambda: build_model(m.name, task.input_shape, task.num_classes, hidden=m.hidden),
+            model_factory(m, task),
             optimizer=c.optimizer,
             optimizer_args={"momentum": c.momentum, "weight_decay": c.weight_decay},
             num_threads=config.threads,
@@ -124,7 +124,7 @@ def choose_executor(
 def _threaded(config: RunConfig, task: TaskData, lanes: int) -> tuple[Trainer, CohortExecutor, str]:
     c, m = config.client, config.model
     threaded = ThreadedTrainer(
-        lambda: build_model(m.name, task.input_shape, task.num_classes, hidden=m.hidden),
+        model_factory(m, task),
         optimizer=c.optimizer,
         optimizer_args=c.optimizer_args(),
         device=config.device,
@@ -157,7 +157,7 @@ def _compiled(config: RunConfig, task: TaskData, lanes: int) -> CompiledTrainer:
             f"executor = 'compiled' trains with SGD, not {c.optimizer!r}; use 'sequential'"
         )
     return CompiledTrainer(
-        lambda: build_model(m.name, task.input_shape, task.num_classes, hidden=m.hidden),
+        model_factory(m, task),
         optimizer_args=c.optimizer_args(),
         workers=lanes,
     )

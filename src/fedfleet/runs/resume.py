@@ -26,6 +26,7 @@ from typing import Any
 
 from fedfleet.errors import ConfigError, FedfleetError
 from fedfleet.params import Layout
+from fedfleet.runs.algorithms import ALGORITHMS
 from fedfleet.runs.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from fedfleet.runs.config import RunConfig
 from fedfleet.sim.engine import Snapshot
@@ -38,11 +39,11 @@ _ENGINE = "simulation"
 
 def check_resumable(config: RunConfig) -> None:
     """ConfigError naming what cannot be resumed in ``config``; None when it can be."""
-    if config.strategy.name == "fedbuff":
+    if ALGORITHMS[config.strategy.name].asynchronous:
         raise ConfigError(
-            "strategy.name = 'fedbuff' cannot be resumed: it is asynchronous, and the clients "
-            "in flight at a kill (their start versions and simulated finish times) are not in "
-            "a checkpoint; start the run again without --resume"
+            f"strategy.name = {config.strategy.name!r} cannot be resumed: it is asynchronous, "
+            "and the clients in flight at a kill (their start versions and simulated finish "
+            "times) are not in a checkpoint; start the run again without --resume"
         )
 
 
@@ -93,12 +94,16 @@ def load_snapshot(run_dir: str | Path, *, seed: int, layout: Layout) -> Snapshot
 
 
 def config_changes(saved: RunConfig, given: RunConfig) -> list[str]:
-    """The dotted keys whose values differ between two configs, e.g. ``['rounds']``."""
+    """The dotted keys whose values differ between two configs, e.g. ``['rounds']``; a section
+    whose ``name`` differs (another algorithm, dataset or model, with keys of its own) is
+    reported by its ``name`` alone."""
     return sorted(_diff(saved.model_dump(mode="json"), given.model_dump(mode="json"), ""))
 
 
 def _diff(a: Any, b: Any, prefix: str) -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
+        if "name" in a and "name" in b and a["name"] != b["name"]:
+            return [f"{prefix}name"]
         out: list[str] = []
         for key in a.keys() | b.keys():
             out += _diff(a.get(key), b.get(key), f"{prefix}{key}.")

@@ -1,10 +1,10 @@
 """Federated algorithms as small strategy pieces over one protocol.
 
 FedAvg and its server-optimizer variants (FedAvgM, FedAdam, FedYogi, FedAdagrad) and FedProx are
-configured ``FedAvg`` instances; SCAFFOLD, FedNova, q-FedAvg, DP-FedAvg and the personalising
-wrappers FedPer/FedRep are their own small strategies. FedBuff (asynchronous) is
-:class:`~fedfleet.strategies.fedbuff.FedBuff`, run by the round loop's asynchronous mode
-(:class:`fedfleet.rounds.BufferedLoop`).
+configured ``FedAvg`` instances; SCAFFOLD, FedNova, q-FedAvg, DP-FedAvg, Byzantine-robust FedAvg
+(median, trimmed mean, Krum) and the personalising wrappers FedPer/FedRep are their own small
+strategies. FedBuff (asynchronous) is :class:`~fedfleet.strategies.fedbuff.FedBuff`, run by the
+round loop's asynchronous mode (:class:`fedfleet.rounds.BufferedLoop`).
 
 Each is composed of shared pieces: a sampler (:mod:`~fedfleet.strategies.sampling`), a client
 program (plain training, or training then a client-side transform such as clipping), an
@@ -29,6 +29,7 @@ from fedfleet.strategies.fedprox import fedprox
 from fedfleet.strategies.he_fedavg import HEFedAvg, decrypt_aggregate
 from fedfleet.strategies.personal import FedPer, FedRep, head_mask
 from fedfleet.strategies.qfedavg import QFedAvg
+from fedfleet.strategies.robust import Krum, Median, RobustFedAvg, TrimmedMean
 from fedfleet.strategies.sampling import cohort_size, sample_clients
 from fedfleet.strategies.scaffold import Scaffold
 from fedfleet.strategies.selection import AvailableOnly, OortSelection
@@ -47,15 +48,19 @@ __all__ = [
     "FedPer",
     "FedRep",
     "HEFedAvg",
+    "Krum",
+    "Median",
     "MoreEpochs",
     "OortSelection",
     "QFedAvg",
     "Reweighted",
+    "RobustFedAvg",
     "Scaffold",
     "ScaleLR",
     "Stragglers",
     "Strategy",
     "StrategyState",
+    "TrimmedMean",
     "by_samples",
     "by_steps",
     "cohort_size",
