@@ -138,10 +138,6 @@ class Registry(Generic[E, B]):
         """The registered names (those whose entry satisfies ``where``, if given)."""
         return [n for n, e in self._entries.items() if where is None or where(e)]
 
-    def entry_for(self, params: Params) -> E:
-        """The entry that ``params`` (a validated section) belongs to."""
-        return self[params.name]
-
     def validate(self, value: Any) -> B:
         """The section's raw value (a mapping from TOML or ``--set``, or parameters already
         built) validated with the parameters of the entry its ``name`` picks.
