@@ -47,7 +47,7 @@ from fedfleet.net.wire import (
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.runs.config import RunConfig
 from fedfleet.runs.deploy_policy import for_deployment
-from fedfleet.strategies.base import Strategy
+from fedfleet.strategies.base import Personalized, Strategy
 from fedfleet.strategies.fedbuff import FedBuff
 
 __all__ = ["ClientRefused", "ClientSettings", "FederatedClient"]
@@ -345,7 +345,8 @@ class FederatedClient:
         data = self.test_data
         if data is not None and len(data) > 0:
             ev = self.trainer.evaluate(vector, data)
-            personalize = getattr(self.strategy, "personalize", None)
+            strategy = self.strategy
+            personalize = strategy.personalize if isinstance(strategy, Personalized) else None
             if personalize is None:
                 report = ClientEvaluation(int(ev.num_samples), float(ev.loss), float(ev.accuracy))
             else:

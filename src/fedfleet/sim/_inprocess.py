@@ -30,7 +30,7 @@ from fedfleet.rounds import EvaluateJob, FitJob, FitReplies, client_seed
 from fedfleet.sim._secure import summed_replies
 from fedfleet.sim.cohort import ClientJob, CohortExecutor
 from fedfleet.sim.federation import ClientPopulation
-from fedfleet.strategies.base import ClientUpdate, Strategy
+from fedfleet.strategies.base import ClientUpdate, Personalized, Strategy
 from fedfleet.validation import validate_update
 
 __all__ = ["InProcessTransport"]
@@ -164,12 +164,13 @@ class InProcessTransport:
     def evaluate(self, job: EvaluateJob) -> list[ClientEvaluation]:
         """Every client's held-out split evaluated.
 
-        Personalisation hook: a strategy with a method ``personalize(vector, client_state) ->
-        vector`` (FedPer, FedRep) gives each client its own model, built from the global vector
-        and the client's stored state (None if it has none yet); each report then holds the
-        personalised model's numbers and the global model's as ``global_*``."""
+        A :class:`~fedfleet.strategies.base.Personalized` strategy (FedPer, FedRep) gives each
+        client its own model, built from the global vector and the client's stored state (None
+        if it has none yet); each report then holds the personalised model's numbers and the
+        global model's as ``global_*``."""
         vector = job.vector
-        personalize = getattr(self.strategy, "personalize", None)
+        strategy = self.strategy
+        personalize = strategy.personalize if isinstance(strategy, Personalized) else None
         reports: list[ClientEvaluation] = []
         for cid in self.federation.client_ids:
             data = self.federation.test_data(cid)

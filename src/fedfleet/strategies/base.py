@@ -25,6 +25,7 @@ from fedfleet.transforms.base import ServerTransform, TransformState
 __all__ = [
     "ClientResult",
     "ClientUpdate",
+    "Personalized",
     "Strategy",
     "StrategyState",
     "plain_client_fit",
@@ -134,4 +135,16 @@ class Strategy(Protocol):
         updates: Sequence[ClientUpdate],
     ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
         """The next global vector and state from the round's validated updates, plus metrics."""
+        ...
+
+
+@runtime_checkable
+class Personalized(Protocol):
+    """A strategy whose clients keep a model of their own (FedPer, FedRep): federated evaluation
+    then scores each client's own model as well as the global one, in simulation and deployed
+    alike (both transports ask ``isinstance(strategy, Personalized)``)."""
+
+    def personalize(self, vector: np.ndarray, client_state: ClientState | None) -> np.ndarray:
+        """Client ``client_state``'s own model from the global ``vector`` (None: it has no
+        state yet)."""
         ...
