@@ -17,8 +17,8 @@ those medians, the median of the paired ratios (run i of new over run i of old) 
 the ratio is within 5% (new <= 1.05 x old). JSON lines (one per run) are appended to
 ``bench/out/loop_regression.jsonl``.
 
-    git worktree add /work/base174 174a06a
-    python bench/loop_regression.py --old /work/base174 [--workloads b a c s]
+    git worktree add ../base174 174a06a
+    python bench/loop_regression.py --old ../base174 [--workloads b a c s]
         [--repeats 3] [--repeats-slow 2]
 """
 
@@ -129,7 +129,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--peers-dir", type=Path, default=HERE.parents[1] / "shared" / "peers")
-    p.add_argument("--old", type=Path, default=Path("/work/base174"), help="the old tree")
+    p.add_argument("--old", type=Path, default=HERE.parents[1] / "base174", help="the old tree")
     p.add_argument("--new", type=Path, default=NEW, help="the new tree (default: this one)")
     p.add_argument("--workloads", nargs="+", default=["b", "a", "c", "s"])
     p.add_argument("--repeats", type=int, default=3, help="runs of each tree for a and b")
