@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fedfleet.client.protocol import EvalResult, FitInstructions
-from fedfleet.errors import UpdateRejected
+from fedfleet.errors import FedfleetError, UpdateRejected
 from fedfleet.rounds import (
     FitJob,
     FitReplies,
@@ -110,3 +110,19 @@ def test_a_round_below_min_accept_is_played_again_but_an_empty_plan_is_a_round()
     nobody = RoundLoop(strategy, as_transport(flaky), 0, clients=lambda r: [], min_accept=1)
     end = nobody.run(1, LoopState(0, start, strategy.init(start)))
     assert end.history[0]["num_clients"] == 0 and np.array_equal(end.vector, start)
+
+
+def test_configure_evaluate_must_choose_among_the_clients_it_is_given():
+    class Outsider(FedAvg):
+        def configure_evaluate(self, rnd, vector, state, clients, rng):
+            return [*clients, 9]
+
+    strategy = Outsider(clients_per_round=2, local=FitInstructions())
+    loop = RoundLoop(
+        strategy, as_transport(_replies), 0, clients=lambda r: [0, 1], federated_every=1
+    )
+    start = np.zeros(2, np.float32)
+    with pytest.raises(
+        FedfleetError, match=r"round 1: Outsider.configure_evaluate chose clients \[9\]"
+    ):
+        loop.run(1, LoopState(0, start, strategy.init(start)))

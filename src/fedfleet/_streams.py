@@ -22,6 +22,7 @@ keys under one root coincide. Add a stream here first, then use it.
                         (0, 3, f)   client profile field f (fedfleet.sim.profiles)
                         (r, 4)      who is online in round r (fedfleet.sim.profiles)
                         (r, 5)      SecAgg's neighbour graph and dropouts in round r
+                        (r, 6)      who evaluates after round r (configure_evaluate)
     client seed         ()          local training batches (and torch's initial seed)
                         (1,)        local DP noise
                         (2,)        DP-SGD gradient noise
@@ -49,6 +50,7 @@ __all__ = [
     "client_training",
     "clock_speeds",
     "derive_seed",
+    "evaluation_sampling",
     "generator",
     "profile_field",
     "sampling",
@@ -105,6 +107,11 @@ def secagg_round(rnd: int) -> Key:
     """SecAgg's neighbour graph and simulated dropouts in round ``rnd`` (was ``(rnd, 0)``, the
     sampling key: the graph then replayed the cohort draw)."""
     return (rnd, 5)
+
+
+def evaluation_sampling(rnd: int) -> Key:
+    """Which clients evaluate after round ``rnd`` (a ``configure_evaluate`` that samples)."""
+    return (rnd, 6)
 
 
 # --- under a client's seed ------------------------------------------------------------------
@@ -164,6 +171,7 @@ REGISTRY: dict[str, tuple[Root, KeyFn]] = {
     "profile_field": ("run", profile_field),
     "availability": ("run", availability),
     "secagg_round": ("run", secagg_round),
+    "evaluation_sampling": ("run", evaluation_sampling),
     "training": ("client", lambda: TRAINING),
     "local_dp_noise": ("client", lambda: LOCAL_DP_NOISE),
     "dpsgd_noise": ("client", lambda: DPSGD_NOISE),

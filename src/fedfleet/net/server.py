@@ -16,11 +16,13 @@ at ``round_timeout_s``, and is accepted with at least ``min_accept`` valid updat
 is retried with the clients connected then. Bad uploads are refused with the reason, logged with
 the client id, counted in a bounded log, and never reach aggregation.
 
-Every ``eval.federated_every`` rounds (and after the last), Flower's ``configure_evaluate``: the
-server sends the new global model to every connected client that holds a held-out split (an
-EVALUATE task); each evaluates it there and reports (num_samples, loss, accuracy) through
-``SubmitEvaluation``; the server records ``client_accuracy_{mean,worst10,min,std}`` and
-``client_loss_mean`` exactly as :class:`~fedfleet.sim.Simulation` does.
+Every ``eval.federated_every`` rounds (and after the last), the strategy's evaluation phase:
+its ``configure_evaluate`` picks among the connected clients that hold a held-out split (by
+default all of them); the server sends them the new global model (an EVALUATE task); each
+evaluates it there and reports (num_samples, loss, accuracy) through ``SubmitEvaluation``; the
+strategy's ``aggregate_evaluate`` makes the record's metrics (by default
+``client_accuracy_{mean,worst10,min,std}`` and ``client_loss_mean``), exactly as
+:class:`~fedfleet.sim.Simulation` does.
 
 The RPC handlers are in :mod:`fedfleet.net.servicer`; this module holds the round loop.
 """
@@ -283,6 +285,7 @@ class FederatedServer(Servicer, BufferedRounds):
             test=self._test,
             eval_every=spec.eval_every,
             federated_every=spec.federated_every,
+            evaluators=self.evaluators,
             min_accept=self.settings.min_accept,
             checkpoint=None if self.settings.run_dir is None else self._save,
             checkpoint_before_commit=True,
@@ -479,14 +482,18 @@ class FederatedServer(Servicer, BufferedRounds):
     def _broadcast_messages(self, vector: np.ndarray) -> list[pb.TaskMessage]:
         return [pb.TaskMessage(chunk=c) for c in chunk_messages([vector], self.settings.chunk_size)]
 
-    def evaluate(self, job: EvaluateJob) -> list[ClientEvaluation]:
-        """Federated evaluation of ``job.vector``: every connected client with a held-out split
-        evaluates it locally (its own model too, for FedPer/FedRep) and reports."""
-        rnd = job.round
+    def evaluators(self, rnd: int) -> list[int]:
+        """The connected clients that registered a held-out split (ascending ids): whom the
+        strategy's ``configure_evaluate`` may pick."""
         with self._cond:
-            clients = [c for c in self._connected() if self._clients[c].num_test_samples > 0]
+            return [c for c in self._connected() if self._clients[c].num_test_samples > 0]
+
+    def evaluate(self, job: EvaluateJob) -> list[ClientEvaluation]:
+        """Federated evaluation of ``job.vector``: each of ``job.clients`` evaluates it locally
+        (its own model too, for FedPer/FedRep) and reports."""
+        rnd, clients = job.round, job.clients
         if not clients:
-            log.warning("round %d: no connected client holds a held-out split to evaluate", rnd)
+            log.warning("round %d: no client to evaluate", rnd)
             return []
         tasks = {cid: _Task(rnd, secrets.token_hex(16), None, 0, EVALUATE) for cid in clients}
         current = self._publish(rnd, job.vector, tasks)

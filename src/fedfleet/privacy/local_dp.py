@@ -45,6 +45,7 @@ from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError
+from fedfleet.evaluation import ClientEvaluation
 from fedfleet.strategies.base import (
     ClientResult,
     ClientUpdate,
@@ -213,3 +214,16 @@ class LocalDP:
         if self.noise_multiplier > 0:  # metrics must be finite: no epsilon without noise
             extra["ldp_epsilon"] = local_epsilon(self.noise_multiplier, rnd, self.delta)
         return new, new_state, {**metrics, **extra}
+
+    def configure_evaluate(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        clients: Sequence[int],
+        rng: np.random.Generator,
+    ) -> list[int]:
+        return self.strategy.configure_evaluate(rnd, vector, state, clients, rng)
+
+    def aggregate_evaluate(self, rnd: int, reports: Sequence[ClientEvaluation]) -> dict[str, float]:
+        return self.strategy.aggregate_evaluate(rnd, reports)

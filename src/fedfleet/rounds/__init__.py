@@ -22,6 +22,8 @@ from fedfleet.rounds._transport import (
     Transport,
     as_transport,
     client_seed,
+    evaluation_rng,
+    plan_metrics,
     sampling_rng,
 )
 
@@ -42,6 +44,8 @@ __all__ = [
     "Transport",
     "as_transport",
     "client_seed",
+    "evaluation_rng",
+    "plan_metrics",
     "round_record",
     "sampling_rng",
     "weighted_train_loss",

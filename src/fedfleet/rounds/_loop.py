@@ -13,7 +13,10 @@ Per round ``r``::
     record                          one dict of the round's numbers; centralized evaluation
     checkpoint -> transport.commit  over the network the checkpoint is on disk before clients
                                     hear their staged state was applied
-    transport.evaluate(...)         federated evaluation every ``federated_every`` rounds
+    configure_evaluate -> transport.evaluate -> aggregate_evaluate
+                                    federated evaluation every ``federated_every`` rounds: the
+                                    strategy picks who evaluates among ``evaluators(r)`` (with
+                                    evaluation_rng(seed, r)) and turns the reports into metrics
 
 :class:`fedfleet.sim.Simulation` and :class:`fedfleet.net.FederatedServer` only build the loop's
 pieces (a transport, the ``clients`` source, the evaluation, the checkpoint writer) and call
@@ -32,14 +35,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedfleet.client.protocol import EvalResult
-from fedfleet.errors import PrivacyBudgetExhausted, UpdateRejected
-from fedfleet.evaluation import evaluation_summary
+from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted, UpdateRejected
 from fedfleet.rounds._transport import (
     EvaluateJob,
     FitJob,
     FitReplies,
     Plan,
     Transport,
+    evaluation_rng,
     plan_metrics,
     sampling_rng,
 )
@@ -101,6 +104,8 @@ class RoundLoop:
         eval_every: centralized evaluation every k rounds and after the last; 0: only after
             the last.
         federated_every: federated evaluation every k rounds and after the last; 0: never.
+        evaluators: ``evaluators(r)``: the ids that hold a held-out split after round ``r``,
+            ascending, among which ``strategy.configure_evaluate`` picks (None: ``clients(r)``).
         pacer: simulated time (None: records carry none).
         min_accept: a round with fewer accepted updates is played again with the clients
             available then (over the network; 0 in simulation).
@@ -118,6 +123,7 @@ class RoundLoop:
     test: Callable[[np.ndarray], EvalResult] | None = None
     eval_every: int = 1
     federated_every: int = 0
+    evaluators: Callable[[int], Sequence[int]] | None = None
     pacer: Pacer | None = None
     min_accept: int = 0
     checkpoint: Checkpoint | None = None
@@ -168,7 +174,7 @@ class RoundLoop:
             self.transport.commit(rnd, accepted)
             evaluated = bool(self.federated_every) and (last or rnd % self.federated_every == 0)
             if evaluated:
-                record.update(evaluation_summary(self.transport.evaluate(EvaluateJob(rnd, vector))))
+                record.update(self._evaluate_federated(rnd, vector, strategy_state))
             _stamp(record, t0, start_s)
             if self.checkpoint is not None and (evaluated or not self.checkpoint_before_commit):
                 self.checkpoint(state)
@@ -211,6 +217,31 @@ class RoundLoop:
                 len(replies.updates),
                 self.min_accept,
             )
+
+    def _evaluate_federated(
+        self, rnd: int, vector: np.ndarray, strategy_state: StrategyState
+    ) -> dict[str, float]:
+        """The strategy's evaluation phase: ``configure_evaluate`` picks the clients, the
+        transport has them evaluate ``vector``, ``aggregate_evaluate`` makes the metrics."""
+        candidates = (self.evaluators or self.clients)(rnd)
+        if candidates is None:  # no clients: a server shutting down
+            candidates = []
+        chosen = sorted(
+            set(
+                self.strategy.configure_evaluate(
+                    rnd, vector, strategy_state, candidates, evaluation_rng(self.seed, rnd)
+                )
+            )
+        )
+        unknown = sorted(set(chosen).difference(candidates))
+        if unknown:
+            raise FedfleetError(
+                f"round {rnd}: {type(self.strategy).__name__}.configure_evaluate chose clients "
+                f"{unknown[:10]} that are not among the {len(candidates)} clients it was given "
+                "(those available with a held-out split); choose among `clients`"
+            )
+        reports = self.transport.evaluate(EvaluateJob(rnd, vector, chosen))
+        return self.strategy.aggregate_evaluate(rnd, reports)
 
     def _evaluate(self, vector: np.ndarray, record: dict[str, Any]) -> None:
         if self.test is not None:

@@ -45,6 +45,8 @@ __all__ = [
     "FunctionTransport",
     "Transport",
     "client_seed",
+    "evaluation_rng",
+    "plan_metrics",
     "sampling_rng",
 ]
 
@@ -65,6 +67,11 @@ def client_seed(seed: int, rnd: int, cid: int) -> int:
 def sampling_rng(seed: int, rnd: int) -> np.random.Generator:
     """The generator ``configure_fit`` samples round ``rnd``'s cohort with."""
     return _streams.generator(seed, _streams.sampling(rnd))
+
+
+def evaluation_rng(seed: int, rnd: int) -> np.random.Generator:
+    """The generator ``configure_evaluate`` chooses round ``rnd``'s evaluating clients with."""
+    return _streams.generator(seed, _streams.evaluation_sampling(rnd))
 
 
 @dataclass(frozen=True)
@@ -109,11 +116,14 @@ class FitReplies:
 
 @dataclass(frozen=True)
 class EvaluateJob:
-    """Federated evaluation of ``vector`` after round ``round`` on the clients' held-out
-    splits (every client that has one; personalised models where the strategy has them)."""
+    """Federated evaluation of ``vector`` after round ``round`` on the held-out splits of
+    ``clients`` (the strategy's ``configure_evaluate`` chose them, in ascending id order by
+    default); a :class:`~fedfleet.strategies.base.Personalized` strategy's clients evaluate
+    their own model too."""
 
     round: int
     vector: np.ndarray
+    clients: Sequence[int]
 
 
 @runtime_checkable
@@ -126,7 +136,8 @@ class Transport(Protocol):
         ...
 
     def evaluate(self, job: EvaluateJob) -> list[ClientEvaluation]:
-        """Each reachable client's evaluation report (``[]``: no federated evaluation)."""
+        """The reports of ``job.clients`` that evaluated (those unreachable are left out), in
+        the order of ``job.clients`` (``[]``: no federated evaluation)."""
         ...
 
     def commit(self, rnd: int, accepted: Sequence[int]) -> None:

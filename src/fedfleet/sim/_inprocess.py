@@ -161,8 +161,14 @@ class InProcessTransport:
                 self.stateful.add(jobs[i].client_id)
         return FitReplies(updates, rejected, [r.fit.num_steps for r in results])
 
+    def evaluators(self, rnd: int) -> list[int]:
+        """The clients that hold a held-out split (ascending ids): whom the strategy's
+        ``configure_evaluate`` may pick."""
+        return [cid for cid in self.federation.client_ids if _has_test_data(self.federation, cid)]
+
     def evaluate(self, job: EvaluateJob) -> list[ClientEvaluation]:
-        """Every client's held-out split evaluated.
+        """The held-out split of each of ``job.clients`` evaluated, in that order (a client
+        without one is skipped).
 
         A :class:`~fedfleet.strategies.base.Personalized` strategy (FedPer, FedRep) gives each
         client its own model, built from the global vector and the client's stored state (None
@@ -172,7 +178,7 @@ class InProcessTransport:
         strategy = self.strategy
         personalize = strategy.personalize if isinstance(strategy, Personalized) else None
         reports: list[ClientEvaluation] = []
-        for cid in self.federation.client_ids:
+        for cid in job.clients:
             data = self.federation.test_data(cid)
             if data is None or len(data) == 0:
                 continue
@@ -188,6 +194,11 @@ class InProcessTransport:
 
     def commit(self, rnd: int, accepted: Sequence[int]) -> None:
         """Nothing to tell: accepted clients' states went into the store in :meth:`fit`."""
+
+
+def _has_test_data(federation: ClientPopulation, cid: int) -> bool:
+    data = federation.test_data(cid)
+    return data is not None and len(data) > 0
 
 
 def _handed_over_block(

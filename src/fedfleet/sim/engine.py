@@ -194,6 +194,7 @@ class Simulation:
             test=lambda v: self.trainer.evaluate(v, self.federation.task.test),
             eval_every=self.eval_every,
             federated_every=self.federated_eval_every,
+            evaluators=transport.evaluators,
             pacer=self._pacer(),
             checkpoint=None if on_snapshot is None else save,
         )

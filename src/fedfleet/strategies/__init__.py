@@ -16,6 +16,7 @@ from fedfleet.strategies.aggregators import weighted_mean
 from fedfleet.strategies.base import (
     ClientResult,
     ClientUpdate,
+    EvaluateAll,
     Strategy,
     StrategyState,
     plain_client_fit,
@@ -43,6 +44,7 @@ __all__ = [
     "ClientUpdate",
     "Compensation",
     "DPFedAvg",
+    "EvaluateAll",
     "FedAvg",
     "FedNova",
     "FedPer",

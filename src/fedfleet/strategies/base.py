@@ -5,8 +5,14 @@ with those instructions (plain local training for FedAvg; a corrected or proxima
 control-variate update for SCAFFOLD or FedProx), and (3) turns the validated updates into the next
 global vector. Its state is an explicit plain dict returned from every call,
 never kept on the object, so a checkpoint is that dict plus the global vector. Engines and
-transports (in-memory, multi-process, gRPC) call these three methods and nothing else:
+transports (in-memory, multi-process, gRPC) call these methods and nothing else:
 ``configure_fit`` and ``aggregate_fit`` on the server, ``client_fit`` where the client runs.
+
+Federated evaluation is a phase of its own, as in Flower: ``configure_evaluate`` picks which
+clients evaluate the new global model and ``aggregate_evaluate`` turns their reports into the
+round record's metrics. :class:`EvaluateAll` is the phase every built-in strategy has (each
+client that holds a held-out split; :func:`fedfleet.evaluation.evaluation_summary`); wrappers
+pass both calls to the strategy they wrap.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ import numpy as np
 from fedfleet.client.protocol import FitInstructions, FitResult, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
+from fedfleet.evaluation import ClientEvaluation, evaluation_summary
 from fedfleet.transforms.base import ServerTransform, TransformState
 
 __all__ = [
     "ClientResult",
     "ClientUpdate",
+    "EvaluateAll",
     "Personalized",
     "Strategy",
     "StrategyState",
@@ -97,7 +105,9 @@ def transform_fit(
 
 @runtime_checkable
 class Strategy(Protocol):
-    """A federated algorithm as two pure-ish functions over explicit state."""
+    """A federated algorithm as pure-ish functions over explicit state: a training phase
+    (``configure_fit``, ``client_fit``, ``aggregate_fit``) and an evaluation phase
+    (``configure_evaluate``, ``aggregate_evaluate``; :class:`EvaluateAll` is the default)."""
 
     def init(self, vector: np.ndarray) -> StrategyState:
         """The strategy's state before round 1 (e.g. server optimizer moments)."""
@@ -136,6 +146,47 @@ class Strategy(Protocol):
     ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
         """The next global vector and state from the round's validated updates, plus metrics."""
         ...
+
+    def configure_evaluate(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        clients: Sequence[int],
+        rng: np.random.Generator,
+    ) -> list[int]:
+        """Which of ``clients`` (those holding a held-out split, ascending) evaluate ``vector``,
+        the global model after round ``rnd``; ascending ids. ``rng`` is the round's evaluation
+        stream (:func:`fedfleet.rounds.evaluation_rng`), for a strategy that samples."""
+        ...
+
+    def aggregate_evaluate(self, rnd: int, reports: Sequence[ClientEvaluation]) -> dict[str, float]:
+        """The round record's federated-evaluation metrics from the reports of the clients that
+        evaluated, in ascending id order (``[]`` when none did)."""
+        ...
+
+
+class EvaluateAll:
+    """The evaluation phase every built-in strategy has (Flower's ``configure_evaluate`` /
+    ``aggregate_evaluate`` with all clients): every client that holds a held-out split
+    evaluates the global model, and the record gets
+    :func:`~fedfleet.evaluation.evaluation_summary` of the reports
+    (``client_accuracy_{mean,worst10,min,std}``, ``client_loss_mean``, and ``global_client_*``
+    for a :class:`Personalized` strategy). A strategy derives from it (it adds no fields) and
+    overrides either method to evaluate otherwise."""
+
+    def configure_evaluate(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        clients: Sequence[int],
+        rng: np.random.Generator,
+    ) -> list[int]:
+        return sorted(clients)
+
+    def aggregate_evaluate(self, rnd: int, reports: Sequence[ClientEvaluation]) -> dict[str, float]:
+        return evaluation_summary(reports)
 
 
 @runtime_checkable

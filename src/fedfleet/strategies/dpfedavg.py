@@ -46,7 +46,13 @@ from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, PrivacyBudgetExhausted
 from fedfleet.privacy.accountant import DpAccounting
 from fedfleet.strategies.aggregators import clipped_sum
-from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState, transform_fit
+from fedfleet.strategies.base import (
+    ClientResult,
+    ClientUpdate,
+    EvaluateAll,
+    StrategyState,
+    transform_fit,
+)
 from fedfleet.strategies.sampling import AccountedSampling
 from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
 from fedfleet.transforms.dp import (
@@ -84,7 +90,7 @@ class AdaptiveClipping:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DPFedAvg:
+class DPFedAvg(EvaluateAll):
     """Federated averaging with client-level DP; see the module docstring.
 
     Attributes:

@@ -22,7 +22,7 @@ import numpy as np
 
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.strategies.aggregators import weighted_mean
-from fedfleet.strategies.base import ClientUpdate, StrategyState, plain_client_fit
+from fedfleet.strategies.base import ClientUpdate, EvaluateAll, StrategyState, plain_client_fit
 from fedfleet.strategies.sampling import Sampling, plan_round
 from fedfleet.strategies.stragglers import Stragglers
 from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
@@ -31,7 +31,7 @@ __all__ = ["FedAvg", "weighted_mean"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class FedAvg(Sampling):
+class FedAvg(Sampling, EvaluateAll):
     """Federated averaging with uniform client sampling.
 
     Attributes:

@@ -47,7 +47,7 @@ import numpy as np
 from fedfleet.client.protocol import PROX_MU, FitInstructions
 from fedfleet.errors import ConfigError
 from fedfleet.strategies.aggregators import normalized_mean
-from fedfleet.strategies.base import ClientUpdate, StrategyState, plain_client_fit
+from fedfleet.strategies.base import ClientUpdate, EvaluateAll, StrategyState, plain_client_fit
 from fedfleet.strategies.sampling import Sampling, plan_round
 from fedfleet.strategies.stragglers import Stragglers
 from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
@@ -73,7 +73,7 @@ def _step_norm(tau: int, rho: float, eta: float, mu: float) -> float:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FedNova(Sampling):
+class FedNova(Sampling, EvaluateAll):
     """Normalised averaging for clients that ran different numbers of local steps.
 
     Attributes:

@@ -39,7 +39,13 @@ from fedfleet.privacy.he import (
 from fedfleet.privacy.he_ckks import (
     CkksKeyHolder,
 )
-from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState, plain_client_fit
+from fedfleet.strategies.base import (
+    ClientResult,
+    ClientUpdate,
+    EvaluateAll,
+    StrategyState,
+    plain_client_fit,
+)
 from fedfleet.strategies.sampling import Sampling
 from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
 
@@ -49,7 +55,7 @@ KeyHolder = PaillierKeyHolder | CkksKeyHolder
 
 
 @dataclass(frozen=True, kw_only=True)
-class HEFedAvg(Sampling):
+class HEFedAvg(Sampling, EvaluateAll):
     """Sample-weighted FedAvg whose updates are summed under additively homomorphic encryption.
 
     Attributes:

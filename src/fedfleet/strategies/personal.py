@@ -37,6 +37,7 @@ from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError
+from fedfleet.evaluation import ClientEvaluation
 from fedfleet.params import Layout
 from fedfleet.strategies.base import ClientResult, ClientUpdate, Strategy, StrategyState
 from fedfleet.strategies.fedavg import FedAvg
@@ -120,6 +121,19 @@ class _PersonalHead(abc.ABC):
     ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
         new, state, metrics = self.strategy.aggregate_fit(rnd, vector, state, updates)
         return np.where(self._mask, vector, new), state, metrics
+
+    def configure_evaluate(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        clients: Sequence[int],
+        rng: np.random.Generator,
+    ) -> list[int]:
+        return self.strategy.configure_evaluate(rnd, vector, state, clients, rng)
+
+    def aggregate_evaluate(self, rnd: int, reports: Sequence[ClientEvaluation]) -> dict[str, float]:
+        return self.strategy.aggregate_evaluate(rnd, reports)
 
     def personalize(self, vector: np.ndarray, client_state: ClientState | None) -> np.ndarray:
         """Client's own model: the global body with its head from ``client_state`` (the global

@@ -35,7 +35,7 @@ from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, UpdateRejected
 from fedfleet.strategies.aggregators import qffl_mean
-from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState
+from fedfleet.strategies.base import ClientResult, ClientUpdate, EvaluateAll, StrategyState
 from fedfleet.strategies.sampling import Sampling, plan_round
 
 __all__ = ["LOSS_AT_GLOBAL", "QFedAvg"]
@@ -64,7 +64,7 @@ def _fit_reporting_loss(
 
 
 @dataclass(frozen=True, kw_only=True)
-class QFedAvg(Sampling):
+class QFedAvg(Sampling, EvaluateAll):
     """Fair federated averaging: clients with a higher loss pull the model harder.
 
     Attributes:

@@ -35,7 +35,7 @@ import numpy as np
 
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.errors import ConfigError
-from fedfleet.strategies.base import ClientUpdate, StrategyState, plain_client_fit
+from fedfleet.strategies.base import ClientUpdate, EvaluateAll, StrategyState, plain_client_fit
 from fedfleet.strategies.sampling import Sampling, plan_round
 from fedfleet.strategies.stragglers import Stragglers
 from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
@@ -125,7 +125,7 @@ class Krum:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RobustFedAvg(Sampling):
+class RobustFedAvg(Sampling, EvaluateAll):
     """FedAvg whose server aggregates the round's deltas with a Byzantine-robust ``rule``.
 
     Attributes:

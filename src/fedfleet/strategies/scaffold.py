@@ -42,7 +42,7 @@ from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, FedfleetError
 from fedfleet.strategies.aggregators import weighted_mean
-from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState
+from fedfleet.strategies.base import ClientResult, ClientUpdate, EvaluateAll, StrategyState
 from fedfleet.strategies.sampling import Sampling
 
 __all__ = ["CONTROL_DELTA", "SERVER_CONTROL", "Scaffold"]
@@ -56,7 +56,7 @@ CONTROL_DELTA = "control_delta"
 
 
 @dataclass(frozen=True, kw_only=True)
-class Scaffold(Sampling):
+class Scaffold(Sampling, EvaluateAll):
     """SCAFFOLD with uniform client sampling and option II control variates.
 
     Attributes:

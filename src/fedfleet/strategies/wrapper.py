@@ -17,6 +17,7 @@ import numpy as np
 from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
+from fedfleet.evaluation import ClientEvaluation
 from fedfleet.strategies.base import ClientResult, ClientUpdate, Strategy, StrategyState
 
 __all__ = ["ClientFit", "Wrapper"]
@@ -61,3 +62,16 @@ class Wrapper:
         updates: Sequence[ClientUpdate],
     ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
         return self.inner.aggregate_fit(rnd, vector, state, updates)
+
+    def configure_evaluate(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        clients: Sequence[int],
+        rng: np.random.Generator,
+    ) -> list[int]:
+        return self.inner.configure_evaluate(rnd, vector, state, clients, rng)
+
+    def aggregate_evaluate(self, rnd: int, reports: Sequence[ClientEvaluation]) -> dict[str, float]:
+        return self.inner.aggregate_evaluate(rnd, reports)

@@ -50,7 +50,13 @@ from fedfleet.privacy.accountant import DpAccounting
 from fedfleet.privacy.secagg.config import SecAggConfig
 from fedfleet.privacy.secagg.errors import SecAggAborted
 from fedfleet.privacy.secagg.simulate import draw_dropouts, run_secagg
-from fedfleet.strategies.base import ClientResult, ClientUpdate, StrategyState, transform_fit
+from fedfleet.strategies.base import (
+    ClientResult,
+    ClientUpdate,
+    EvaluateAll,
+    StrategyState,
+    transform_fit,
+)
 from fedfleet.strategies.sampling import AccountedSampling, Sampler, Sampling
 from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
 from fedfleet.transforms.dp import NoiseSource, clip, gaussian_noise, noise_rng
@@ -59,7 +65,7 @@ __all__ = ["SecAggFedAvg"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class SecAggFedAvg(Sampling):
+class SecAggFedAvg(Sampling, EvaluateAll):
     """Federated averaging over secure aggregation; see the module docstring.
 
     Attributes:
