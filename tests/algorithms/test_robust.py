@@ -14,6 +14,7 @@ from fedfleet.runs.build import build_run
 from fedfleet.runs.config import load_config
 from fedfleet.strategies import ClientUpdate, FedAvg, Krum, Median, RobustFedAvg, TrimmedMean
 from fedfleet.strategies.base import Strategy, StrategyState
+from fedfleet.strategies.robust import RobustAggregator
 from fedfleet.strategies.wrapper import Wrapper
 from fedfleet.transforms.base import sgd
 
@@ -133,6 +134,26 @@ def test_sampling_is_fedavgs():
         1, w, {}, range(20), rng()
     )
     assert robust.client_fit is plain.client_fit  # plain local training: cohorts vectorise
+
+
+def test_robust_fedavg_is_fedavg_with_the_rule_as_its_aggregator():
+    w = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    for rule in (Median(), TrimmedMean(beta=0.2), Krum(byzantine=1, select=2)):
+        robust = RobustFedAvg(rule=rule, clients_per_round=7, server_optimizer=sgd(0.5, 0.9))
+        plain = FedAvg(
+            aggregator=RobustAggregator(rule), clients_per_round=7, server_optimizer=sgd(0.5, 0.9)
+        )
+        got = robust.aggregate_fit(1, w, robust.init(w), _updates(DELTAS))
+        want = plain.aggregate_fit(1, w, plain.init(w), _updates(DELTAS))
+        np.testing.assert_array_equal(got[0], want[0])
+        assert got[2] == want[2] and robust.aggregator == RobustAggregator(rule)
+    # a new rule gives a new aggregator; FedAvg's own is the sample-weighted mean
+    assert dataclasses.replace(robust, rule=Median()).aggregator == RobustAggregator(Median())
+    mean, _, _ = FedAvg().aggregate_fit(1, w, FedAvg().init(w), _updates(DELTAS))
+    weights = [10 * (i + 1) for i in range(len(DELTAS))]
+    by_hand = sum(n * d.astype(np.float64) for n, d in zip(weights, DELTAS, strict=True))
+    by_hand /= sum(weights)
+    np.testing.assert_allclose(mean, (w + by_hand).astype(np.float32), rtol=1e-6)
 
 
 def test_the_config_builds_each_rule():

@@ -10,6 +10,11 @@ step), so a strategy is a sampler, a client program, one of these and a server t
 - :func:`clipped_sum`: ``sum_k clip(d_k, S)`` and the norms before clipping, the sum DP-FedAvg's
   Gaussian noise goes on (McMahan et al. 2018).
 
+FedAvg's ``aggregator`` is one step up: an :class:`UpdateAggregator` takes the round's
+validated updates themselves (``(updates) -> (delta, metrics)``), so FedAvg with another
+aggregator is another algorithm without another strategy class: :func:`sample_weighted_mean`
+(FedAvg's own) or a Byzantine-robust rule (:class:`fedfleet.strategies.robust.RobustAggregator`).
+
 The secure sum (:func:`fedfleet.privacy.secagg.run_secagg`) and the homomorphic sum
 (:meth:`fedfleet.strategies.HEFedAvg.aggregate_encrypted`) are the other two: protocols whose
 result is a sum the server never sees the terms of.
@@ -18,14 +23,36 @@ result is a sum the server never sees the terms of.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
 from fedfleet._rows import rows_of
 from fedfleet._threads import map_blocks
+from fedfleet.strategies.base import ClientUpdate
 from fedfleet.transforms.dp import clip_by_l2
 
-__all__ = ["clipped_sum", "normalized_mean", "qffl_mean", "weighted_mean"]
+__all__ = [
+    "UpdateAggregator",
+    "clipped_sum",
+    "normalized_mean",
+    "qffl_mean",
+    "sample_weighted_mean",
+    "weighted_mean",
+]
+
+
+class UpdateAggregator(Protocol):
+    """``aggregator(updates) -> (delta, metrics)``: a round's validated updates (at least one)
+    to the aggregated delta in float64, plus numbers for the round's record."""
+
+    def __call__(self, updates: Sequence[ClientUpdate]) -> tuple[np.ndarray, dict[str, float]]: ...
+
+
+def sample_weighted_mean(updates: Sequence[ClientUpdate]) -> tuple[np.ndarray, dict[str, float]]:
+    """FedAvg's aggregate (McMahan et al. 2017): the deltas' :func:`weighted_mean` with
+    ``w_k = n_k``, the clients' sample counts; no metrics."""
+    return weighted_mean([u.delta for u in updates], [u.num_samples for u in updates]), {}
 
 
 def weighted_mean(deltas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:

@@ -8,7 +8,9 @@ model w, and the server sets
 
 computed as w + sum_k (n_k / n) (w_k - w) in float64. The averaged delta is handed to a server
 transform as the pseudo-gradient ``-delta``; the default ``sgd(1.0)`` gives FedAvg exactly, and
-other transforms give FedAvgM / FedOpt without a new strategy. With ``stragglers`` set, a share of
+other transforms give FedAvgM / FedOpt without a new strategy. Likewise the ``aggregator`` that
+averages: the sample-weighted mean by default, a Byzantine-robust rule in
+:class:`~fedfleet.strategies.robust.RobustFedAvg`. With ``stragglers`` set, a share of
 each round's clients straggle (see :mod:`fedfleet.strategies.stragglers`); FedProx is this class
 with a proximal ``mu`` in the local instructions (:func:`fedfleet.strategies.fedprox.fedprox`).
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedfleet.client.protocol import FitInstructions
-from fedfleet.strategies.aggregators import weighted_mean
+from fedfleet.strategies.aggregators import UpdateAggregator, sample_weighted_mean, weighted_mean
 from fedfleet.strategies.base import ClientUpdate, EvaluateAll, StrategyState, plain_client_fit
 from fedfleet.strategies.sampling import Sampling, plan_round
 from fedfleet.strategies.stragglers import Stragglers
@@ -41,6 +43,8 @@ class FedAvg(Sampling, EvaluateAll):
         server_optimizer: transform applied to the pseudo-gradient; ``sgd(1.0)`` is plain FedAvg.
         stragglers: systems heterogeneity: a share of the sampled clients run fewer epochs or
             are dropped (None: everyone does the full local work).
+        aggregator: the round's updates to one float64 delta, plus metrics for the record
+            (:func:`~fedfleet.strategies.aggregators.sample_weighted_mean`: FedAvg's mean).
 
     Example:
         >>> strategy = FedAvg(clients_per_round=10, local=FitInstructions(epochs=1, lr=0.05))
@@ -49,6 +53,7 @@ class FedAvg(Sampling, EvaluateAll):
     local: FitInstructions = field(default_factory=FitInstructions)
     server_optimizer: ServerTransform = field(default_factory=sgd)
     stragglers: Stragglers | None = None
+    aggregator: UpdateAggregator = sample_weighted_mean
 
     def init(self, vector: np.ndarray) -> StrategyState:
         return {"server_optimizer": self.server_optimizer.init(vector)}
@@ -74,11 +79,11 @@ class FedAvg(Sampling, EvaluateAll):
     ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
         if not updates:  # nobody reported: keep the model, say so in the metrics
             return vector, state, {"aggregated": 0.0}
-        mean_delta = weighted_mean([u.delta for u in updates], [u.num_samples for u in updates])
+        delta, metrics = self.aggregator(updates)
         new, opt_state = apply_delta(
             self.server_optimizer,
             vector,
-            mean_delta,
+            delta,
             state["server_optimizer"],  # type: ignore[arg-type]
         )
-        return new, {"server_optimizer": opt_state}, {"aggregated": float(len(updates))}
+        return new, {"server_optimizer": opt_state}, {"aggregated": float(len(updates)), **metrics}

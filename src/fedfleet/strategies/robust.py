@@ -16,9 +16,9 @@ sample count is client-reported, so a Byzantine client would inflate its own):
   (``m = 1``: Krum picks one). The guarantee needs ``K >= 2f + 3``; a round with fewer updates
   still scores them against ``max(1, K - f - 2)`` neighbours.
 
-:class:`RobustFedAvg` is FedAvg's sampling, client side and server transform
-(:func:`~fedfleet.strategies.fedavg.uniform_plan`, plain local training, any
-:class:`~fedfleet.transforms.base.ServerTransform`) around one of these rules.
+:class:`RobustFedAvg` is :class:`~fedfleet.strategies.fedavg.FedAvg` with one of these rules as
+its aggregator (:class:`RobustAggregator`) and nothing else changed: FedAvg's sampling, plain
+local training and server transform.
 
 Example:
     >>> strategy = RobustFedAvg(rule=TrimmedMean(beta=0.2), clients_per_round=10)
@@ -29,18 +29,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, final
 
 import numpy as np
 
-from fedfleet.client.protocol import FitInstructions
 from fedfleet.errors import ConfigError
-from fedfleet.strategies.base import ClientUpdate, EvaluateAll, StrategyState, plain_client_fit
-from fedfleet.strategies.sampling import Sampling, plan_round
-from fedfleet.strategies.stragglers import Stragglers
-from fedfleet.transforms.base import ServerTransform, apply_delta, sgd
+from fedfleet.strategies.aggregators import UpdateAggregator
+from fedfleet.strategies.base import ClientUpdate
+from fedfleet.strategies.fedavg import FedAvg
 
-__all__ = ["Krum", "Median", "RobustFedAvg", "RobustRule", "TrimmedMean"]
+__all__ = ["Krum", "Median", "RobustAggregator", "RobustFedAvg", "RobustRule", "TrimmedMean"]
 
 
 class RobustRule(Protocol):
@@ -124,56 +122,40 @@ class Krum:
         return deltas[chosen].astype(np.float64).mean(axis=0), {"krum_selected": float(m)}
 
 
+@dataclass(frozen=True)
+class RobustAggregator:
+    """A :class:`RobustRule` as FedAvg's ``aggregator``: the rule on the round's deltas
+    stacked as ``[K, P]``, unweighted (a sample count is client-reported).
+
+    Example:
+        >>> FedAvg(aggregator=RobustAggregator(Median()), clients_per_round=10)
+    """
+
+    rule: RobustRule
+
+    def __call__(self, updates: Sequence[ClientUpdate]) -> tuple[np.ndarray, dict[str, float]]:
+        return self.rule(np.stack([u.delta for u in updates]))
+
+
+@final
 @dataclass(frozen=True, kw_only=True)
-class RobustFedAvg(Sampling, EvaluateAll):
-    """FedAvg whose server aggregates the round's deltas with a Byzantine-robust ``rule``.
+class RobustFedAvg(FedAvg):
+    """FedAvg whose ``aggregator`` is a Byzantine-robust ``rule`` (:class:`RobustAggregator`);
+    sampling, client side and server transform are FedAvg's own.
 
     Attributes:
         rule: :class:`Median`, :class:`TrimmedMean`, :class:`Krum` or any :class:`RobustRule`.
-        clients_per_round: K, a count (give this or ``fraction``; 10 if neither).
-        fraction: C, the fraction of available clients per round.
-        local: the instructions every sampled client gets (epochs, batch size, lr).
-        server_optimizer: transform applied to the pseudo-gradient ``-rule(deltas)``.
-        stragglers: a share of each round's clients run fewer epochs or are dropped.
+        clients_per_round, fraction, local, server_optimizer, stragglers: as in
+            :class:`~fedfleet.strategies.fedavg.FedAvg`; the server transform gets the
+            pseudo-gradient ``-rule(deltas)``.
 
     Example:
         >>> RobustFedAvg(rule=Krum(byzantine=2, select=4), clients_per_round=12)
     """
 
     rule: RobustRule
-    local: FitInstructions = field(default_factory=FitInstructions)
-    server_optimizer: ServerTransform = field(default_factory=sgd)
-    stragglers: Stragglers | None = None
+    aggregator: UpdateAggregator = field(init=False, repr=False)
 
-    def init(self, vector: np.ndarray) -> StrategyState:
-        return {"server_optimizer": self.server_optimizer.init(vector)}
-
-    def configure_fit(
-        self,
-        rnd: int,
-        vector: np.ndarray,
-        state: StrategyState,
-        clients: Sequence[int],
-        rng: np.random.Generator,
-    ) -> list[tuple[int, FitInstructions]]:
-        return plan_round(self, clients, rng, self.local, self.stragglers)
-
-    client_fit = staticmethod(plain_client_fit)
-
-    def aggregate_fit(
-        self,
-        rnd: int,
-        vector: np.ndarray,
-        state: StrategyState,
-        updates: Sequence[ClientUpdate],
-    ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
-        if not updates:  # nobody reported: keep the model, say so in the metrics
-            return vector, state, {"aggregated": 0.0}
-        robust, metrics = self.rule(np.stack([u.delta for u in updates]))
-        new, opt_state = apply_delta(
-            self.server_optimizer,
-            vector,
-            robust,
-            state["server_optimizer"],  # type: ignore[arg-type]
-        )
-        return new, {"server_optimizer": opt_state}, {"aggregated": float(len(updates)), **metrics}
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "aggregator", RobustAggregator(self.rule))
