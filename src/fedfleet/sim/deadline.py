@@ -32,6 +32,7 @@ import numpy as np
 
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.errors import ConfigError
+from fedfleet.rounds import plan_metrics
 from fedfleet.sim.profiles import ClientProfiles, planned_steps
 from fedfleet.strategies.stragglers import RoundPlan
 
@@ -163,7 +164,7 @@ class ProfilePacer:
             return plan, 0.0
         clock = RoundClock(self.profiles, vector.nbytes, self.num_samples)
         kept, wait_s = self.deadline.apply(plan, clock)
-        return RoundPlan(kept, {**getattr(plan, "metrics", {}), **kept.metrics}), wait_s
+        return RoundPlan(kept, {**plan_metrics(plan), **kept.metrics}), wait_s
 
     def round_time(self, plan: Plan, steps: Sequence[int], vector: np.ndarray) -> float:
         return self.profiles.round_time([cid for cid, _ in plan], steps, vector.nbytes)
