@@ -42,7 +42,7 @@ class FedAvg(Sampling):
         stragglers: systems heterogeneity: a share of the sampled clients run fewer epochs or
             are dropped (None: everyone does the full local work).
 
-    Example:
+    Examples:
         >>> strategy = FedAvg(clients_per_round=10, local=FitInstructions(epochs=1, lr=0.05))
     """
 

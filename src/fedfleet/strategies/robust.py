@@ -20,7 +20,7 @@ sample count is client-reported, so a Byzantine client would inflate its own):
 (:func:`~fedfleet.strategies.fedavg.uniform_plan`, plain local training, any
 :class:`~fedfleet.transforms.base.ServerTransform`) around one of these rules.
 
-Example:
+Examples:
     >>> strategy = RobustFedAvg(rule=TrimmedMean(beta=0.2), clients_per_round=10)
 """
 
@@ -136,7 +136,7 @@ class RobustFedAvg(Sampling):
         server_optimizer: transform applied to the pseudo-gradient ``-rule(deltas)``.
         stragglers: a share of each round's clients run fewer epochs or are dropped.
 
-    Example:
+    Examples:
         >>> RobustFedAvg(rule=Krum(byzantine=2, select=4), clients_per_round=12)
     """
 
