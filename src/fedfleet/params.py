@@ -46,7 +46,7 @@ class TensorSpec:
 class Layout:
     """Where each named tensor lives in a flat float32 vector.
 
-    Example:
+    Examples:
         >>> layout = Layout.from_module(torch.nn.Linear(3, 2))
         >>> vec = layout.flatten(torch.nn.Linear(3, 2).state_dict())
         >>> vec.shape

@@ -56,7 +56,7 @@ class CompiledTrainer(CohortTrainer):
         ConfigError: the model is not a plain MLP, or an optimizer argument is unknown.
         LayoutError: the model is not float32 (from the sequential trainer).
 
-    Example:
+    Examples:
         >>> trainer = CompiledTrainer(lambda: nn.Sequential(nn.Linear(4, 3)))
         >>> w0 = trainer.init_vector(seed=0)
         >>> rng = np.random.default_rng(0)

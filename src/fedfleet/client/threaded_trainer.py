@@ -39,14 +39,19 @@ class ThreadedTrainer(CohortTrainer):
     """:class:`TorchTrainer` fits of a cohort, ``workers`` at a time on worker threads.
 
     Args:
-        model, loss_fn, optimizer, optimizer_args, device, eval_batch_size, memory_format: as
-            for :class:`TorchTrainer` (any optimizer; BatchNorm statistics are trained as there).
+        model: a module or a zero-argument factory, as for :class:`TorchTrainer`.
+        loss_fn: as for :class:`TorchTrainer`.
+        optimizer: any ``torch.optim`` optimizer, as for :class:`TorchTrainer`.
+        optimizer_args: as for :class:`TorchTrainer`.
+        device: as for :class:`TorchTrainer`.
+        eval_batch_size: as for :class:`TorchTrainer`.
         workers: lanes, each with its own copy of the model and one torch thread.
+        memory_format: as for :class:`TorchTrainer` (BatchNorm statistics are trained as there).
 
     Models with random layers (dropout) are refused: torch has one global generator, which the
     lanes would share, so their draws would depend on timing.
 
-    Example:
+    Examples:
         >>> trainer = ThreadedTrainer(lambda: nn.Sequential(nn.Linear(4, 3)), workers=2)
         >>> w0 = trainer.init_vector(seed=0)
         >>> rng = np.random.default_rng(0)

@@ -78,7 +78,7 @@ class TorchTrainer:
             channels-last on CPU when the model has a Conv2d, contiguous otherwise. Vectors in
             and out are in the layout's order either way; results agree to float32 rounding.
 
-    Example:
+    Examples:
         >>> trainer = TorchTrainer(lambda: torch.nn.Linear(4, 3), optimizer="sgd")
         >>> w0 = trainer.init_vector(seed=0)
     """

@@ -107,7 +107,7 @@ class VmapTrainer(CohortTrainer):
             stall on the core another process holds (measured: up to 10-100x slower).
         fast_path: allow the hand-written path for ``Sequential`` MLPs with cross-entropy.
 
-    Example:
+    Examples:
         >>> trainer = VmapTrainer(lambda: torch.nn.Linear(4, 3))
         >>> w0 = trainer.init_vector(seed=0)
         >>> rng = np.random.default_rng(0)

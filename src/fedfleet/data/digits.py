@@ -25,7 +25,7 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> TaskData:
         test_fraction: share of the 1,797 images held out as the server's test set, in (0, 1).
         seed: seed of the train/test split.
 
-    Example:
+    Examples:
         >>> task = load_digits(test_fraction=0.2, seed=0)
         >>> len(task.train), len(task.test), task.input_shape
         (1437, 360, (1, 8, 8))

@@ -57,7 +57,7 @@ def load_idx(directory: str | Path, name: str = "mnist") -> TaskData:
         DatasetError: unknown name, missing directory or file, a corrupt gzip stream, a wrong
             magic number, a truncated file, or image and label counts that differ.
 
-    Example:
+    Examples:
         >>> task = load_idx("../shared/data/mnist", "mnist")  # doctest: +SKIP
         >>> len(task.train), len(task.test), task.input_shape  # doctest: +SKIP
         (60000, 10000, (1, 28, 28))

@@ -56,7 +56,7 @@ def load_leaf(
             x and y lengths differ, non-numeric x (text datasets such as Shakespeare), labels
             that are not non-negative integers below ``num_classes``.
 
-    Example:
+    Examples:
         >>> task = load_leaf("../shared/data/femnist", "femnist", (1, 28, 28))  # doctest: +SKIP
         >>> len(task.user_ids), len(task.train), len(task.test)  # doctest: +SKIP
         (105, 14708, 1685)

@@ -10,7 +10,7 @@ benchmarks (Li et al., "Federated Learning on Non-IID Data Silos: An Experimenta
 - :func:`quantity_skew`: IID labels, lognormal or power-law client sizes.
 - :func:`natural`: the dataset's own users (LEAF writers, Synthetic devices).
 
-Example:
+Examples:
     >>> labels = np.repeat(np.arange(10), 100)
     >>> parts = dirichlet(labels, num_clients=20, alpha=0.5, seed=0)
     >>> int(label_distribution(labels, parts, 10).sum())
@@ -42,7 +42,7 @@ _MAX_DIRICHLET_TRIES = 1000
 def iid(num_samples: int, num_clients: int, seed: int) -> list[np.ndarray]:
     """A seeded random permutation cut into ``num_clients`` parts whose sizes differ by at most 1.
 
-    Example:
+    Examples:
         >>> [len(p) for p in iid(10, 3, seed=0)]
         [4, 3, 3]
     """

@@ -177,7 +177,7 @@ def describe() -> list[tuple[str, str, str]]:
 def load_task(name: str, path: str | None = None, **options: Any) -> TaskData:
     """Load a dataset by name; options go to its loader (e.g. ``seed``, ``test_fraction``).
 
-    Example:
+    Examples:
         >>> task = load_task("synthetic", alpha=0.5, beta=0.5, num_devices=10, seed=0)
         >>> task.name
         'synthetic(0.5,0.5)'

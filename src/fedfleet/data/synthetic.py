@@ -75,7 +75,7 @@ def synthetic_device(
     In the IID variant the shared W, b come from a separate stream of ``seed``, so every device
     sees the same ones; alpha and beta are then unused.
 
-    Example:
+    Examples:
         >>> d = synthetic_device(3, alpha=0.5, beta=0.5, seed=0)
         >>> d.x.shape[1], d.x.shape[0] >= 50
         (60, True)
@@ -131,7 +131,7 @@ def synthetic(
         test_fraction: share of each device's samples held out, in [0, 1).
         seed: the one seed every device's stream derives from.
 
-    Example:
+    Examples:
         >>> task = synthetic(0.5, 0.5, num_devices=30, seed=0)
         >>> task.name, task.input_shape, len(task.user_ids)
         ('synthetic(0.5,0.5)', (60,), 30)

@@ -161,7 +161,7 @@ def issue_certificate(
 def create_test_federation(out_dir: str | Path, num_clients: int) -> Path:
     """Write a CA, a server certificate and ``num_clients`` client certificates into ``out_dir``.
 
-    Example:
+    Examples:
         >>> d = create_test_federation("certs", 2)  # doctest: +SKIP
         >>> sorted(p.name for p in d.glob("client-*.pem"))  # doctest: +SKIP
         ['client-0.pem', 'client-1.pem']

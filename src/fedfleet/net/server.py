@@ -95,7 +95,7 @@ class FederatedServer(Servicer, BufferedRounds):
         settings: how the server listens and paces rounds.
         run: seed, rounds and evaluation (:class:`RunSpec`).
 
-    Example:
+    Examples:
         >>> server = FederatedServer(trainer, FedAvg(clients_per_round=2),  # doctest: +SKIP
         ...                          ServerSettings(insecure=True), RunSpec(seed=0, rounds=5))
         >>> server.start(); result = server.run()  # doctest: +SKIP

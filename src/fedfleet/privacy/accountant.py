@@ -71,7 +71,7 @@ class DpAccounting:
         pld_discretization: PLD's value discretisation interval (smaller = slower, tighter);
             None (default) chooses it per call (:func:`pld_epsilon`).
 
-    Example:
+    Examples:
         >>> acc = DpAccounting(noise_multiplier=1.0, population=1000, sampling_rate=0.01,
         ...                    delta=1e-5)
         >>> round(acc.epsilon(1000), 2)
@@ -202,7 +202,7 @@ def pld_epsilon(event: dpa.DpEvent, delta: float, interval: float | None = None)
     ``1e-3 * sqrt(tolerance / err(1e-3))``. Epsilons below 0.1 are held to ``PLD_REL_TOL * 0.1``
     absolute. Both grids are upper bounds, so the smaller of the two is returned.
 
-    Example:
+    Examples:
         >>> import dp_accounting as dpa
         >>> step = dpa.PoissonSampledDpEvent(0.001, dpa.GaussianDpEvent(1.0))
         >>> round(pld_epsilon(dpa.SelfComposedDpEvent(step, 100_000), 1e-5), 3)  # 1e-3: 1.726

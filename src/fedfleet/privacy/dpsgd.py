@@ -70,7 +70,7 @@ def dpsgd_epsilon(
     ``sampling="fixed"``: B = round(sample_rate * dataset_size) of ``dataset_size`` without
     replacement each step (replace-one adjacency; RDP only).
 
-    Example:
+    Examples:
         >>> round(dpsgd_epsilon(1.1, 256 / 60000, 60 * 60000 // 256, 1e-5), 1)  # MNIST, E=60
         2.4
     """
@@ -125,7 +125,7 @@ class DPSGDTrainer:
     A fit runs ``epochs * max(1, round(n / B))`` steps (capped by ``max_steps``), i.e. E
     expected passes over the data.
 
-    Example:
+    Examples:
         >>> trainer = DPSGDTrainer(lambda: torch.nn.Linear(4, 3), clip_norm=1.0,
         ...                        noise_multiplier=1.1)
     """

@@ -50,7 +50,7 @@ def composed_dpsgd_epsilon(
     """Epsilon at ``delta`` of DP-SGD steps at several rates: ``rows`` of ``(rate, steps,
     dataset_size)`` (dataset size is needed for fixed-size batches only).
 
-    Example:
+    Examples:
         >>> round(composed_dpsgd_epsilon(((0.1, 100, 100), (0.1, 100, 100)), 1.0, 1e-5), 2)
         9.97
     """
@@ -96,7 +96,7 @@ class DPSGDLedger(Wrapper):
         inner: the run's strategy (unchanged: sampling, training and aggregation are its own).
         noise_multiplier, delta, accountant, sampling: the DP-SGD trainer's settings.
 
-    Example:
+    Examples:
         >>> ledger = DPSGDLedger(inner=FedAvg(clients_per_round=10), noise_multiplier=1.1)
     """
 

@@ -310,7 +310,7 @@ class PaillierKeyHolder:
     """The secret side, held by a client (never the server): generates the keypair and
     decrypts aggregates.
 
-    Example:
+    Examples:
         >>> holder = PaillierKeyHolder.generate(key_bits=2048)
         >>> server_key = PaillierPublic.from_bytes(holder.public.to_bytes())  # no secret in it
     """

@@ -75,7 +75,7 @@ def local_epsilon(
     (``"replace_one"``, the default and the meaningful one for local DP) or S (``"add_remove"``),
     i.e. noise multiplier z/2 or z; rounds compose with no sampling amplification.
 
-    Example:
+    Examples:
         >>> round(local_epsilon(10.0, 1, 1e-5), 2)
         0.73
     """
@@ -128,7 +128,7 @@ class LocalDP:
         noise: ``"seeded"`` (from the client's seed; simulation) or ``"secure"`` (OS CSPRNG).
         delta: the delta the per-round ``ldp_epsilon`` metric is reported at.
 
-    Example:
+    Examples:
         >>> strategy = LocalDP(strategy=FedAvg(clients_per_round=10), clip_norm=1.0,
         ...                    noise_multiplier=2.0)
     """

@@ -30,7 +30,7 @@ def for_deployment(config: RunConfig) -> RunConfig:
     Raises:
         FedfleetError: ``privacy.noise = "seeded"`` was set explicitly.
 
-    Example:
+    Examples:
         >>> from fedfleet.runs import load_config
         >>> for_deployment(load_config()).privacy.noise
         'secure'

@@ -13,7 +13,7 @@ Capabilities (runs asynchronously, needs the torch backend, ...) are fields of t
 :mod:`fedfleet.runs.algorithms`, :mod:`fedfleet.runs.datasets` and :mod:`fedfleet.runs.models`;
 the run config's validator asks the registry for them instead of keeping lists of names.
 
-Example:
+Examples:
     >>> from fedfleet.runs.algorithms import ALGORITHMS
     >>> ALGORITHMS.validate({"name": "fedprox", "mu": 0.1}).mu
     0.1

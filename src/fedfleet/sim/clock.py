@@ -39,7 +39,7 @@ class ClientClock:
         bandwidth: bytes per second each way, one number for all clients or one per client;
             ``inf`` makes transfers free.
 
-    Example:
+    Examples:
         >>> times = ClientClock(time_per_step=0.1, speed_sigma=0.7).sample(num_clients=100, seed=0)
         >>> seconds = times.duration(cid=3, num_steps=20, num_bytes=4 * 101_770)
     """

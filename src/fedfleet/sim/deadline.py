@@ -15,7 +15,7 @@ server waits at least. Three policies, one class each:
   finish are trained, the rest cut off (Bonawitz et al. 2019). The round lasts until the
   ``keep``-th finish.
 
-Example:
+Examples:
     >>> sim = Simulation(trainer, fed, FedNova(...), profiles=profiles,
     ...                  deadline=PartialWork(deadline_s=30.0))
 """

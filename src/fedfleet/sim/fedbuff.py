@@ -71,7 +71,7 @@ class FedBuffSimulation:
     ``staleness_mean``, ``staleness_max``, ``train_loss``, ``test_loss``/``test_accuracy``
     when evaluated, and the machine timings ``round_time_s``, ``wall_time_s``.
 
-    Example:
+    Examples:
         >>> sim = FedBuffSimulation(trainer, fed, local=FitInstructions(epochs=1, lr=0.05),
         ...                         buffer_size=10, concurrency=50,
         ...                         clock=ClientClock(speed_sigma=0.7), seed=0)

@@ -158,7 +158,7 @@ class ProcessExecutor:
             then read each client's data from their own copy instead of receiving it every
             round (checked by sample count); None sends the data with the jobs.
 
-    Example:
+    Examples:
         >>> with ProcessExecutor(workers=2) as ex:                          # doctest: +SKIP
         ...     Simulation(trainer, federation, strategy, executor=ex).run(10)
     """

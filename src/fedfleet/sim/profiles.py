@@ -190,7 +190,7 @@ class ProfileSpec:
         latency: seconds per transfer (``median`` > 0; use ``spread=1`` for a constant).
         availability: probability of being online per round, the same for every client.
 
-    Example:
+    Examples:
         >>> spec = ProfileSpec(speed=Lognormal(median=1.0, spread=10.0), availability=0.8)
         >>> profiles = spec.sample(num_clients=100, seed=0)
     """

@@ -94,7 +94,7 @@ class Compensation(Wrapper):
 
     Metrics: ``compensated`` (clients whose instructions were changed this round).
 
-    Example:
+    Examples:
         >>> Compensation(inner=FedAvg(...), rule=ScaleLR(factor=2.0), num_clients=100)
     """
 

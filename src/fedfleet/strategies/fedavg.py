@@ -46,7 +46,7 @@ class FedAvg(Sampling, EvaluateAll):
         aggregator: the round's updates to one float64 delta, plus metrics for the record
             (:func:`~fedfleet.strategies.aggregators.sample_weighted_mean`: FedAvg's mean).
 
-    Example:
+    Examples:
         >>> strategy = FedAvg(clients_per_round=10, local=FitInstructions(epochs=1, lr=0.05))
     """
 

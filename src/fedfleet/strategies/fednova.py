@@ -89,7 +89,7 @@ class FedNova(Sampling, EvaluateAll):
             clients run x ~ U{1..E} epochs (``drop=False``, the case FedNova is built for) or
             are dropped. Only the epochs vary, so eta and mu stay those of ``local``.
 
-    Example:
+    Examples:
         >>> strategy = FedNova(clients_per_round=10, local=FitInstructions(epochs=5, lr=0.05),
         ...                    stragglers=Stragglers(fraction=1.0, drop=False))
     """

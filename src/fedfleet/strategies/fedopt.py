@@ -8,7 +8,7 @@ Classification"). No new class: ``fedadam(...)`` is exactly
 constructor takes FedAvg's ``clients_per_round`` / ``fraction``, ``local`` (FedAvg's default
 instructions when None) and ``stragglers``.
 
-Example:
+Examples:
     >>> strategy = fedyogi(server_lr=0.01, clients_per_round=10,
     ...                    local=FitInstructions(epochs=1, lr=0.05))
 """

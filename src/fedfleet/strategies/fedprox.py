@@ -47,7 +47,7 @@ def fedprox(
         stragglers: systems heterogeneity; FedProx keeps partial work (``drop=False``).
         server_optimizer: server transform, ``sgd(1.0)`` (plain averaging) by default.
 
-    Example:
+    Examples:
         >>> strategy = fedprox(
         ...     mu=1.0,
         ...     clients_per_round=10,

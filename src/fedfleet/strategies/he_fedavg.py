@@ -68,7 +68,7 @@ class HEFedAvg(Sampling, EvaluateAll):
         key_holder: the secret side, on clients only (over the network the server picks one
             client per round to decrypt the aggregate); None on the server, which refuses one.
 
-    Example:
+    Examples:
         >>> holder = PaillierKeyHolder.generate()                      # on a client
         >>> server_key = PaillierPublic.from_bytes(holder.public.to_bytes())
         >>> strategy = HEFedAvg(public=server_key, clients_per_round=5)  # on the server

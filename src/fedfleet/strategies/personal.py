@@ -152,7 +152,7 @@ class FedPer(_PersonalHead):
         head: name prefixes of the personal entries, e.g. ``("2.",)`` for the last Linear of
             ``nn.Sequential(Linear, ReLU, Linear)``.
 
-    Example:
+    Examples:
         >>> strategy = FedPer(strategy=FedAvg(clients_per_round=10), layout=trainer.layout,
         ...                   head=("2.",))
     """

@@ -75,7 +75,7 @@ class QFedAvg(Sampling, EvaluateAll):
         local: the instructions every sampled client gets (epochs, batch size, lr).
         lipschitz: L in the update; None uses ``1 / local.lr`` as the paper does.
 
-    Example:
+    Examples:
         >>> strategy = QFedAvg(q=1.0, clients_per_round=10, local=FitInstructions(lr=0.1))
     """
 

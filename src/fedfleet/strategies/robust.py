@@ -20,7 +20,7 @@ sample count is client-reported, so a Byzantine client would inflate its own):
 its aggregator (:class:`RobustAggregator`) and nothing else changed: FedAvg's sampling, plain
 local training and server transform.
 
-Example:
+Examples:
     >>> strategy = RobustFedAvg(rule=TrimmedMean(beta=0.2), clients_per_round=10)
 """
 
@@ -149,7 +149,7 @@ class RobustFedAvg(FedAvg):
             :class:`~fedfleet.strategies.fedavg.FedAvg`; the server transform gets the
             pseudo-gradient ``-rule(deltas)``.
 
-    Example:
+    Examples:
         >>> RobustFedAvg(rule=Krum(byzantine=2, select=4), clients_per_round=12)
     """
 

@@ -83,7 +83,7 @@ class Sampling:
         clients_per_round: K, a count (give this or ``fraction``; 10 if neither).
         fraction: C, the fraction of available clients a round: ``max(1, round(C * N))``.
 
-    Example:
+    Examples:
         >>> Sampling(fraction=0.1).sample(range(100), np.random.default_rng(0))[:3]
         [1, 3, 7]
     """

@@ -67,7 +67,7 @@ class Scaffold(Sampling, EvaluateAll):
             optimizer should be plain SGD for option II to be exact.
         server_lr: eta_g, the global step size on the averaged model delta.
 
-    Example:
+    Examples:
         >>> strategy = Scaffold(
         ...     num_clients=100,
         ...     clients_per_round=10,

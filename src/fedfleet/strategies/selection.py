@@ -60,7 +60,7 @@ class OortSelection(Wrapper):
         alpha: the straggler penalty exponent (Oort's default 2).
         epsilon: share of the slots for unexplored clients.
 
-    Example:
+    Examples:
         >>> OortSelection(inner=FedAvg(fraction=1.0, local=local), profiles=profiles,
         ...               clients_per_round=10, preferred_s=30.0)
     """

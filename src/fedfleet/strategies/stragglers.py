@@ -74,7 +74,7 @@ class Stragglers:
             hardest setting).
         drop: leave stragglers out (True) or keep their partial work (False).
 
-    Example:
+    Examples:
         >>> Stragglers(fraction=0.5, drop=False)
         Stragglers(fraction=0.5, drop=False)
     """

@@ -83,7 +83,7 @@ def aggregation_weights(
 class Reweighted(Wrapper):
     """Aggregate ``inner`` with weights from ``weighting`` instead of sample counts.
 
-    Example:
+    Examples:
         >>> Reweighted(inner=FedAvg(clients_per_round=10), weighting=by_steps)
     """
 

@@ -17,7 +17,7 @@ Each factory returns a :class:`ServerTransform`; like every transform it receive
 pseudo-gradient ``g = -Delta`` and returns the step added to the model. Both moments are
 float64 arrays in the returned state dict, so they land in checkpoints with the model.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> t = adam(lr=0.1)
     >>> w = np.zeros(3)

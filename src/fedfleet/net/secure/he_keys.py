@@ -47,7 +47,7 @@ def write_he_keys(
     """Generate a key pair; write ``he_secret.bin`` (owner-only permissions; for the clients)
     and ``he_public.bin`` (for the server). Returns (public path, secret path).
 
-    Example:
+    Examples:
         >>> public, secret = write_he_keys("he-keys", "paillier")  # doctest: +SKIP
         >>> HEFedAvg(public=load_public(public.read_bytes()), ...)  # doctest: +SKIP
     """

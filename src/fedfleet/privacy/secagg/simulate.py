@@ -162,7 +162,7 @@ def secure_sum(
     that sent a masked input (everyone but the stage 1-3 dropouts); use :func:`run_secagg` to
     learn which they were and what the protocol cost.
 
-    Example:
+    Examples:
         >>> rng = np.random.default_rng(0)
         >>> xs = [rng.normal(size=1000) for _ in range(50)]
         >>> total = secure_sum(xs, clip_range=5.0, drop_rates={3: 0.1}, rng=rng)

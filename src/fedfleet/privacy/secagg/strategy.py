@@ -83,7 +83,7 @@ class SecAggFedAvg(Sampling, EvaluateAll):
             seeded DP noise (spawn key (round, 1)); use the run's seed.
         server_optimizer: transform applied to the pseudo-gradient ``-mean_delta``.
 
-    Example:
+    Examples:
         >>> strategy = SecAggFedAvg(clip_norm=1.0, clients_per_round=100, seed=0,
         ...                         drop_rates={3: 0.1})
     """
