@@ -194,6 +194,7 @@ PUBLIC = {
         "femnist",
         "load_arrays",
         "load_digits",
+        "load_hf",
         "load_idx",
         "load_leaf",
         "load_task",

@@ -18,6 +18,7 @@ from typing import Any
 
 from fedfleet.data.base import TaskData
 from fedfleet.data.digits import load_digits
+from fedfleet.data.hf import load_hf
 from fedfleet.data.idx import fashion_mnist, mnist
 from fedfleet.data.leaf import femnist, load_leaf
 from fedfleet.data.synthetic import synthetic
@@ -125,6 +126,13 @@ DATASETS: dict[str, DatasetInfo] = {
             "any numeric LEAF dataset (train/ and test/ JSON), one client per user",
             needs_path=True,
             loader=load_leaf,
+        ),
+        DatasetInfo(
+            "hf",
+            "your own data with Hugging Face datasets: a save_to_disk folder, Parquet, CSV or an "
+            "image folder, by column names (needs the hf extra)",
+            needs_path=True,
+            loader=load_hf,
         ),
         DatasetInfo(
             "synthetic",

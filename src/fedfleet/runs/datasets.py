@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fedfleet.data import partition as part
 from fedfleet.data.base import TaskData
 from fedfleet.data.registry import load_task
+from fedfleet.errors import DatasetError
 from fedfleet.runs.registry import Entry, Params, Registry
 from fedfleet.sim.population import SyntheticPopulation
 
@@ -240,6 +241,72 @@ DATASETS.register(
         params=LeafParams,
         summary="any numeric LEAF dataset (train/ and test/ JSON), one user per LEAF user",
         load=_files,
+        natural=True,
+    )
+)
+
+
+# -- where users keep their data (Hugging Face datasets) -----------------------------------
+
+
+class HfParams(PartitionParams):
+    name: Literal["hf"] = "hf"
+    path: str | None = None
+    """A save_to_disk folder, a Parquet or CSV file (or a folder of them), or an image folder."""
+    format: Literal["auto", "disk", "parquet", "csv", "imagefolder"] = "auto"
+    """How to read `path` ('auto': a save_to_disk folder, else by the files' suffixes)."""
+    features: str | tuple[str, ...] | None = None
+    """Input column(s): numeric ones stacked, or one image column (default: all but label and
+    client_id)."""
+    label: str = "label"
+    """The class column (integers, a ClassLabel, or strings)."""
+    client_id: str | None = None
+    """The column naming each row's client: data.partition = 'natural' gives one client each."""
+    train_split: str | None = None
+    """The split to train on (default 'train', or the only one)."""
+    test_split: str | None = None
+    """The server's test split (default 'test' or 'validation' if present, else test_fraction)."""
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    """Share of the rows (of each client's, with client_id) held out when there is no test split."""
+
+    @model_validator(mode="after")
+    def _natural_needs_ids(self) -> HfParams:
+        if self.partition == "natural" and self.client_id is None:
+            raise ValueError(
+                "data.partition = 'natural' needs data.client_id, the column naming each row's "
+                "client; or split the rows with iid, dirichlet, shards or quantity"
+            )
+        return self
+
+
+def _hf(d: HfParams, seed: int) -> TaskData:
+    if d.path is None:
+        raise DatasetError(
+            "data.name = 'hf' reads your data from data.path: set it to a save_to_disk folder, "
+            "a Parquet or CSV file (or a folder of them) or an image folder "
+            "(--set data.path=PATH)"
+        )
+    return load_task(
+        "hf",
+        path=d.path,
+        format=d.format,
+        features=d.features,
+        label=d.label,
+        client_id=d.client_id,
+        train_split=d.train_split,
+        test_split=d.test_split,
+        test_fraction=d.test_fraction,
+        seed=seed,
+    )
+
+
+DATASETS.register(
+    Dataset(
+        name="hf",
+        params=HfParams,
+        summary="your own data via Hugging Face datasets (save_to_disk, Parquet, CSV, image "
+        "folder), by column names; natural clients by client_id (the hf extra)",
+        load=_hf,
         natural=True,
     )
 )
