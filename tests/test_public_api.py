@@ -211,6 +211,7 @@ PUBLIC = {
         "logistic_regression",
         "mlp",
     ],
+    "fedfleet.scaffold": ["ProjectExists", "new_project"],
     "fedfleet.runs": [
         "RunConfig",
         "RunDir",

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from fedfleet.data import partition as part
 from fedfleet.data.base import TaskData
 from fedfleet.data.registry import load_task
 from fedfleet.errors import DatasetError
 from fedfleet.runs.registry import Entry, Params, Registry
+from fedfleet.runs.user_code import load_reference, resolve_reference
 from fedfleet.sim.population import SyntheticPopulation
 
 __all__ = ["DATASETS", "DataParams", "Dataset", "PartitionParams", "partition_clients"]
@@ -307,6 +308,49 @@ DATASETS.register(
         summary="your own data via Hugging Face datasets (save_to_disk, Parquet, CSV, image "
         "folder), by column names; natural clients by client_id (the hf extra)",
         load=_hf,
+        natural=True,
+    )
+)
+
+
+# -- the user's own loader ------------------------------------------------------------------
+
+
+class CustomDataParams(PartitionParams):
+    name: Literal["custom"] = "custom"
+    loader: str | None = None
+    """Your loader: 'FILE.py:FUNCTION' (FILE relative to the config file), called as
+    FUNCTION(seed) -> fedfleet.data.TaskData."""
+
+    @field_validator("loader")
+    @classmethod
+    def _resolve(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return resolve_reference(value, info)
+
+
+def _custom(d: CustomDataParams, seed: int) -> TaskData:
+    if d.loader is None:
+        raise DatasetError(
+            "data.name = 'custom' loads your data with data.loader = 'FILE.py:FUNCTION' "
+            "(e.g. 'data.py:load'); set it"
+        )
+    task = load_reference(d.loader, "data.loader")(seed)
+    if not isinstance(task, TaskData):
+        raise DatasetError(
+            f"data.loader = {d.loader!r} returned {type(task).__name__}, not a "
+            "fedfleet.data.TaskData; return TaskData(name, train, test, num_classes, "
+            "input_shape) with ArrayDataset(x, y) for train and test"
+        )
+    return task
+
+
+DATASETS.register(
+    Dataset(
+        name="custom",
+        params=CustomDataParams,
+        summary="your own data, loaded by data.loader = 'FILE.py:FUNCTION' (fedfleet new "
+        "writes one); natural users if its TaskData has them",
+        load=_custom,
         natural=True,
     )
 )
