@@ -201,8 +201,6 @@ def _read(path: Path, fmt: str) -> dict[str, Any]:
             loaded = datasets.load_dataset(fmt, data_files={"train": str(path)})
         else:
             loaded = datasets.load_dataset(fmt, data_dir=str(path))
-    except DatasetError:
-        raise
     except Exception as e:  # datasets raises many types (FileNotFoundError, ArrowInvalid, ...)
         raise DatasetError(
             f"hf dataset: datasets could not read {str(path)!r} as {fmt} ({type(e).__name__}: {e})"
