@@ -197,6 +197,7 @@ PUBLIC = {
         "femnist",
         "load_arrays",
         "load_digits",
+        "load_hf",
         "load_idx",
         "load_leaf",
         "load_task",
@@ -213,6 +214,7 @@ PUBLIC = {
         "logistic_regression",
         "mlp",
     ],
+    "fedfleet.scaffold": ["ProjectExists", "new_project"],
     "fedfleet.runs": [
         "RunConfig",
         "RunDir",

@@ -1,4 +1,4 @@
-"""The ``fedfleet`` command line: ``fedfleet run``, ``datasets`` and ``algorithms``."""
+"""The ``fedfleet`` command line: ``fedfleet run``, ``datasets``, ``new`` and ``algorithms``."""
 
 from __future__ import annotations
 
@@ -228,6 +228,26 @@ def datasets() -> None:
         "generated",
     )
     Console().print(table)
+
+
+@app.command()
+def new(
+    name: Annotated[Path, typer.Argument(help="The project's folder (new, or empty).")],
+) -> None:
+    """Start a project: a model, a data loader, a run config and a test, for you to edit."""
+    from fedfleet.scaffold import new_project
+
+    try:
+        files = new_project(name)
+    except FedfleetError as e:
+        console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    listed = ", ".join(f.name for f in files)
+    Console().print(
+        f"created {name}/: {listed}\n"
+        f"  fedfleet run --config {name}/fedfleet.toml   # train your model on your data\n"
+        f"  cd {name} && python -m pytest              # its tests"
+    )
 
 
 def _register_deployment() -> None:

@@ -17,6 +17,7 @@ def test_names() -> None:
         "fashion-mnist",
         "femnist",
         "leaf",
+        "hf",
         "synthetic",
         "synthetic-iid",
     }
@@ -25,6 +26,7 @@ def test_names() -> None:
         "fashion-mnist",
         "femnist",
         "leaf",
+        "hf",
     }
 
 

@@ -9,6 +9,7 @@ from fedfleet.data import partition
 from fedfleet.data.arrays import load_arrays, save_arrays
 from fedfleet.data.base import ArrayDataset, Subset, TaskData
 from fedfleet.data.digits import load_digits
+from fedfleet.data.hf import load_hf
 from fedfleet.data.idx import fashion_mnist, load_idx, mnist
 from fedfleet.data.leaf import femnist, load_leaf
 from fedfleet.data.registry import DATASETS, DatasetInfo, load_task
@@ -25,6 +26,7 @@ __all__ = [
     "femnist",
     "load_arrays",
     "load_digits",
+    "load_hf",
     "load_idx",
     "load_leaf",
     "load_task",

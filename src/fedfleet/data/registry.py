@@ -18,6 +18,7 @@ from typing import Any
 
 from fedfleet.data.base import TaskData
 from fedfleet.data.digits import load_digits
+from fedfleet.data.hf import load_hf
 from fedfleet.data.idx import fashion_mnist, mnist
 from fedfleet.data.leaf import femnist, load_leaf
 from fedfleet.data.synthetic import synthetic
@@ -39,7 +40,8 @@ class DatasetInfo:
         needs_path: whether it is read from files (``data.path`` or ``$FEDFLEET_DATA``).
         loader: builds the task; called with the directory first when ``needs_path``, then the
             options.
-        source: where the data comes from when it is not read from files.
+        source: where the data comes from when it is not read from files (for files in no
+            standard folder, what ``fedfleet datasets`` says instead of "not found").
         subdir: the folder under ``$FEDFLEET_DATA`` that holds it, if any.
     """
 
@@ -127,6 +129,14 @@ DATASETS: dict[str, DatasetInfo] = {
             loader=load_leaf,
         ),
         DatasetInfo(
+            "hf",
+            "your own data with Hugging Face datasets: a save_to_disk folder, Parquet, CSV or an "
+            "image folder, by column names (needs the hf extra)",
+            needs_path=True,
+            loader=load_hf,
+            source="your files at data.path",
+        ),
+        DatasetInfo(
             "synthetic",
             "FedProx Synthetic(alpha, beta): heterogeneous softmax-regression devices",
             needs_path=False,
@@ -168,7 +178,7 @@ def describe() -> list[tuple[str, str, str]]:
             source = info.source
         else:
             found = default_path(info.name)
-            missing = _NOT_FOUND if info.subdir else "not found: pass data.path"
+            missing = _NOT_FOUND if info.subdir else info.source or "not found: pass data.path"
             source = str(found) if found is not None else missing
         rows.append((info.name, info.description, source))
     return rows

@@ -45,6 +45,7 @@ from fedfleet.runs.sections import (
     Section,
     SelectionConfig,
 )
+from fedfleet.runs.user_code import BASE_DIR
 
 __all__ = [
     "ClientConfig",
@@ -115,7 +116,7 @@ class RunConfig(Section):
     @classmethod
     def _registered(cls, value: Any, info: ValidationInfo) -> Any:
         assert info.field_name is not None
-        return _NAMED[info.field_name].validate(value)
+        return _NAMED[info.field_name].validate(value, info.context)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -268,12 +269,16 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"config file {str(p)!r} does not exist") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
-    return validate_config(apply_overrides(raw, overrides))
+    base_dir = Path(path).resolve().parent if path is not None else None
+    return validate_config(apply_overrides(raw, overrides), base_dir=base_dir)
 
 
-def validate_config(raw: Mapping[str, Any]) -> RunConfig:
+def validate_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> RunConfig:
+    """``raw`` validated; references to the user's code (``model.factory``, ``data.loader``)
+    are resolved against ``base_dir`` (the config file's folder; default the working
+    directory)."""
     try:
-        return RunConfig.model_validate(dict(raw))
+        return RunConfig.model_validate(dict(raw), context={BASE_DIR: base_dir})
     except ValidationError as e:
         raise _explain(e) from None
 

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from fedfleet.data import partition as part
 from fedfleet.data.base import TaskData
 from fedfleet.data.registry import load_task
+from fedfleet.errors import DatasetError
 from fedfleet.runs.registry import Entry, Params, Registry
+from fedfleet.runs.user_code import load_reference, resolve_reference
 from fedfleet.sim.population import SyntheticPopulation
 
 __all__ = ["DATASETS", "DataParams", "Dataset", "PartitionParams", "partition_clients"]
@@ -240,6 +242,115 @@ DATASETS.register(
         params=LeafParams,
         summary="any numeric LEAF dataset (train/ and test/ JSON), one user per LEAF user",
         load=_files,
+        natural=True,
+    )
+)
+
+
+# -- where users keep their data (Hugging Face datasets) -----------------------------------
+
+
+class HfParams(PartitionParams):
+    name: Literal["hf"] = "hf"
+    path: str | None = None
+    """A save_to_disk folder, a Parquet or CSV file (or a folder of them), or an image folder."""
+    format: Literal["auto", "disk", "parquet", "csv", "imagefolder"] = "auto"
+    """How to read `path` ('auto': a save_to_disk folder, else by the files' suffixes)."""
+    features: str | tuple[str, ...] | None = None
+    """Input column(s): numeric ones stacked, or one image column (default: all but label and
+    client_id)."""
+    label: str = "label"
+    """The class column (integers, a ClassLabel, or strings)."""
+    client_id: str | None = None
+    """The column naming each row's client: data.partition = 'natural' gives one client each."""
+    train_split: str | None = None
+    """The split to train on (default 'train', or the only one)."""
+    test_split: str | None = None
+    """The server's test split (default 'test' or 'validation' if present, else test_fraction)."""
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    """Share of the rows (of each client's, with client_id) held out when there is no test split."""
+
+    @model_validator(mode="after")
+    def _natural_needs_ids(self) -> HfParams:
+        if self.partition == "natural" and self.client_id is None:
+            raise ValueError(
+                "data.partition = 'natural' needs data.client_id, the column naming each row's "
+                "client; or split the rows with iid, dirichlet, shards or quantity"
+            )
+        return self
+
+
+def _hf(d: HfParams, seed: int) -> TaskData:
+    if d.path is None:
+        raise DatasetError(
+            "data.name = 'hf' reads your data from data.path: set it to a save_to_disk folder, "
+            "a Parquet or CSV file (or a folder of them) or an image folder "
+            "(--set data.path=PATH)"
+        )
+    return load_task(
+        "hf",
+        path=d.path,
+        format=d.format,
+        features=d.features,
+        label=d.label,
+        client_id=d.client_id,
+        train_split=d.train_split,
+        test_split=d.test_split,
+        test_fraction=d.test_fraction,
+        seed=seed,
+    )
+
+
+DATASETS.register(
+    Dataset(
+        name="hf",
+        params=HfParams,
+        summary="your own data via Hugging Face datasets (save_to_disk, Parquet, CSV, image "
+        "folder), by column names; natural clients by client_id (the hf extra)",
+        load=_hf,
+        natural=True,
+    )
+)
+
+
+# -- the user's own loader ------------------------------------------------------------------
+
+
+class CustomDataParams(PartitionParams):
+    name: Literal["custom"] = "custom"
+    loader: str | None = None
+    """Your loader: 'FILE.py:FUNCTION' (FILE relative to the config file), called as
+    FUNCTION(seed) -> fedfleet.data.TaskData."""
+
+    @field_validator("loader")
+    @classmethod
+    def _resolve(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return resolve_reference(value, info)
+
+
+def _custom(d: CustomDataParams, seed: int) -> TaskData:
+    if d.loader is None:
+        raise DatasetError(
+            "data.name = 'custom' loads your data with data.loader = 'FILE.py:FUNCTION' "
+            "(e.g. 'data.py:load'); set it"
+        )
+    task = load_reference(d.loader, "data.loader")(seed)
+    if not isinstance(task, TaskData):
+        raise DatasetError(
+            f"data.loader = {d.loader!r} returned {type(task).__name__}, not a "
+            "fedfleet.data.TaskData; return TaskData(name, train, test, num_classes, "
+            "input_shape) with ArrayDataset(x, y) for train and test"
+        )
+    return task
+
+
+DATASETS.register(
+    Dataset(
+        name="custom",
+        params=CustomDataParams,
+        summary="your own data, loaded by data.loader = 'FILE.py:FUNCTION' (fedfleet new "
+        "writes one); natural users if its TaskData has them",
+        load=_custom,
         natural=True,
     )
 )

@@ -10,11 +10,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import ValidationInfo, field_validator
 from torch import nn
 
 from fedfleet.data.base import TaskData
+from fedfleet.errors import ConfigError
 from fedfleet.models.zoo import cnn, logistic_regression, mlp
 from fedfleet.runs.registry import Entry, Params, Registry
+from fedfleet.runs.user_code import load_reference, resolve_reference
 
 __all__ = ["MODELS", "MlpParams", "Model", "ModelParams", "model_factory"]
 
@@ -98,6 +101,44 @@ MODELS.register(
         params=CnnParams,
         summary="the FedAvg paper's CNN: two 5x5 convolutions, 512 ReLU units",
         build=lambda p, shape, classes: cnn(shape, classes),
+    )
+)
+
+
+class CustomModelParams(ModelParams):
+    name: Literal["custom"] = "custom"
+    factory: str | None = None
+    """Your model: 'FILE.py:FUNCTION' (FILE relative to the config file), called as
+    FUNCTION(input_shape, num_classes) -> torch.nn.Module."""
+
+    @field_validator("factory")
+    @classmethod
+    def _resolve(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return resolve_reference(value, info)
+
+
+def _custom(p: CustomModelParams, shape: Sequence[int], classes: int) -> nn.Module:
+    if p.factory is None:
+        raise ConfigError(
+            "model.name = 'custom' builds your model with model.factory = 'FILE.py:FUNCTION' "
+            "(e.g. 'model.py:build'); set it"
+        )
+    model = load_reference(p.factory, "model.factory")(tuple(shape), classes)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model.factory = {p.factory!r} returned {type(model).__name__}, not a "
+            "torch.nn.Module; return the network"
+        )
+    return model
+
+
+MODELS.register(
+    Model(
+        name="custom",
+        params=CustomModelParams,
+        summary="your own torch.nn.Module, built by model.factory = 'FILE.py:FUNCTION' "
+        "(fedfleet new writes one)",
+        build=_custom,
     )
 )
 

@@ -138,9 +138,10 @@ class Registry(Generic[E, B]):
         """The registered names (those whose entry satisfies ``where``, if given)."""
         return [n for n, e in self._entries.items() if where is None or where(e)]
 
-    def validate(self, value: Any) -> B:
+    def validate(self, value: Any, context: Mapping[str, Any] | None = None) -> B:
         """The section's raw value (a mapping from TOML or ``--set``, or parameters already
-        built) validated with the parameters of the entry its ``name`` picks.
+        built) validated with the parameters of the entry its ``name`` picks (``context``:
+        pydantic's validation context, e.g. the config file's folder).
 
         Raises:
             pydantic.ValidationError: its errors are located inside the section, and say what is
@@ -179,7 +180,7 @@ class Registry(Generic[E, B]):
         unknown = [k for k in value if k not in entry.params.model_fields]
         if unknown:
             self._raise(*(self._unknown_key(entry, str(k), value[k]) for k in unknown))
-        params: B = entry.params.model_validate(dict(value))
+        params: B = entry.params.model_validate(dict(value), context=context)
         return params
 
     def _unknown_key(self, entry: E, key: str, value: Any) -> InitErrorDetails:
