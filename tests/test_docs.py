@@ -5,6 +5,7 @@ snippet sections and docstrings griffe cannot parse fail it)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shlex
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from fedfleet.errors import ConfigError
 from fedfleet.runs.config import load_config
+from fedfleet.scaffold import new_project
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -22,7 +24,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 def _run_commands() -> list[tuple[str, str, bool]]:
     """(page, arguments, valid) for every ``fedfleet run`` line in a fenced code block; a block
-    that shows the command's ``error:`` output documents a refused configuration."""
+    that shows the command's ``error:`` output documents a refused configuration. A config in a
+    folder that ``fedfleet new`` makes in the same block is checked in a fresh such project."""
     found = []
     for page in PAGES:
         text = page.read_text()
@@ -48,13 +51,18 @@ def test_the_docs_show_run_commands() -> None:
 @pytest.mark.parametrize(
     ("page", "args", "valid"), COMMANDS, ids=[f"{p}:{a[:40]}" for p, a, _ in COMMANDS]
 )
-def test_documented_run_command_is_a_valid_config(page: str, args: str, valid: bool) -> None:
+def test_documented_run_command_is_a_valid_config(
+    page: str, args: str, valid: bool, tmp_path: Path
+) -> None:
     argv = shlex.split(args)
     overrides = [argv[i + 1] for i, a in enumerate(argv) if a in ("--set", "-s")]
     config = next((argv[i + 1] for i, a in enumerate(argv) if a in ("--config", "-c")), None)
-    if config is not None and not (ROOT / config).is_file():
-        config = str(ROOT / "examples" / Path(config).name)
     path = ROOT / config if config else None
+    if config is not None and not path.is_file():  # type: ignore[union-attr]
+        project = Path(config).parts[0]
+        assert f"fedfleet new {project}" in (ROOT / page).read_text(), f"{config} is nowhere"
+        new_project(tmp_path / project)
+        path = tmp_path / config
     if valid:
         load_config(path, overrides)  # raises ConfigError, naming the key, if invalid
     else:
@@ -74,6 +82,7 @@ def test_site_builds_strict_with_api_reference(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     index = (site / "index.html").read_text()
