@@ -33,7 +33,7 @@ import numpy as np
 
 from fedfleet.client.protocol import EvalResult
 from fedfleet.errors import PrivacyBudgetExhausted, UpdateRejected
-from fedfleet.evaluation import evaluation_summary
+from fedfleet.evaluation import ClientEvaluation, evaluation_summary
 from fedfleet.rounds._transport import (
     EvaluateJob,
     FitJob,
@@ -109,6 +109,8 @@ class RoundLoop:
             client commits its state when told, so the checkpoint must exist first; with
             federated evaluation it is written again after it). Without it, once per round,
             after everything.
+        on_evaluation: ``(round, reports)`` after each federated evaluation, with the
+            per-client reports the record only summarises (trackers plot their spread).
     """
 
     strategy: Strategy
@@ -122,6 +124,7 @@ class RoundLoop:
     min_accept: int = 0
     checkpoint: Checkpoint | None = None
     checkpoint_before_commit: bool = False
+    on_evaluation: Callable[[int, Sequence[ClientEvaluation]], None] | None = None
     rejected: list[UpdateRejected] = field(default_factory=list)
     """The refusals the transport returned during :meth:`run`."""
 
@@ -168,7 +171,10 @@ class RoundLoop:
             self.transport.commit(rnd, accepted)
             evaluated = bool(self.federated_every) and (last or rnd % self.federated_every == 0)
             if evaluated:
-                record.update(evaluation_summary(self.transport.evaluate(EvaluateJob(rnd, vector))))
+                reports = self.transport.evaluate(EvaluateJob(rnd, vector))
+                if self.on_evaluation is not None:
+                    self.on_evaluation(rnd, reports)
+                record.update(evaluation_summary(reports))
             _stamp(record, t0, start_s)
             if self.checkpoint is not None and (evaluated or not self.checkpoint_before_commit):
                 self.checkpoint(state)
