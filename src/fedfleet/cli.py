@@ -70,7 +70,7 @@ def run(
     (a second Ctrl-C abandons the round)."""
     from fedfleet.runs.build import build_run
     from fedfleet.runs.config import dump_config
-    from fedfleet.runs.interrupt import GracefulInterrupt
+    from fedfleet.runs.interrupt import GracefulInterrupt, wait_for_test_interrupt
     from fedfleet.runs.resume import load_snapshot, save_snapshot
     from fedfleet.runs.rundir import RunDir, check_new_run, new_run_dir
     from fedfleet.runs.track import check_tracking, open_trackers
@@ -137,6 +137,7 @@ def run(
 
             def on_client(done: int, total: int) -> None:
                 progress.update(clients_bar, completed=done, total=total)
+                wait_for_test_interrupt(stop, last_round + 1, done)
 
             def on_round(record: dict[str, Any]) -> None:
                 nonlocal last_round

@@ -9,13 +9,22 @@ nearly done. Lightning stops the same way, at a boundary it can save at.
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
-__all__ = ["GracefulInterrupt"]
+__all__ = ["WAIT_ENV", "GracefulInterrupt", "wait_for_test_interrupt"]
+
+WAIT_ENV = "FEDFLEET_TEST_WAIT_IN_ROUND"
+"""Test hook: ``"<round>"`` makes ``fedfleet run`` wait, after that round's first client has
+trained, until Ctrl-C is requested, so a test interrupts a round in progress without a race."""
+
+log = logging.getLogger("fedfleet.runs.interrupt")
 
 
 class GracefulInterrupt:
@@ -55,3 +64,14 @@ class GracefulInterrupt:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+
+
+def wait_for_test_interrupt(stop: GracefulInterrupt, rnd: int, done: int) -> None:
+    """The :data:`WAIT_ENV` hook: in round ``rnd`` after its first client (``done == 1``),
+    wait for ``stop.requested`` (an hour at most)."""
+    if done != 1 or os.environ.get(WAIT_ENV) != str(rnd):
+        return
+    log.warning("round %d: waiting for Ctrl-C (%s)", rnd, WAIT_ENV)
+    deadline = time.monotonic() + 3600
+    while not stop.requested and time.monotonic() < deadline:
+        time.sleep(0.01)
