@@ -6,14 +6,14 @@ import importlib
 import math
 from collections.abc import Mapping, Sequence
 from types import ModuleType, TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 
 from fedfleet.errors import ConfigError
 from fedfleet.evaluation import ClientEvaluation
 
-__all__ = ["Tracker", "Trackers", "flatten_params", "require", "round_metrics"]
+__all__ = ["Closing", "Tracker", "Trackers", "flatten_params", "require", "round_metrics"]
 
 
 @runtime_checkable
@@ -84,9 +84,27 @@ def require(module: str, what: str) -> ModuleType:
         ) from None
 
 
-class Trackers:
-    """Several trackers as one (each call goes to each, in order); a context manager that
-    closes them all."""
+class Closing:
+    """A tracker as a context manager: ``close`` on the way out, ``interrupted`` when an
+    exception (a Ctrl-C) ends the block."""
+
+    def close(self, *, interrupted: bool = False) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(interrupted=exc_type is not None)
+
+
+class Trackers(Closing):
+    """Several trackers as one (each call goes to each, in order); closing it closes them all."""
 
     def __init__(self, trackers: Sequence[Tracker] = ()) -> None:
         self.trackers = list(trackers)
@@ -106,14 +124,3 @@ class Trackers:
     def close(self, *, interrupted: bool = False) -> None:
         for t in self.trackers:
             t.close(interrupted=interrupted)
-
-    def __enter__(self) -> Trackers:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close(interrupted=exc_type is not None)

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fedfleet.evaluation import ClientEvaluation
-from fedfleet.tracking.base import client_values, flatten_params, require, round_metrics
+from fedfleet.tracking.base import Closing, client_values, flatten_params, require, round_metrics
 
 __all__ = ["MLflowTracker"]
 
@@ -18,7 +18,7 @@ _METRICS_PER_BATCH = 1000
 _PARAM_CHARS = 6000
 
 
-class MLflowTracker:
+class MLflowTracker(Closing):
     """One MLflow run in experiment ``experiment`` at ``uri`` (e.g. ``sqlite:///runs/mlflow.db``
     or an ``http://`` server). ``run_id`` continues an existing run (a resumed fedfleet run);
     ``artifact_location`` is where a newly created experiment keeps artifacts.

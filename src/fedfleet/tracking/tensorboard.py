@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from fedfleet.evaluation import ClientEvaluation
-from fedfleet.tracking.base import client_values, flatten_params, require, round_metrics
+from fedfleet.tracking.base import Closing, client_values, flatten_params, require, round_metrics
 
 __all__ = ["TensorBoardTracker"]
 
 
-class TensorBoardTracker:
+class TensorBoardTracker(Closing):
     """Event files in ``log_dir``: scalars tagged by the record's keys (``test_accuracy``,
     ``train_loss``, ``dp_epsilon``, ``sim_time_s``, ...) at step = round; histograms
     ``client_accuracy`` and ``client_loss`` (and ``global_client_*`` for personalised models)
