@@ -16,7 +16,7 @@ import pytest
 
 from fedfleet.errors import ConfigError
 from fedfleet.runs.checkpoint import load_checkpoint
-from fedfleet.runs.interrupt import WAIT_ENV
+from fedfleet.runs.interrupt import WAIT_ENV, GracefulInterrupt
 from fedfleet.runs.rundir import check_new_run, new_run_dir
 from fedfleet.sim import TIMING_KEYS
 
@@ -158,3 +158,16 @@ def test_ctrl_c_finishes_the_round_keeps_its_checkpoint_and_resumes_bit_identica
     assert _records(run) == _records(tmp_path / "ref")
     model = (run / "model.safetensors").read_bytes()
     assert model == (tmp_path / "ref" / "model.safetensors").read_bytes()
+
+
+def test_the_first_sigint_asks_to_stop_the_second_interrupts_and_the_handler_is_restored():
+    before = signal.getsignal(signal.SIGINT)
+    told: list[bool] = []
+    with GracefulInterrupt(lambda: told.append(True)) as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGINT)  # handlers run in the main thread, right away
+        assert stop.requested and told == [True]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # not reached: the signal interrupts before
+    assert signal.getsignal(signal.SIGINT) is before
