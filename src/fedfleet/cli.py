@@ -40,71 +40,111 @@ def run(
         Path | None,
         typer.Option(
             help="Write config.toml, metrics.jsonl, checkpoint.safetensors (every round) and "
-            "model.safetensors here."
+            "model.safetensors here; default: a new runs/<data>-<strategy>-<time> directory. "
+            "A directory that holds a run is refused (see --resume, --overwrite)."
         ),
     ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
-            help="Continue the run in this --out directory from its last checkpoint, with its "
+            help="Continue the run in this directory from its last checkpoint, with its "
             "config.toml; ends bit-identical to a run that never stopped."
         ),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the run that --out DIR holds instead of refusing.")
+    ] = False,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(help="TensorBoard event files in the run directory (track.tensorboard)."),
+    ] = False,
+    mlflow: Annotated[
+        bool, typer.Option(help="Log to MLflow (track.mlflow; URI: track.mlflow_uri).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Train a model federatedly in simulation (default: digits, 20 clients, FedAvg)."""
+    """Train a model federatedly in simulation (default: digits, 20 clients, FedAvg).
+
+    Each run gets its own directory (runs/<data>-<strategy>-<time>, or --out). Ctrl-C finishes
+    the round in progress, keeps its checkpoint and prints the command that resumes the run
+    (a second Ctrl-C abandons the round)."""
     from fedfleet.runs.build import build_run
-    from fedfleet.runs.checkpoint import CHECKPOINT_NAME
     from fedfleet.runs.config import dump_config
+    from fedfleet.runs.interrupt import GracefulInterrupt, wait_for_test_interrupt
     from fedfleet.runs.resume import load_snapshot, save_snapshot
-    from fedfleet.runs.rundir import RunDir
+    from fedfleet.runs.rundir import RunDir, check_new_run, new_run_dir
+    from fedfleet.runs.track import check_tracking, open_trackers
     from fedfleet.sim.engine import Simulation, Snapshot
 
+    overrides = [*(set_ or [])]
+    overrides += ["track.tensorboard=true"] if tensorboard else []
+    overrides += ["track.mlflow=true"] if mlflow else []
+    run_dir: RunDir | None = None
+    cfg: RunConfig | None = None
+    last_round = 0
     try:
-        cfg = _resumed_config(resume, config, set_ or [], out)
+        cfg = _resumed_config(resume, config, overrides, out)
+        if resume is None and out is not None:
+            check_new_run(out, overwrite=overwrite)
+        check_tracking(cfg.track)
         t_start = time.perf_counter()
         pieces = build_run(cfg)
         sim = pieces.simulation
-        out = resume or out
         snapshot: Snapshot | None = None
-        run_dir = RunDir(out, fresh=resume is None) if out is not None else None
         if resume is not None:
             assert isinstance(sim, Simulation)  # _resumed_config refuses FedBuff
             snapshot = load_snapshot(resume, seed=cfg.seed, layout=sim.trainer.layout)
-            assert run_dir is not None
+            run_dir = RunDir(resume, fresh=False)
             run_dir.write_metrics(snapshot.history)
-        elif run_dir is not None:
-            # a kill before round 1 ends must not leave an earlier run's checkpoint beside
-            # this run's config for --resume to find
-            (run_dir.path / CHECKPOINT_NAME).unlink(missing_ok=True)
+            last_round = snapshot.round
+        else:
+            path = out or new_run_dir("runs", f"{cfg.data.name}-{cfg.strategy.name}")
+            run_dir = RunDir(path)
             run_dir.write_config(dump_config(cfg))
+        trackers = open_trackers(cfg, run_dir.path, resume_round=last_round if resume else None)
         console.print(
             f"[bold]fedfleet[/] {cfg.data.name}: {len(pieces.task.train)} train / "
             f"{len(pieces.task.test)} test samples over {sim.federation.num_clients} clients "
             f"({cfg.data.split()}), model {cfg.model.name} "
             f"({sim.trainer.layout.size:,} params), {cfg.strategy.name}, {cfg.rounds} rounds; "
-            f"clients train {pieces.executor}"
+            f"clients train {pieces.executor}; run directory {escape(str(run_dir.path))}"
         )
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=console,
-            disable=quiet,
-            transient=False,
-        ) as progress:
-            done = snapshot.round if snapshot is not None else 0
-            rounds_bar = progress.add_task("rounds", total=cfg.rounds, completed=done, status="")
+
+        def on_first_interrupt() -> None:
+            console.print(
+                f"[yellow]Ctrl-C:[/] finishing round {last_round + 1}, then stopping "
+                "(Ctrl-C again to abandon the round)"
+            )
+
+        with (
+            trackers,
+            GracefulInterrupt(on_first_interrupt) as stop,
+            Progress(
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                console=console,
+                disable=quiet,
+                transient=False,
+            ) as progress,
+        ):
+            rounds_bar = progress.add_task(
+                "rounds", total=cfg.rounds, completed=last_round, status=""
+            )
             clients_bar = progress.add_task("clients", total=1, status="")
 
             def on_client(done: int, total: int) -> None:
                 progress.update(clients_bar, completed=done, total=total)
+                wait_for_test_interrupt(stop, last_round + 1, done)
 
             def on_round(record: dict[str, Any]) -> None:
-                if run_dir is not None:
-                    run_dir.append_metrics(record)
+                nonlocal last_round
+                assert run_dir is not None
+                run_dir.append_metrics(record)
+                trackers.log_round(record)
+                last_round = int(record["round"])
                 acc = record.get("test_accuracy")
                 status = f"train loss {record['train_loss']:.4f}" if record["train_loss"] else ""
                 if acc is not None:
@@ -113,33 +153,74 @@ def run(
                     status += f"  eps {record['dp_epsilon']:.3f}"
                 progress.update(rounds_bar, advance=1, status=status)
 
+            def stopping(record: dict[str, Any]) -> bool:
+                return stop.requested
+
             if isinstance(sim, Simulation):
-                layout = sim.trainer.layout
-                path = run_dir.path if run_dir is not None else None
+                layout, path = sim.trainer.layout, run_dir.path
 
                 def checkpoint(snap: Snapshot) -> None:
-                    assert path is not None
                     save_snapshot(path, snap, seed=cfg.seed, layout=layout)
 
                 result = sim.run(
                     cfg.rounds,
                     on_round=on_round,
                     on_client=on_client,
+                    until=stopping,
                     resume=snapshot,
-                    on_snapshot=checkpoint if path is not None else None,  # no --out: none
+                    on_snapshot=checkpoint,
+                    on_evaluation=trackers.log_evaluation,
                 )
             else:  # FedBuff: asynchronous, no checkpoints (fedfleet.runs.resume)
-                result = sim.run(cfg.rounds, on_round=on_round, on_client=on_client)
+                result = sim.run(cfg.rounds, on_round=on_round, on_client=on_client, until=stopping)
+            if last_round < cfg.rounds and stop.requested:
+                raise KeyboardInterrupt
         wall = time.perf_counter() - t_start
-        if run_dir is not None:
-            run_dir.save_model(result.vector, result.layout)
+        run_dir.save_model(result.vector, result.layout)
         rejected = len(result.rejected)  # this process's; the checkpoint's rounds counted theirs
         if snapshot is not None:
             rejected += sum(r.get("num_rejected", 0) for r in snapshot.history)
-        _summary(result.final, cfg.rounds, wall, out, rejected)
+        _summary(result.final, cfg.rounds, wall, run_dir.path, rejected)
     except FedfleetError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        _interrupted(run_dir, last_round, resumable=resume is not None or _resumable(cfg))
+        raise typer.Exit(130) from None
+
+
+def _resumable(cfg: RunConfig | None) -> bool:
+    from fedfleet.runs.resume import check_resumable
+
+    if cfg is None:
+        return False
+    try:
+        check_resumable(cfg)
+    except ConfigError:
+        return False
+    return True
+
+
+def _interrupted(run_dir: Any, last_round: int, *, resumable: bool) -> None:
+    """What Ctrl-C left behind and the command that continues the run."""
+    from fedfleet.runs.checkpoint import CHECKPOINT_NAME
+
+    if run_dir is not None and not resumable:
+        console.print(
+            f"[yellow]interrupted[/] after {last_round} rounds (versions); the metrics so far "
+            f"are in {escape(str(run_dir.path))}. This run cannot be resumed (asynchronous)"
+        )
+        return
+    if run_dir is None or not (run_dir.path / CHECKPOINT_NAME).is_file():
+        where = f" ({escape(str(run_dir.path))})" if run_dir is not None else ""
+        console.print(f"[yellow]interrupted[/] before a round was checkpointed{where}")
+        return
+    console.print(
+        f"[yellow]interrupted[/] after round {last_round}; its checkpoint is in "
+        f"{escape(str(run_dir.path))}. Continue with:\n  fedfleet run --resume "
+        f"{escape(str(run_dir.path))}",
+        soft_wrap=True,
+    )
 
 
 def _resumed_config(
@@ -174,9 +255,7 @@ def _resumed_config(
     return saved
 
 
-def _summary(
-    final: dict[str, Any], rounds: int, wall: float, out: Path | None, rejected: int
-) -> None:
+def _summary(final: dict[str, Any], rounds: int, wall: float, out: Path, rejected: int) -> None:
     table = Table(title="fedfleet run summary", show_header=False)
     table.add_row("rounds", str(rounds))
     table.add_row("test accuracy", f"{final.get('test_accuracy', float('nan')):.4f}")
@@ -199,8 +278,7 @@ def _summary(
         table.add_row("simulated time", f"{final['sim_time_s']:.1f} s")
     table.add_row("rejected updates", str(rejected))
     table.add_row("wall time", f"{wall:.1f} s")
-    if out is not None:
-        table.add_row("outputs", str(out))
+    table.add_row("run directory", str(out))
     Console().print(table)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from fedfleet.client.protocol import EvalResult
 from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted, UpdateRejected
+from fedfleet.evaluation import ClientEvaluation
 from fedfleet.rounds._transport import (
     EvaluateJob,
     FitJob,
@@ -114,6 +115,8 @@ class RoundLoop:
             client commits its state when told, so the checkpoint must exist first; with
             federated evaluation it is written again after it). Without it, once per round,
             after everything.
+        on_evaluation: ``(round, reports)`` after each federated evaluation, with the
+            per-client reports the record only summarises (trackers plot their spread).
     """
 
     strategy: Strategy
@@ -128,6 +131,7 @@ class RoundLoop:
     min_accept: int = 0
     checkpoint: Checkpoint | None = None
     checkpoint_before_commit: bool = False
+    on_evaluation: Callable[[int, Sequence[ClientEvaluation]], None] | None = None
     rejected: list[UpdateRejected] = field(default_factory=list)
     """The refusals the transport returned during :meth:`run`."""
 
@@ -241,6 +245,8 @@ class RoundLoop:
                 "(those available with a held-out split); choose among `clients`"
             )
         reports = self.transport.evaluate(EvaluateJob(rnd, vector, chosen))
+        if self.on_evaluation is not None:
+            self.on_evaluation(rnd, reports)
         return self.strategy.aggregate_evaluate(rnd, reports)
 
     def _evaluate(self, vector: np.ndarray, record: dict[str, Any]) -> None:

@@ -44,6 +44,7 @@ from fedfleet.runs.sections import (
     PrivacyConfig,
     Section,
     SelectionConfig,
+    TrackConfig,
 )
 from fedfleet.runs.user_code import BASE_DIR
 
@@ -60,6 +61,7 @@ __all__ = [
     "RunConfig",
     "SelectionConfig",
     "StrategyParams",
+    "TrackConfig",
     "apply_overrides",
     "dump_config",
     "load_config",
@@ -111,6 +113,7 @@ class RunConfig(Section):
     deadline: DeadlineConfig = DeadlineConfig()
     selection: SelectionConfig = SelectionConfig()
     compensation: CompensationConfig = CompensationConfig()
+    track: TrackConfig = TrackConfig()
 
     @field_validator("data", "model", "strategy", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ __all__ = [
     "PrivacyConfig",
     "Section",
     "SelectionConfig",
+    "TrackConfig",
 ]
 
 
@@ -179,3 +180,21 @@ class EvalConfig(Section):
     """Centralized test-set evaluation every k rounds (0 = only after the last round)."""
     federated_every: int = Field(0, ge=0)
     """Evaluation on clients' held-out splits every k rounds (0 = off); needs held-out data."""
+
+
+class TrackConfig(Section):
+    """Experiment tracking (:mod:`fedfleet.tracking`, the ``fedfleet[track]`` extra): every
+    round's metrics and the per-client evaluations, beside ``metrics.jsonl``."""
+
+    tensorboard: bool = False
+    """TensorBoard event files in the run directory's tensorboard/ (tensorboard --logdir runs)."""
+    mlflow: bool = False
+    """Log to MLflow: the config as params, every round's metrics, per-client evaluations."""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI (setting it turns mlflow on); None = sqlite:///RUN_DIR/mlflow.db."""
+    mlflow_experiment: str = "fedfleet"
+    """The MLflow experiment the run goes into (created when missing)."""
+
+    @property
+    def mlflow_on(self) -> bool:
+        return self.mlflow or self.mlflow_uri is not None

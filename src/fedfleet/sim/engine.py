@@ -34,6 +34,7 @@ import numpy as np
 from fedfleet.client.protocol import Trainer
 from fedfleet.client.state_store import ClientStateStore, MemoryStateStore
 from fedfleet.errors import FedfleetError, UpdateRejected
+from fedfleet.evaluation import ClientEvaluation
 from fedfleet.params import Layout
 from fedfleet.rounds import TIMING_KEYS, LoopState, RoundLoop, client_seed, sampling_rng
 from fedfleet.sim._inprocess import InProcessTransport
@@ -139,6 +140,7 @@ class Simulation:
         *,
         resume: Snapshot | None = None,
         on_snapshot: SnapshotCallback | None = None,
+        on_evaluation: Callable[[int, Sequence[ClientEvaluation]], None] | None = None,
     ) -> SimulationResult:
         """Run ``rounds`` rounds; ``on_round(record)`` after each, ``on_client(done, total)``
         after each client's local training. ``until(record)`` returning True ends the run
@@ -148,7 +150,8 @@ class Simulation:
         on disk before the round's metrics are reported); ``resume=snapshot`` continues a run
         from it with rounds ``snapshot.round + 1 .. rounds``, and the result's history holds
         every round. ``rejected`` holds only this call's refusals (the records'
-        ``num_rejected`` count them all)."""
+        ``num_rejected`` count them all). ``on_evaluation(round, reports)`` gets each
+        federated evaluation's per-client reports (the record holds their summary)."""
         if len(self.client_states):
             raise FedfleetError(
                 f"the client-state store already holds state of {len(self.client_states)} "
@@ -197,6 +200,7 @@ class Simulation:
             evaluators=transport.evaluators,
             pacer=self._pacer(),
             checkpoint=None if on_snapshot is None else save,
+            on_evaluation=on_evaluation,
         )
         end = loop.run(rounds, start, on_round, until)
         return SimulationResult(
