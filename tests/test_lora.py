@@ -271,3 +271,17 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path):
     cfg = validate_config(digits_config() | {"executor": "vectorised"})
     with pytest.raises(ConfigError, match=r"cannot train from model\.base or LoRA"):
         build_run(cfg)
+
+
+def test_readme_lora_example_runs_and_federates_only_b(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in readme.split("```python\n")[1:] if "lora_factory" in b)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block.split("```")[0], "README.md", "exec"), namespace)
+    layout = namespace["trainer"].layout
+    assert layout.names and all(".lora_B." in n for n in layout.names)
+    assert len(namespace["result"].history) == 5
+    assert (tmp_path / "base.safetensors").exists()
