@@ -285,3 +285,15 @@ def test_readme_lora_example_runs_and_federates_only_b(tmp_path, monkeypatch):
     assert layout.names and all(".lora_B." in n for n in layout.names)
     assert len(namespace["result"].history) == 5
     assert (tmp_path / "base.safetensors").exists()
+
+
+def test_threaded_and_process_executors_train_lora_bit_identically_to_sequential():
+    """Every lane and worker builds the same base and A from the seed (one torch thread each)."""
+    vectors = {}
+    for executor in ("sequential", "threaded", "process"):
+        raw = digits_config(lora_freeze_a=True) | {"rounds": 2, "executor": executor}
+        pieces = build_run(validate_config(raw | {"threads": 1 if executor == "sequential" else 2}))
+        assert pieces.executor.startswith(executor)
+        vectors[executor] = pieces.simulation.run(2).vector
+    assert np.array_equal(vectors["threaded"], vectors["sequential"])
+    assert np.array_equal(vectors["process"], vectors["sequential"])
