@@ -297,3 +297,22 @@ def test_threaded_and_process_executors_train_lora_bit_identically_to_sequential
         vectors[executor] = pieces.simulation.run(2).vector
     assert np.array_equal(vectors["threaded"], vectors["sequential"])
     assert np.array_equal(vectors["process"], vectors["sequential"])
+
+
+def test_dpsgd_trains_the_adapters_only():
+    """DP-SGD's per-sample gradients (torch.func over the layout's tensors) cover B alone; the
+    frozen base and A stay buffers of the module and come back as built."""
+    raw = digits_config(lora_freeze_a=True) | {"rounds": 2}
+    raw["privacy"] = {"sgd_noise_multiplier": 1.0, "sgd_clip_norm": 1.0}
+    cfg = validate_config(raw)
+    pieces = build_run(cfg)
+    trainer = pieces.simulation.trainer
+    assert type(trainer).__name__ == "DPSGDTrainer"
+    assert trainer.layout.names and all(".lora_B." in n for n in trainer.layout.names)
+    result = pieces.simulation.run(2)
+    assert result.history[-1]["dpsgd_epsilon_max"] > 0
+    assert not np.array_equal(result.vector, trainer.init_vector(cfg.seed))
+    built = frozen(model_factory(cfg.model, pieces.task)())
+    exported = frozen(trainer.export(result.vector))
+    assert exported.keys() == built.keys()
+    assert all(torch.equal(exported[n], built[n]) for n in built)
