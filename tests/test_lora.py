@@ -316,3 +316,21 @@ def test_dpsgd_trains_the_adapters_only():
     exported = frozen(trainer.export(result.vector))
     assert exported.keys() == built.keys()
     assert all(torch.equal(exported[n], built[n]) for n in built)
+
+
+def test_default_targets_are_every_linear_even_where_names_nest():
+    """'1' names a Sequential here and '1.1' a Linear inside it: the default adapts exactly the
+    three Linear layers (a plain-name target '1' would reach the Sequential, which peft refuses)."""
+
+    def build() -> nn.Module:
+        return nn.Sequential(
+            nn.Linear(4, 4), nn.Sequential(nn.ReLU(), nn.Linear(4, 4)), nn.Linear(4, 2)
+        )
+
+    layout = TorchTrainer(lora_factory(build, LoraSpec(rank=2, freeze_a=True))).layout
+    assert [n.split(".lora_B.")[0] for n in layout.names] == [
+        "base_model.model.0",
+        "base_model.model.1.1",
+        "base_model.model.2",
+    ]
+    assert layout.size == 2 * (4 + 4 + 2)

@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,13 +127,19 @@ def lora_factory(build: Callable[[], nn.Module], spec: LoraSpec) -> Callable[[],
         import peft
 
         base = base_factory()
-        targets = list(spec.targets) if spec.targets is not None else _linear_names(base)
-        if not targets:
-            raise ConfigError(
-                "LoRA found no nn.Linear layer to adapt in the model; name the modules in "
-                "lora_targets"
-            )
-        _check_targets(base, targets)
+        targets: list[str] | str
+        if spec.targets is not None:
+            targets = list(spec.targets)
+            _check_targets(base, targets)
+        else:
+            linear = _linear_names(base)
+            if not linear:
+                raise ConfigError(
+                    "LoRA found no nn.Linear layer to adapt in the model; name the modules in "
+                    "lora_targets"
+                )
+            # a full-match pattern: a plain name such as '1' would also match 'block.1'
+            targets = "|".join(re.escape(n) for n in linear)
         config = peft.LoraConfig(
             r=spec.rank,
             lora_alpha=spec.alpha if spec.alpha is not None else spec.rank,
