@@ -3,6 +3,8 @@ aggregate is exactly the clients' mean weight update. Tiny models defined here; 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -108,7 +110,14 @@ def test_only_adapter_tensors_are_in_the_layout_and_on_the_wire(case, freeze_a):
     )
     assert sum(trainable.values()) == reference.get_nb_trainable_parameters()[0]
     expected = {n: k for n, k in trainable.items() if not freeze_a or ".lora_B." in n}
-    assert {s.name.removesuffix(".weight"): s.numel for s in layout.specs} == expected
+    # our adapter's name is a digest of the base (adapter_name), peft's default is "default"
+    adapter = {s.name.split(".")[-2] for s in layout.specs}
+    assert len(adapter) == 1 and re.fullmatch("b[0-9a-f]{12}", adapter.pop())
+    got = {
+        re.sub(r"\.b[0-9a-f]{12}$", ".default", s.name.removesuffix(".weight")): s.numel
+        for s in layout.specs
+    }
+    assert got == expected
     assert all(".lora_B." in n or (".lora_A." in n and not freeze_a) for n in layout.names)
     # the update a client sends: the adapters' float32 bytes plus a small header
     vector = np.zeros(layout.size, np.float32)
@@ -334,3 +343,23 @@ def test_default_targets_are_every_linear_even_where_names_nest():
         "base_model.model.2",
     ]
     assert layout.size == 2 * (4 + 4 + 2)
+
+
+def test_another_base_is_another_layout_so_a_server_refuses_its_updates(tmp_path):
+    """The adapters are named after a digest of the base and the settings: the layout's
+    fingerprint (what the server checks at registration and on every update) tells apart
+    parties whose bases differ, and not parties holding the same bytes at another path."""
+    torch.manual_seed(0)
+    first = save_base(mlp(), tmp_path / "a.safetensors")
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(first.read_bytes())
+    torch.manual_seed(1)
+    other = save_base(mlp(), tmp_path / "b.safetensors")
+
+    def fingerprint(base, **kw) -> str:
+        spec = LoraSpec(rank=2, base=base, **kw)
+        return TorchTrainer(lora_factory(mlp, spec)).layout.fingerprint
+
+    assert fingerprint(first) == fingerprint(copy)
+    assert fingerprint(first) != fingerprint(other)
+    assert fingerprint(first) != fingerprint(first, seed=1)  # another A

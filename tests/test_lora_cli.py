@@ -46,9 +46,11 @@ def test_cli_fine_tunes_a_pretrained_base_with_ffa_lora_and_saves_only_b(tmp_pat
     assert proc.returncode == 0, proc.stderr
     assert "sequential (fine-tuning a base model)" in " ".join((proc.stdout + proc.stderr).split())
     saved = load_file(str(tmp_path / "out" / "model.safetensors"))
+    # the adapter's name is the digest of the base and settings (lora.adapter_name)
+    adapter = sorted(saved)[0].split(".")[-2]
     assert sorted(saved) == [
-        "base_model.model.1.lora_B.default.weight",
-        "base_model.model.3.lora_B.default.weight",
+        f"base_model.model.1.lora_B.{adapter}.weight",
+        f"base_model.model.3.lora_B.{adapter}.weight",
     ]
     assert [saved[k].shape for k in sorted(saved)] == [(32, 4), (10, 4)]
     # the same config through the Python API gives the same bits (the base path made absolute)
@@ -56,7 +58,7 @@ def test_cli_fine_tunes_a_pretrained_base_with_ffa_lora_and_saves_only_b(tmp_pat
     assert resolved.model.lora_rank == 4 and resolved.model.lora_freeze_a is True
     model = resolved.model.model_copy(update={"base": str(tmp_path / "base.safetensors")})
     pieces = build_run(resolved.model_copy(update={"model": model}))
-    vector = load_model_vector(
-        tmp_path / "out" / "model.safetensors", pieces.simulation.trainer.layout
-    )
+    layout = pieces.simulation.trainer.layout
+    assert sorted(layout.names) == sorted(saved)  # same base bytes, another path: same names
+    vector = load_model_vector(tmp_path / "out" / "model.safetensors", layout)
     assert np.array_equal(pieces.simulation.run(3).vector, vector)

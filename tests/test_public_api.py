@@ -208,6 +208,7 @@ PUBLIC = {
         "LoraSpec",
         "MODELS",
         "adapter_factors",
+        "adapter_name",
         "build_model",
         "cnn",
         "from_base",

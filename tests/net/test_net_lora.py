@@ -45,8 +45,9 @@ def test_lora_adapters_travel_and_match_simulation_bit_for_bit(procs):
     assert np.array_equal(got, reference), f"max diff {np.abs(got - reference).max()}"
     # the model the server keeps is the adapters of layer "1" (64 -> 32), A and B: 4*64 + 32*4
     saved = load_file(str(run_dir / "model.safetensors"))
+    adapter = next(iter(saved)).split(".")[-2]  # the digest of the base (lora.adapter_name)
     assert {k: v.shape for k, v in saved.items()} == {
-        "base_model.model.1.lora_A.default.weight": (4, 64),
-        "base_model.model.1.lora_B.default.weight": (32, 4),
+        f"base_model.model.1.lora_A.{adapter}.weight": (4, 64),
+        f"base_model.model.1.lora_B.{adapter}.weight": (32, 4),
     }
     assert got.size == 4 * 64 + 32 * 4

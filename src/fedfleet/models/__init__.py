@@ -1,6 +1,13 @@
 """Reference models from the FL papers, sized from the dataset; pretrained bases and LoRA."""
 
-from fedfleet.models.lora import LoraFactors, LoraSpec, adapter_factors, lora_factory, product_gap
+from fedfleet.models.lora import (
+    LoraFactors,
+    LoraSpec,
+    adapter_factors,
+    adapter_name,
+    lora_factory,
+    product_gap,
+)
 from fedfleet.models.pretrained import (
     from_base,
     load_base,
@@ -15,6 +22,7 @@ __all__ = [
     "LoraFactors",
     "LoraSpec",
     "adapter_factors",
+    "adapter_name",
     "build_model",
     "cnn",
     "from_base",

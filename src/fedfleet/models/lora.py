@@ -28,12 +28,13 @@ Example:
     >>> from torch import nn
     >>> build = lambda: nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> model = lora_factory(build, LoraSpec(rank=2, freeze_a=True))()  # doctest: +SKIP
-    >>> sorted(model.state_dict())  # doctest: +SKIP
-    ['base_model.model.0.lora_B.default.weight', 'base_model.model.2.lora_B.default.weight']
+    >>> [name.split(".lora_B.")[0] for name in model.state_dict()]  # doctest: +SKIP
+    ['base_model.model.0', 'base_model.model.2']
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +47,14 @@ from torch import nn
 from fedfleet.errors import ConfigError
 from fedfleet.models.pretrained import from_base
 
-__all__ = ["LoraFactors", "LoraSpec", "adapter_factors", "lora_factory", "product_gap"]
+__all__ = [
+    "LoraFactors",
+    "LoraSpec",
+    "adapter_factors",
+    "adapter_name",
+    "lora_factory",
+    "product_gap",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +130,7 @@ def lora_factory(build: Callable[[], nn.Module], spec: LoraSpec) -> Callable[[],
             when ``targets`` is None.
     """
     base_factory = from_base(build, spec.base, seed=spec.seed)
+    adapter: list[str] = []  # the adapter's name, computed once: every call builds the same base
 
     def factory() -> nn.Module:
         import peft
@@ -147,9 +156,11 @@ def lora_factory(build: Callable[[], nn.Module], spec: LoraSpec) -> Callable[[],
             lora_dropout=spec.dropout,
             bias="none",
         )
+        if not adapter:
+            adapter.append(adapter_name(base, spec))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed + 1)  # A's draw, apart from the base's
-            model = peft.get_peft_model(base, config)
+            model = peft.get_peft_model(base, config, adapter_name=adapter[0])
         if spec.freeze_a:
             for name, p in model.named_parameters():
                 if ".lora_A." in name:
@@ -158,6 +169,23 @@ def lora_factory(build: Callable[[], nn.Module], spec: LoraSpec) -> Callable[[],
         return model
 
     return factory
+
+
+def adapter_name(base: nn.Module, spec: LoraSpec) -> str:
+    """``"b"`` + 12 hex digits of a SHA-256 over the base's tensors (names, dtypes, shapes,
+    bytes) and the adapters' settings (rank, alpha, targets, seed, freeze_a; not the base
+    file's path). It names the adapters, so it is part of every federated tensor's name and of
+    the layout's fingerprint: a party whose base (or A, drawn from the seed) differs from the
+    server's has another layout, and the server refuses it at registration instead of
+    averaging adapters trained against another base."""
+    h = hashlib.sha256()
+    for name, t in base.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    settings = (spec.rank, spec.alpha, spec.targets, spec.dropout, spec.seed, spec.freeze_a)
+    h.update(repr(settings).encode())
+    return "b" + h.hexdigest()[:12]
 
 
 @dataclass(frozen=True)
