@@ -1,5 +1,37 @@
-"""Reference models from the FL papers, sized from the dataset."""
+"""Reference models from the FL papers, sized from the dataset; pretrained bases and LoRA."""
 
+from fedfleet.models.lora import (
+    LoraFactors,
+    LoraSpec,
+    adapter_factors,
+    adapter_name,
+    lora_factory,
+    product_gap,
+)
+from fedfleet.models.pretrained import (
+    from_base,
+    load_base,
+    pretrain_base,
+    save_base,
+    split_for_pretraining,
+)
 from fedfleet.models.zoo import MODELS, build_model, cnn, logistic_regression, mlp
 
-__all__ = ["MODELS", "build_model", "cnn", "logistic_regression", "mlp"]
+__all__ = [
+    "MODELS",
+    "LoraFactors",
+    "LoraSpec",
+    "adapter_factors",
+    "adapter_name",
+    "build_model",
+    "cnn",
+    "from_base",
+    "load_base",
+    "logistic_regression",
+    "lora_factory",
+    "mlp",
+    "pretrain_base",
+    "product_gap",
+    "save_base",
+    "split_for_pretraining",
+]

@@ -70,6 +70,15 @@ def choose_executor(
         return trainer, SequentialExecutor(), "sequential (DP-SGD per-sample clipping)"
     if config.executor == "sequential" or config.model.backend != "torch":
         return trainer, SequentialExecutor(), "sequential"
+    if config.model.fine_tunes and config.executor != "threaded":
+        # the vectorised and compiled cohorts rebuild the network themselves, without the base
+        # file or the adapters
+        if config.executor != "auto":
+            raise ConfigError(
+                f"executor = {config.executor!r} cannot train from model.base or LoRA "
+                "adapters; use 'auto', 'sequential' or 'threaded'"
+            )
+        return trainer, SequentialExecutor(), "sequential (fine-tuning a base model)"
     if config.executor == "compiled":
         # asked for by name (as inside process and Ray workers): `threads` clients at a time
         compiled = _compiled(config, task, lanes or config.threads)

@@ -10,16 +10,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 
 from fedfleet.data.base import TaskData
 from fedfleet.errors import ConfigError
+from fedfleet.models.lora import LoraSpec, lora_factory
+from fedfleet.models.pretrained import from_base
 from fedfleet.models.zoo import cnn, logistic_regression, mlp
 from fedfleet.runs.registry import Entry, Params, Registry
 from fedfleet.runs.user_code import load_reference, resolve_reference
 
-__all__ = ["MODELS", "MlpParams", "Model", "ModelParams", "model_factory"]
+__all__ = ["MODELS", "MlpParams", "Model", "ModelParams", "lora_spec", "model_factory"]
 
 
 class ModelParams(Params):
@@ -27,6 +29,43 @@ class ModelParams(Params):
 
     backend: Literal["torch", "numpy"] = "torch"
     """'numpy' trains the model with the pure-NumPy trainer (models that have one)."""
+    base: str | None = None
+    """A safetensors file with the model's pretrained full state, held by every party: where
+    fine-tuning starts (never sent). None = weights drawn from the run's seed."""
+    base_seed: int | None = None
+    """With `base` or LoRA: the seed that draws the starting weights (before `base` loads) and
+    LoRA's A factors, the same on every party (None = 0)."""
+    lora_rank: int | None = Field(None, ge=1)
+    """LoRA (through peft): adapt the model with rank-r adapters and federate only those; the
+    frozen base never leaves a party. None = train every weight."""
+    lora_alpha: int | None = Field(None, ge=1)
+    """LoRA scale numerator: updates are (alpha / rank) * B @ A (None = rank, scale 1)."""
+    lora_targets: tuple[str, ...] | None = None
+    """Names (or name suffixes) of the modules LoRA adapts (None = every nn.Linear)."""
+    lora_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    """Dropout on the adapters' input while training (None = 0)."""
+    lora_freeze_a: bool | None = None
+    """FFA-LoRA: keep A at its seeded init and train/send B only, so averaging B averages the
+    clients' weight updates B @ A exactly (None = false: A and B train, averaged separately)."""
+
+    @model_validator(mode="after")
+    def _lora_keys_need_rank(self) -> ModelParams:
+        if self.lora_rank is None:
+            stray = [
+                k
+                for k in ("lora_alpha", "lora_targets", "lora_dropout", "lora_freeze_a")
+                if getattr(self, k) is not None
+            ]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} set without lora_rank; set lora_rank too")
+        if self.backend != "torch" and (self.lora_rank is not None or self.base is not None):
+            raise ValueError("lora_rank and base need backend = 'torch'")
+        return self
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether the model starts from a base file or trains LoRA adapters."""
+        return self.base is not None or self.lora_rank is not None
 
 
 ModelBuild = Callable[[Any, Sequence[int], int], nn.Module]
@@ -147,4 +186,28 @@ def model_factory(params: ModelParams, task: TaskData) -> Callable[[], nn.Module
     """A function building a fresh copy of the model ``params`` names, sized for ``task`` (what
     every trainer takes)."""
     build = MODELS[params.name].build
-    return lambda: build(params, task.input_shape, task.num_classes)
+
+    def plain() -> nn.Module:
+        return build(params, task.input_shape, task.num_classes)
+
+    spec = lora_spec(params)
+    if spec is not None:
+        return lora_factory(plain, spec)
+    if params.base is not None:
+        return from_base(plain, params.base, seed=params.base_seed or 0)
+    return plain
+
+
+def lora_spec(params: ModelParams) -> LoraSpec | None:
+    """The LoRA adaptation ``[model]`` asks for, or None (``lora_rank`` unset)."""
+    if params.lora_rank is None:
+        return None
+    return LoraSpec(
+        rank=params.lora_rank,
+        alpha=params.lora_alpha,
+        targets=params.lora_targets,
+        dropout=params.lora_dropout or 0.0,
+        freeze_a=bool(params.lora_freeze_a),
+        seed=params.base_seed or 0,
+        base=params.base,
+    )
