@@ -17,6 +17,8 @@ def test_names() -> None:
         "fashion-mnist",
         "femnist",
         "leaf",
+        "shakespeare",
+        "text",
         "synthetic",
         "synthetic-iid",
     }
@@ -25,6 +27,8 @@ def test_names() -> None:
         "fashion-mnist",
         "femnist",
         "leaf",
+        "shakespeare",
+        "text",
     }
 
 
