@@ -4,9 +4,9 @@ from fedfleet.models.language import CausalTransformer, CharLSTM, causal_transfo
 from fedfleet.models.zoo import MODELS, build_model, cnn, logistic_regression, mlp
 
 __all__ = [
+    "MODELS",
     "CausalTransformer",
     "CharLSTM",
-    "MODELS",
     "build_model",
     "causal_transformer",
     "char_lstm",

@@ -125,7 +125,7 @@ class RunConfig(Section):
             names = " or ".join(repr(n) for n in MODELS.names(lambda e: e.numpy))
             raise ValueError(f"model.backend = 'numpy' supports model.name = {names} only")
         if dataset.tokens != model.tokens:
-            fits = ", ".join(MODELS.names(lambda e: e.tokens == dataset.tokens))
+            fits = " or ".join(map(repr, MODELS.names(lambda e: e.tokens == dataset.tokens)))
             what = "token windows (text)" if dataset.tokens else "numeric features"
             raise ValueError(
                 f"model.name = {m.name!r} does not fit data.name = {d.name!r}, whose samples are "
