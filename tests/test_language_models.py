@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,3 +161,13 @@ def test_fedfleet_run_from_the_command_line(corpus, tmp_path):
     assert [r["round"] for r in rows] == [1, 2]
     assert rows[-1]["test_perplexity"] == pytest.approx(math.exp(rows[-1]["test_loss"]))
     assert rows[-1]["uplink_bytes"] > 0
+
+
+def test_threaded_lanes_train_the_lstm_bit_for_bit_as_the_sequential_loop(corpus):
+    runs = {}
+    for executor in ("sequential", "threaded"):
+        config = _config(corpus, "rounds=2", f"executor={executor}")
+        pieces = build_run(config)
+        assert pieces.executor.startswith(executor)
+        runs[executor] = pieces.simulation.run(config.rounds).vector
+    assert np.array_equal(runs["sequential"], runs["threaded"])
