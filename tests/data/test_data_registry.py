@@ -18,6 +18,8 @@ def test_names() -> None:
         "femnist",
         "leaf",
         "hf",
+        "shakespeare",
+        "text",
         "synthetic",
         "synthetic-iid",
     }
@@ -27,6 +29,8 @@ def test_names() -> None:
         "femnist",
         "leaf",
         "hf",
+        "shakespeare",
+        "text",
     }
 
 

@@ -30,6 +30,12 @@ def refuse_unsupported(module: nn.Module) -> None:
                 "for a stack of clients; use TorchTrainer for this model (or GroupNorm/"
                 "LayerNorm, which keep no state)"
             )
+        if isinstance(m, nn.RNNBase):
+            raise ConfigError(
+                f"module {name!r} is a {type(m).__name__}: torch.func.vmap has no batching rule "
+                "for its fused recurrent kernel, so a stack of clients cannot train it; use "
+                "TorchTrainer for this model (executor = 'threaded' or 'sequential')"
+            )
         if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
             raise ConfigError(
                 f"module {name!r} is a {type(m).__name__} (p={m.p}): VmapTrainer cannot draw "

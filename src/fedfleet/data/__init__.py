@@ -14,6 +14,8 @@ from fedfleet.data.idx import fashion_mnist, load_idx, mnist
 from fedfleet.data.leaf import femnist, load_leaf
 from fedfleet.data.registry import DATASETS, DatasetInfo, load_task
 from fedfleet.data.synthetic import SyntheticDevice, synthetic, synthetic_device
+from fedfleet.data.text import load_text_folder, shakespeare
+from fedfleet.data.windows import TokenWindows
 
 __all__ = [
     "DATASETS",
@@ -22,6 +24,7 @@ __all__ = [
     "Subset",
     "SyntheticDevice",
     "TaskData",
+    "TokenWindows",
     "fashion_mnist",
     "femnist",
     "load_arrays",
@@ -30,9 +33,11 @@ __all__ = [
     "load_idx",
     "load_leaf",
     "load_task",
+    "load_text_folder",
     "mnist",
     "partition",
     "save_arrays",
+    "shakespeare",
     "synthetic",
     "synthetic_device",
 ]

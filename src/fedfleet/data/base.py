@@ -82,8 +82,8 @@ class Subset(ArrayDataset):
 
     @property
     def x(self) -> np.ndarray:
-        if self._x is None:
-            self._x = self.source.x[self.indices]
+        if self._x is None:  # through rows: a TokenWindows source builds only these windows
+            self._x = self.source.rows(self.indices)[0]
         return self._x
 
     @property

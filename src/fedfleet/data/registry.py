@@ -2,7 +2,7 @@
 
 Datasets read from files (MNIST, Fashion-MNIST, FEMNIST, generic LEAF) take ``data.path``; when it
 is not given, the file-based ones are looked up under ``$FEDFLEET_DATA``, a directory holding
-``mnist/``, ``fashion-mnist/`` and ``femnist/`` subfolders.
+``mnist/``, ``fashion-mnist/``, ``femnist/`` and ``shakespeare/`` subfolders.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from fedfleet.data.hf import load_hf
 from fedfleet.data.idx import fashion_mnist, mnist
 from fedfleet.data.leaf import femnist, load_leaf
 from fedfleet.data.synthetic import synthetic
+from fedfleet.data.text import load_text_folder, shakespeare
 from fedfleet.errors import DatasetError
 
 __all__ = ["DATASETS", "ENV_VAR", "DatasetInfo", "default_path", "describe", "load_task"]
@@ -135,6 +136,19 @@ DATASETS: dict[str, DatasetInfo] = {
             needs_path=True,
             loader=load_hf,
             source="your files at data.path",
+        ),
+        DatasetInfo(
+            "shakespeare",
+            "tiny Shakespeare next-character prediction, one client per speaking role",
+            needs_path=True,
+            loader=shakespeare,
+            subdir="shakespeare",
+        ),
+        DatasetInfo(
+            "text",
+            "next-character prediction on a folder of .txt files, one client per file",
+            needs_path=True,
+            loader=load_text_folder,
         ),
         DatasetInfo(
             "synthetic",

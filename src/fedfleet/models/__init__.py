@@ -1,5 +1,6 @@
 """Reference models from the FL papers, sized from the dataset; pretrained bases and LoRA."""
 
+from fedfleet.models.language import CausalTransformer, CharLSTM, causal_transformer, char_lstm
 from fedfleet.models.lora import (
     LoraFactors,
     LoraSpec,
@@ -19,11 +20,15 @@ from fedfleet.models.zoo import MODELS, build_model, cnn, logistic_regression, m
 
 __all__ = [
     "MODELS",
+    "CausalTransformer",
+    "CharLSTM",
     "LoraFactors",
     "LoraSpec",
     "adapter_factors",
     "adapter_name",
     "build_model",
+    "causal_transformer",
+    "char_lstm",
     "cnn",
     "from_base",
     "load_base",

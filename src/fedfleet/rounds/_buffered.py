@@ -29,7 +29,8 @@ import numpy as np
 
 from fedfleet.client.protocol import EvalResult, FitInstructions
 from fedfleet.errors import FedfleetError, UpdateRejected
-from fedfleet.rounds._loop import LoopState, weighted_train_loss
+from fedfleet.evaluation import test_metrics
+from fedfleet.rounds._loop import LoopState, upload_bytes, weighted_train_loss
 from fedfleet.rounds._transport import client_seed, sampling_rng
 from fedfleet.strategies.base import ClientUpdate
 from fedfleet.strategies.fedbuff import FedBuff
@@ -179,13 +180,14 @@ class BufferedLoop:
                     record["sim_time_s"] = arrival.time_s
                 record.update(num_clients=k, num_rejected=missed, **metrics)
                 record["train_loss"] = weighted_train_loss(updates)
+                record["uplink_bytes"] = upload_bytes(updates)
                 missed = 0
                 last = version == num_versions
                 if self.test is not None and (
                     last or (self.eval_every and version % self.eval_every == 0)
                 ):
                     ev = self.test(vector)
-                    record["test_loss"], record["test_accuracy"] = ev.loss, ev.accuracy
+                    record.update(test_metrics(ev.loss, ev.accuracy))
                 now = time.perf_counter()
                 record["round_time_s"], record["wall_time_s"] = now - t_step, now - begin
                 t_step = now

@@ -36,7 +36,7 @@ import numpy as np
 
 from fedfleet.client.protocol import EvalResult
 from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted, UpdateRejected
-from fedfleet.evaluation import ClientEvaluation
+from fedfleet.evaluation import ClientEvaluation, test_metrics
 from fedfleet.rounds._transport import (
     EvaluateJob,
     FitJob,
@@ -49,7 +49,16 @@ from fedfleet.rounds._transport import (
 )
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
 
-__all__ = ["TIMING_KEYS", "LoopState", "Pacer", "RoundLoop", "round_record", "weighted_train_loss"]
+__all__ = [
+    "TIMING_KEYS",
+    "LoopState",
+    "Pacer",
+    "RoundLoop",
+    "download_bytes",
+    "round_record",
+    "upload_bytes",
+    "weighted_train_loss",
+]
 
 log = logging.getLogger("fedfleet")
 
@@ -159,6 +168,7 @@ class RoundLoop:
                 rnd, state.vector, state.strategy_state, replies.updates
             )
             record = round_record(rnd, plan, replies.updates, metrics)
+            record["downlink_bytes"] = download_bytes(plan, state.vector)
             sim_time = state.sim_time_s
             if self.pacer is not None:
                 sim_round = max(self.pacer.round_time(plan, replies.steps, state.vector), wait_s)
@@ -252,7 +262,7 @@ class RoundLoop:
     def _evaluate(self, vector: np.ndarray, record: dict[str, Any]) -> None:
         if self.test is not None:
             ev = self.test(vector)
-            record["test_loss"], record["test_accuracy"] = ev.loss, ev.accuracy
+            record.update(test_metrics(ev.loss, ev.accuracy))
 
 
 def _stamp(record: dict[str, Any], t0: float, start_s: float) -> None:
@@ -263,17 +273,37 @@ def _stamp(record: dict[str, Any], t0: float, start_s: float) -> None:
 def round_record(
     rnd: int, plan: Plan, updates: Sequence[ClientUpdate], metrics: dict[str, float]
 ) -> dict[str, Any]:
-    """The one record of a round: counts, training loss, the plan's and the aggregation's
-    metrics (``aggregated``, the aggregator's own count, is left out)."""
+    """The one record of a round: counts, training loss, ``uplink_bytes``
+    (:func:`upload_bytes`), the plan's and the aggregation's metrics (``aggregated``, the
+    aggregator's own count, is left out)."""
     record: dict[str, Any] = {
         "round": rnd,
         "num_clients": len(updates),
         "num_rejected": len(plan) - len(updates),
         "train_loss": weighted_train_loss(updates),
+        "uplink_bytes": upload_bytes(updates),
     }
     record.update(plan_metrics(plan))  # e.g. Stragglers' RoundPlan counts
     record.update({k: v for k, v in metrics.items() if k != "aggregated"})
     return record
+
+
+def download_bytes(plan: Plan, vector: np.ndarray) -> int:
+    """Bytes of the arrays sent to the planned clients: the global vector and any array in
+    their instructions' payload (e.g. SCAFFOLD's correction), before a transport's framing."""
+    total = 0
+    for _, ins in plan:
+        extra = sum(v.nbytes for v in ins.payload.values() if isinstance(v, np.ndarray))
+        total += vector.nbytes + extra
+    return int(total)
+
+
+def upload_bytes(updates: Sequence[ClientUpdate]) -> int:
+    """Bytes of the arrays the accepted clients uploaded: each delta and strategy extra (e.g.
+    SCAFFOLD's control-variate delta) as float32 vectors of the layout the clients train,
+    before a transport's framing; a round that aggregates masked or encrypted uploads
+    (secure aggregation, HE) sends more than this."""
+    return int(sum(u.delta.nbytes + sum(e.nbytes for e in u.extras.values()) for u in updates))
 
 
 def weighted_train_loss(updates: Sequence[ClientUpdate]) -> float | None:

@@ -128,6 +128,13 @@ class RunConfig(Section):
         if m.backend == "numpy" and not model.numpy:
             names = " or ".join(repr(n) for n in MODELS.names(lambda e: e.numpy))
             raise ValueError(f"model.backend = 'numpy' supports model.name = {names} only")
+        if dataset.tokens != model.tokens:
+            fits = " or ".join(map(repr, MODELS.names(lambda e: e.tokens == dataset.tokens)))
+            what = "token windows (text)" if dataset.tokens else "numeric features"
+            raise ValueError(
+                f"model.name = {m.name!r} does not fit data.name = {d.name!r}, whose samples are "
+                f"{what}; use model.name = {fits}"
+            )
         if algorithm.needs_torch and m.backend != "torch":
             raise ValueError(
                 f"strategy {s.name} needs model.backend = 'torch' ({algorithm.needs_torch})"

@@ -77,11 +77,13 @@ class Dataset(Entry[Any]):
         population: for a lazily generated population, the population itself (its ``task``
             is the server's test set); None for a partitioned dataset.
         natural: whether the dataset has its own users (``data.partition = 'natural'``).
+        tokens: whether samples are windows of token ids (text), for the language models.
     """
 
     load: Callable[[Any, int], TaskData]
     population: Callable[[Any, int], SyntheticPopulation] | None = None
     natural: bool = False
+    tokens: bool = False
 
 
 DATASETS: Registry[Dataset, DataParams] = Registry(
@@ -352,6 +354,60 @@ DATASETS.register(
         "writes one); natural users if its TaskData has them",
         load=_custom,
         natural=True,
+    )
+)
+
+
+class _TextParams(_FilesParams):
+    partition: Literal["iid", "dirichlet", "shards", "quantity", "natural"] = "natural"
+    """How windows are split across clients ('natural': one client per role or file)."""
+    window: int = Field(80, ge=1)
+    """Characters of context per sample (LEAF: 80 predict the 81st)."""
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    """Last share of each client's windows held out (client and server test sets)."""
+    min_windows: int = Field(64, ge=2)
+    """Clients (roles, files) with fewer windows are dropped."""
+    test_stride: int = Field(1, ge=1)
+    """Keep every k-th held-out window (cheaper evaluation of the same text)."""
+
+
+class ShakespeareParams(_TextParams):
+    name: Literal["shakespeare"] = "shakespeare"
+
+
+class TextParams(_TextParams):
+    name: Literal["text"] = "text"
+
+
+def _text(d: _TextParams, seed: int) -> TaskData:
+    return load_task(
+        d.name,
+        path=d.path,
+        window=d.window,
+        test_fraction=d.test_fraction,
+        min_windows=d.min_windows,
+        test_stride=d.test_stride,
+    )
+
+
+DATASETS.register(
+    Dataset(
+        name="shakespeare",
+        params=ShakespeareParams,
+        summary="tiny Shakespeare, next character from 80, one client per speaking role (LEAF)",
+        load=_text,
+        natural=True,
+        tokens=True,
+    )
+)
+DATASETS.register(
+    Dataset(
+        name="text",
+        params=TextParams,
+        summary="a folder of .txt files, next character from 80, one client per file",
+        load=_text,
+        natural=True,
+        tokens=True,
     )
 )
 

@@ -16,7 +16,7 @@ from fedfleet.client.vmap_trainer import VmapTrainer
 from fedfleet.data.base import TaskData
 from fedfleet.errors import ConfigError
 from fedfleet.runs.config import RunConfig, dump_config
-from fedfleet.runs.models import model_factory
+from fedfleet.runs.models import MODELS, model_factory
 from fedfleet.sim.cohort import CohortExecutor, SequentialExecutor, VectorisedExecutor
 from fedfleet.sim.federation import ClientPopulation
 from fedfleet.sim.procpool import Inner, ProcessExecutor
@@ -89,6 +89,8 @@ def choose_executor(
     if config.executor == "auto" and not plain:
         return trainer, SequentialExecutor(), "sequential (the strategy trains each client itself)"
     c, m = config.client, config.model
+    if config.executor == "auto" and MODELS[m.name].tokens:
+        return _per_client(config, task, trainer, lanes)
     compiled_lanes = _default_lanes(config) if lanes is None else lanes
     if lanes is None:
         auto = config.executor == "auto" and config.threads == 1 and config.device == "cpu"
@@ -127,6 +129,21 @@ def choose_executor(
     # loop on every core, one client per lane (bench/README.md, workload c).
     if lanes < 2:
         return trainer, SequentialExecutor(), "sequential (one core)"
+    return _threaded(config, task, lanes)
+
+
+def _per_client(
+    config: RunConfig, task: TaskData, trainer: Trainer, lanes: int | None
+) -> tuple[Trainer, CohortExecutor, str]:
+    """Language models under ``auto``: the per-client loop, on every core when a step is big
+    enough to pay for the lanes (as for convolutions). The compiled and hand-fused paths are
+    for MLPs, and vmap has no batching rule for the fused LSTM kernel."""
+    if lanes is None:
+        auto = config.threads == 1 and config.device == "cpu"
+        big = trainer.layout.size * config.client.batch_size >= _LANE_MIN_STEP
+        lanes = cores() if auto and big else 1
+    if lanes < 2:
+        return trainer, SequentialExecutor(), "sequential (a language model, client by client)"
     return _threaded(config, task, lanes)
 
 

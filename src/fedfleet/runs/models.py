@@ -15,6 +15,7 @@ from torch import nn
 
 from fedfleet.data.base import TaskData
 from fedfleet.errors import ConfigError
+from fedfleet.models.language import causal_transformer, char_lstm
 from fedfleet.models.lora import LoraSpec, lora_factory
 from fedfleet.models.pretrained import from_base
 from fedfleet.models.zoo import cnn, logistic_regression, mlp
@@ -79,10 +80,13 @@ class Model(Entry[Any]):
     Attributes:
         build: the network for a dataset's input shape and number of classes.
         numpy: whether ``model.backend = 'numpy'`` can train it (the pure-NumPy trainer).
+        tokens: whether it reads windows of token ids (a language model, for text datasets);
+            such models train client by client, not in the vectorised cohort.
     """
 
     build: ModelBuild
     numpy: bool = False
+    tokens: bool = False
 
 
 MODELS: Registry[Model, ModelParams] = Registry(
@@ -178,6 +182,64 @@ MODELS.register(
         summary="your own torch.nn.Module, built by model.factory = 'FILE.py:FUNCTION' "
         "(fedfleet new writes one)",
         build=_custom,
+    )
+)
+
+
+class CharLstmParams(ModelParams):
+    name: Literal["char-lstm"] = "char-lstm"
+    embed: int = Field(8, ge=1)
+    """Embedding width of a character."""
+    hidden: int = Field(256, ge=1)
+    """Units of each LSTM layer."""
+    layers: int = Field(2, ge=1)
+    """Stacked LSTM layers."""
+
+
+class TransformerParams(ModelParams):
+    name: Literal["transformer"] = "transformer"
+    d_model: int = Field(64, ge=1)
+    """Width of the token representations (a multiple of heads)."""
+    layers: int = Field(2, ge=1)
+    """Transformer blocks."""
+    heads: int = Field(4, ge=1)
+    """Attention heads per block."""
+
+
+def _context(name: str, shape: Sequence[int]) -> int:
+    if len(shape) != 1:
+        raise ConfigError(
+            f"model {name!r} reads windows of token ids, shape (context,); this dataset's "
+            f"samples have shape {tuple(shape)}: use data.name = 'shakespeare' or 'text'"
+        )
+    return int(shape[0])
+
+
+def _char_lstm(p: CharLstmParams, shape: Sequence[int], vocab: int) -> nn.Module:
+    _context(p.name, shape)
+    return char_lstm(vocab, p.embed, p.hidden, p.layers)
+
+
+def _transformer(p: TransformerParams, shape: Sequence[int], vocab: int) -> nn.Module:
+    return causal_transformer(vocab, _context(p.name, shape), p.d_model, p.layers, p.heads)
+
+
+MODELS.register(
+    Model(
+        name="char-lstm",
+        params=CharLstmParams,
+        summary="character LSTM: embedding 8, two LSTM layers of 256 (LEAF, FedAvg paper)",
+        build=_char_lstm,
+        tokens=True,
+    )
+)
+MODELS.register(
+    Model(
+        name="transformer",
+        params=TransformerParams,
+        summary="small causal transformer (pre-norm blocks, learned positions, no dropout)",
+        build=_transformer,
+        tokens=True,
     )
 )
 

@@ -1,0 +1,98 @@
+"""Character language models for next-token prediction over windows of token ids.
+
+Both take int64 ``[batch, context]`` token ids and return logits ``[batch, vocab_size]`` for the
+token after the window, which is what the text tasks of :mod:`fedfleet.data.text` label.
+Neither has dropout or buffers, so training is deterministic for a seed and the same on every
+trainer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedfleet.errors import ConfigError
+
+__all__ = ["CausalTransformer", "CharLSTM", "causal_transformer", "char_lstm"]
+
+
+class CharLSTM(nn.Module):
+    """Embedding -> stacked LSTM -> linear read-out of the last step's hidden state."""
+
+    def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed)
+        self.lstm = nn.LSTM(embed, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, vocab_size)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embedding(tokens))
+        return self.head(out[:, -1])
+
+
+def char_lstm(vocab_size: int, embed: int = 8, hidden: int = 256, layers: int = 2) -> CharLSTM:
+    """The character LSTM of LEAF's Shakespeare task and the FedAvg paper (McMahan et al.
+    2017): an 8-dimensional embedding, two LSTM layers of 256 units and a linear layer to the
+    vocabulary (824,425 parameters for the 97 tokens of :data:`fedfleet.data.text.VOCAB`)."""
+    _positive(vocab_size=vocab_size, embed=embed, hidden=hidden, layers=layers)
+    return CharLSTM(vocab_size, embed, hidden, layers)
+
+
+class CausalTransformer(nn.Module):
+    """A decoder-only transformer: token and learned position embeddings, pre-norm encoder
+    layers under a causal mask (position t sees positions <= t), a final LayerNorm and a linear
+    head. :meth:`forward` reads out the last position; :meth:`sequence_logits` every position
+    (for training on every next token, or generating)."""
+
+    def __init__(self, vocab_size: int, context: int, d_model: int, layers: int, heads: int):
+        super().__init__()
+        self.context = context
+        self.embedding = nn.Embedding(vocab_size, d_model)
+        self.position = nn.Embedding(context, d_model)
+        layer = nn.TransformerEncoderLayer(
+            d_model,
+            heads,
+            dim_feedforward=4 * d_model,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size)
+
+    def sequence_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits ``[batch, length, vocab_size]``: position t predicts token t + 1."""
+        length = tokens.shape[1]
+        if length > self.context:
+            raise ValueError(f"{length} tokens exceed the model's context of {self.context}")
+        positions = torch.arange(length, device=tokens.device)
+        h = self.embedding(tokens) + self.position(positions)
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
+        h = self.blocks(h, mask=mask, is_causal=True)
+        return self.head(self.norm(h))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.sequence_logits(tokens)[:, -1]
+
+
+def causal_transformer(
+    vocab_size: int, context: int, d_model: int = 64, layers: int = 2, heads: int = 4
+) -> CausalTransformer:
+    """A small causal transformer built from its configuration (nothing is downloaded):
+    ``layers`` pre-norm blocks of ``heads``-head self-attention and a ``4 * d_model`` GELU MLP,
+    no dropout. With the defaults and a context of 80 on 97 tokens: 117,729 parameters."""
+    _positive(vocab_size=vocab_size, context=context, d_model=d_model, layers=layers, heads=heads)
+    if d_model % heads:
+        raise ConfigError(
+            f"transformer: d_model ({d_model}) must be divisible by heads ({heads}); each "
+            f"head has d_model / heads dimensions"
+        )
+    return CausalTransformer(vocab_size, context, d_model, layers, heads)
+
+
+def _positive(**sizes: int) -> None:
+    bad = {k: v for k, v in sizes.items() if v < 1}
+    if bad:
+        raise ConfigError(f"model sizes must be >= 1, got {bad}")
