@@ -211,10 +211,10 @@ PUBLIC = {
         "synthetic_device",
     ],
     "fedfleet.models": [
-        "LoraFactors",
-        "LoraSpec",
         "CausalTransformer",
         "CharLSTM",
+        "LoraFactors",
+        "LoraSpec",
         "MODELS",
         "adapter_factors",
         "adapter_name",
