@@ -51,7 +51,7 @@ class Federation:
         self.errors: list[BaseException] = []
         self.threads = [threading.Thread(target=self._serve, daemon=True)]
         for cid in (0, 1):
-            client = FederatedClient(
+            client = FederatedClient.from_config(
                 cfg,
                 ClientSettings(server=f"127.0.0.1:{self.port}", certs_dir=str(certs)),
                 cid,
@@ -339,13 +339,15 @@ def test_deployed_dp_noise_is_unpredictable_unless_a_test_asks_by_name(tmp_path)
         text = dp if noise is None else dp + f'noise = "{noise}"\n'
         cfg, _ = read_config(_write(tmp_path / "dp.toml", text))
         assert FederatedServer.from_config(cfg, settings).config.privacy.noise == expect
-        client = FederatedClient(cfg, ClientSettings(server="127.0.0.1:1", insecure=True), 0)
+        client = FederatedClient.from_config(
+            cfg, ClientSettings(server="127.0.0.1:1", insecure=True), 0
+        )
         assert client.config.privacy.noise == expect
     cfg, _ = read_config(_write(tmp_path / "dp.toml", dp + 'noise = "seeded"\n'))
     with pytest.raises(FedfleetError, match="seeded-testing-only"):
         FederatedServer.from_config(cfg, settings)
     with pytest.raises(FedfleetError, match="OS CSPRNG"):
-        FederatedClient(cfg, ClientSettings(server="127.0.0.1:1", insecure=True), 0)
+        FederatedClient.from_config(cfg, ClientSettings(server="127.0.0.1:1", insecure=True), 0)
 
 
 def _write(path: Path, text: str) -> Path:
