@@ -26,6 +26,7 @@ from fedfleet.net.checkpoint import CHECKPOINT_NAME
 from fedfleet.net.cli import read_config
 from fedfleet.net.client import ClientSettings, FederatedClient
 from fedfleet.net.server import FederatedServer, ServerSettings, grpc_options
+from fedfleet.net.wire import PROTOCOL_VERSION
 from fedfleet.params import Layout
 from fedfleet.strategies.base import ClientUpdate
 from fedfleet.validation import validate_update
@@ -96,7 +97,11 @@ class Federation:
 
     def register_hostile(self, stub: pb_grpc.FedFleetStub) -> None:
         reply = stub.Register(
-            pb.RegisterRequest(layout_fingerprint=self.server.fingerprint, num_samples=10)
+            pb.RegisterRequest(
+                layout_fingerprint=self.server.fingerprint,
+                num_samples=10,
+                protocol_version=PROTOCOL_VERSION,
+            )
         )
         assert reply.ok, reply.message
 

@@ -34,6 +34,7 @@ from fedfleet.client.protocol import Trainer
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, FedfleetError
 from fedfleet.evaluation import ClientEvaluation
+from fedfleet.net._protocol import PROTOCOL_VERSION, protocol_mismatch
 from fedfleet.net.certs import read_pem
 from fedfleet.net.client_state import ClientStateFile
 from fedfleet.net.settings import grpc_options
@@ -299,11 +300,17 @@ class FederatedClient:
                 layout_fingerprint=self.trainer.layout.fingerprint,
                 num_samples=len(self.data),
                 num_test_samples=0 if self.test_data is None else len(self.test_data),
+                protocol_version=PROTOCOL_VERSION,
             ),
             timeout=self.settings.rpc_timeout_s,
         )
         if not reply.ok:
             raise ClientRefused(f"server refused client {self.client_id}: {reply.message}")
+        mismatch = protocol_mismatch(PROTOCOL_VERSION, reply.protocol_version)
+        if mismatch is not None:  # an older server accepts anyone, then misreads the uploads
+            raise ClientRefused(
+                f"client {self.client_id} cannot join {self.settings.server}: {mismatch}"
+            )
         log.info("client %d registered", self.client_id)
 
     def _serve(self, stub: pb_grpc.FedFleetStub) -> bool:

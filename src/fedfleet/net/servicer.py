@@ -38,6 +38,7 @@ from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.errors import UpdateRejected, clip_text
 from fedfleet.net._loop import ServerLoop, SharedCondition
+from fedfleet.net._protocol import PROTOCOL_VERSION, protocol_mismatch
 from fedfleet.net._rejections import RejectionLog
 from fedfleet.net._state import (
     EVALUATE,
@@ -224,6 +225,10 @@ class Servicer(pb_grpc.FedFleetServicer):
 
     async def Register(self, request: pb.RegisterRequest, context: Any) -> Any:
         cid = await self._identify_or_abort(context, request.client_id)
+        mismatch = protocol_mismatch(request.protocol_version, PROTOCOL_VERSION)
+        if mismatch is not None:  # it would misread every task: refuse it here, by name
+            self._log_refusal(cid, "refused client %d: %s", cid, mismatch)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, mismatch)
         if request.layout_fingerprint != self.fingerprint:
             theirs = clip_text(request.layout_fingerprint)
             self._log_refusal(
@@ -237,6 +242,7 @@ class Servicer(pb_grpc.FedFleetServicer):
                 ok=False,
                 client_id=cid,
                 layout_fingerprint=self.fingerprint,
+                protocol_version=PROTOCOL_VERSION,
                 message=(
                     f"client {cid} runs model layout {theirs!r} but the server's is "
                     f"{self.fingerprint!r}; use the server's model config"
@@ -267,7 +273,12 @@ class Servicer(pb_grpc.FedFleetServicer):
             request.num_test_samples,
             level=logging.INFO,
         )
-        return pb.RegisterReply(ok=True, client_id=cid, layout_fingerprint=self.fingerprint)
+        return pb.RegisterReply(
+            ok=True,
+            client_id=cid,
+            layout_fingerprint=self.fingerprint,
+            protocol_version=PROTOCOL_VERSION,
+        )
 
     async def GetTask(self, request: pb.TaskRequest, context: Any) -> None:
         cid = await self._identify_or_abort(context, request.client_id)
