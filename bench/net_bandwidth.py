@@ -110,7 +110,7 @@ def worker(args: argparse.Namespace) -> None:
     data = ArrayDataset(np.zeros((10, 1), np.float32), np.zeros(10, np.int64))
     cfg = _config(args)
     clients = [
-        FederatedClient(
+        FederatedClient.from_config(
             cfg,
             ClientSettings(server=args.server, **_settings(args, certs)),
             int(cid),

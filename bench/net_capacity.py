@@ -140,6 +140,7 @@ async def worker(args: argparse.Namespace) -> None:
     from fedfleet.client.protocol import FitResult
     from fedfleet.net.server import grpc_options
     from fedfleet.net.wire import (
+        PROTOCOL_VERSION,
         chunk_messages,
         instructions_from_header,
         receiver,
@@ -164,7 +165,9 @@ async def worker(args: argparse.Namespace) -> None:
                 try:
                     reply = await stub.Register(
                         pb.RegisterRequest(
-                            layout_fingerprint=args.fingerprint, num_samples=NUM_SAMPLES
+                            layout_fingerprint=args.fingerprint,
+                            num_samples=NUM_SAMPLES,
+                            protocol_version=PROTOCOL_VERSION,
                         ),
                         timeout=60,
                     )

@@ -111,6 +111,7 @@ async def hostile(args: argparse.Namespace) -> None:
     from fedfleet._proto import fedfleet_pb2 as pb
     from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
     from fedfleet.net.server import grpc_options
+    from fedfleet.net.wire import PROTOCOL_VERSION
 
     certs = Path(args.certs)
     cid = args.clients
@@ -176,7 +177,10 @@ async def hostile(args: argparse.Namespace) -> None:
                 return
             if i % 10 == 0:
                 reply = await stub.Register(
-                    pb.RegisterRequest(layout_fingerprint=mb, num_samples=10), timeout=60
+                    pb.RegisterRequest(
+                        layout_fingerprint=mb, num_samples=10, protocol_version=PROTOCOL_VERSION
+                    ),
+                    timeout=60,
                 )
                 counts["register_refused"] += not reply.ok
             await upload(stub, header)

@@ -44,7 +44,7 @@ def one_run(strategy: Strategy, args: argparse.Namespace, certs: str | None) -> 
     port = server.start()
     data = ArrayDataset(np.zeros((10, 1), np.float32), np.zeros(10, np.int64))
     clients = [
-        FederatedClient(
+        FederatedClient.from_config(
             cfg,
             ClientSettings(server=f"127.0.0.1:{port}", insecure=certs is None, certs_dir=certs),
             cid,

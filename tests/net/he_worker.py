@@ -59,7 +59,7 @@ def main(role: str, config: str, certs: str, key: str, where: str, extra: str) -
     holder = load_key_holder(data)
     strategy = he_strategy(cfg, holder.public, holder)
     settings = ClientSettings(server=where, certs_dir=certs, backoff_max_s=1.0)
-    rounds = FederatedClient(cfg, settings, int(extra), strategy=strategy).run()
+    rounds = FederatedClient.from_config(cfg, settings, int(extra), strategy=strategy).run()
     print(f"client {extra} done: rounds {rounds}", flush=True)
     return 0
 

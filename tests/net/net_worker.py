@@ -66,7 +66,7 @@ def main() -> int:
         backoff_max_s=1.0,
         state_dir=args.state_dir,
     )
-    rounds = FederatedClient(cfg, settings, args.client_id, trainer=trainer).run()
+    rounds = FederatedClient.from_config(cfg, settings, args.client_id, trainer=trainer).run()
     print(f"client {args.client_id} done: rounds {rounds}", flush=True)
     return 0
 

@@ -43,7 +43,7 @@ def main() -> int:
     secagg_wire.masked_chunks = stalled_upload
     cfg, _ = read_config(Path(args.config))
     settings = ClientSettings(server=args.server, certs_dir=args.certs, backoff_max_s=1.0)
-    FederatedClient(cfg, settings, args.client_id).run()
+    FederatedClient.from_config(cfg, settings, args.client_id).run()
     return 0
 
 

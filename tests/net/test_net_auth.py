@@ -35,7 +35,9 @@ def tls_server(procs, certs_dir):
 
     def make_client(cid: int, trainer=trainer, **settings) -> FederatedClient:
         s = ClientSettings(server=f"127.0.0.1:{port}", rpc_timeout_s=10, **settings)
-        return FederatedClient(cfg, s, cid, data=data, trainer=trainer, strategy=strategy)
+        return FederatedClient.from_config(
+            cfg, s, cid, data=data, trainer=trainer, strategy=strategy
+        )
 
     return port, make_client, cfg, task
 

@@ -16,7 +16,7 @@ from fedfleet.evaluation import ClientEvaluation, fairness_stats
 from fedfleet.net.checkpoint import load_checkpoint
 from fedfleet.net.cli import read_config
 from fedfleet.net.server import FederatedServer, ServerSettings
-from fedfleet.net.wire import chunk_messages, evaluation_to_pb, reply_to_header
+from fedfleet.net.wire import PROTOCOL_VERSION, chunk_messages, evaluation_to_pb, reply_to_header
 from fedfleet.strategies.base import ClientResult
 
 SAMPLES, HELD_OUT = 50, 10
@@ -79,7 +79,7 @@ def test_evaluation_reports_are_validated_and_summarised(tmp_path):
         for cid in range(3):
             reg = pb.RegisterRequest(
                 client_id=cid, layout_fingerprint=fp, num_samples=SAMPLES,
-                num_test_samples=HELD_OUT,
+                num_test_samples=HELD_OUT, protocol_version=PROTOCOL_VERSION,
             )  # fmt: skip
             assert stub.Register(reg, timeout=10).ok
         for cid in range(3):  # a client counts as connected once it has asked for work

@@ -25,7 +25,7 @@ from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.client.protocol import FitResult
 from fedfleet.net.cli import read_config
 from fedfleet.net.server import FederatedServer, ServerSettings
-from fedfleet.net.wire import chunk_messages, reply_to_header
+from fedfleet.net.wire import PROTOCOL_VERSION, chunk_messages, reply_to_header
 from fedfleet.strategies.base import ClientResult
 from fedfleet.validation import validate_update
 
@@ -189,10 +189,24 @@ def test_fuzzed_server_never_crashes_and_aggregates_only_valid_updates(tmp_path)
 
     try:
         for cid in range(3):
-            stub.Register(pb.RegisterRequest(client_id=cid, layout_fingerprint=fp,
-                                              num_samples=SAMPLES), timeout=5)  # fmt: skip
-        reply = stub.Register(pb.RegisterRequest(client_id=9, layout_fingerprint="bad",
-                                                 num_samples=SAMPLES), timeout=5)  # fmt: skip
+            stub.Register(
+                pb.RegisterRequest(
+                    client_id=cid,
+                    layout_fingerprint=fp,
+                    num_samples=SAMPLES,
+                    protocol_version=PROTOCOL_VERSION,
+                ),
+                timeout=5,
+            )
+        reply = stub.Register(
+            pb.RegisterRequest(
+                client_id=9,
+                layout_fingerprint="bad",
+                num_samples=SAMPLES,
+                protocol_version=PROTOCOL_VERSION,
+            ),
+            timeout=5,
+        )
         assert not reply.ok and "layout" in reply.message
         start = time.monotonic()
         while (sent < 10_000 or len(aggregated) < 5) and time.monotonic() - start < 50:
@@ -209,8 +223,15 @@ def test_fuzzed_server_never_crashes_and_aggregates_only_valid_updates(tmp_path)
         assert runner.is_alive(), f"the server's round loop died: {died!r}"
         assert sent >= 10_000, f"only {sent} messages in the time budget"
         # still serving after the barrage
-        ok = stub.Register(pb.RegisterRequest(client_id=0, layout_fingerprint=fp,
-                                              num_samples=SAMPLES), timeout=5)  # fmt: skip
+        ok = stub.Register(
+            pb.RegisterRequest(
+                client_id=0,
+                layout_fingerprint=fp,
+                num_samples=SAMPLES,
+                protocol_version=PROTOCOL_VERSION,
+            ),
+            timeout=5,
+        )
         assert ok.ok
     finally:
         channel.close()

@@ -26,6 +26,7 @@ from fedfleet.net.checkpoint import CHECKPOINT_NAME
 from fedfleet.net.cli import read_config
 from fedfleet.net.client import ClientSettings, FederatedClient
 from fedfleet.net.server import FederatedServer, ServerSettings, grpc_options
+from fedfleet.net.wire import PROTOCOL_VERSION
 from fedfleet.params import Layout
 from fedfleet.strategies.base import ClientUpdate
 from fedfleet.validation import validate_update
@@ -51,7 +52,7 @@ class Federation:
         self.errors: list[BaseException] = []
         self.threads = [threading.Thread(target=self._serve, daemon=True)]
         for cid in (0, 1):
-            client = FederatedClient(
+            client = FederatedClient.from_config(
                 cfg,
                 ClientSettings(server=f"127.0.0.1:{self.port}", certs_dir=str(certs)),
                 cid,
@@ -96,7 +97,11 @@ class Federation:
 
     def register_hostile(self, stub: pb_grpc.FedFleetStub) -> None:
         reply = stub.Register(
-            pb.RegisterRequest(layout_fingerprint=self.server.fingerprint, num_samples=10)
+            pb.RegisterRequest(
+                layout_fingerprint=self.server.fingerprint,
+                num_samples=10,
+                protocol_version=PROTOCOL_VERSION,
+            )
         )
         assert reply.ok, reply.message
 
@@ -339,13 +344,15 @@ def test_deployed_dp_noise_is_unpredictable_unless_a_test_asks_by_name(tmp_path)
         text = dp if noise is None else dp + f'noise = "{noise}"\n'
         cfg, _ = read_config(_write(tmp_path / "dp.toml", text))
         assert FederatedServer.from_config(cfg, settings).config.privacy.noise == expect
-        client = FederatedClient(cfg, ClientSettings(server="127.0.0.1:1", insecure=True), 0)
+        client = FederatedClient.from_config(
+            cfg, ClientSettings(server="127.0.0.1:1", insecure=True), 0
+        )
         assert client.config.privacy.noise == expect
     cfg, _ = read_config(_write(tmp_path / "dp.toml", dp + 'noise = "seeded"\n'))
     with pytest.raises(FedfleetError, match="seeded-testing-only"):
         FederatedServer.from_config(cfg, settings)
     with pytest.raises(FedfleetError, match="OS CSPRNG"):
-        FederatedClient(cfg, ClientSettings(server="127.0.0.1:1", insecure=True), 0)
+        FederatedClient.from_config(cfg, ClientSettings(server="127.0.0.1:1", insecure=True), 0)
 
 
 def _write(path: Path, text: str) -> Path:

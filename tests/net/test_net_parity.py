@@ -58,6 +58,7 @@ from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.net.checkpoint import load_checkpoint
 from fedfleet.net.cli import read_config
 from fedfleet.net.server import FederatedServer, ServerSettings
+from fedfleet.net.wire import PROTOCOL_VERSION
 from fedfleet.sim.engine import TIMING_KEYS, _sampling_rng
 
 
@@ -210,7 +211,7 @@ def test_dpfedavg_round_that_samples_nobody_matches_simulation(tmp_path):
         stub = pb_grpc.FedFleetStub(channel)
         for cid in range(3):
             reg = pb.RegisterRequest(client_id=cid, layout_fingerprint=server.fingerprint,
-                                     num_samples=50)  # fmt: skip
+                                     num_samples=50, protocol_version=PROTOCOL_VERSION)  # fmt: skip
             assert stub.Register(reg, timeout=30).ok
         for cid in range(3):  # connected once it asked for work (answered WAIT: nobody trains)
             read_task(stub, cid, server.layout.size, timeout=120)[2].cancel()

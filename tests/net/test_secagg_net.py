@@ -19,6 +19,7 @@ from fedfleet._proto import secagg_pb2_grpc as spb_grpc
 from fedfleet.net.certs import create_test_federation
 from fedfleet.net.cli import read_config
 from fedfleet.net.server import grpc_options
+from fedfleet.net.wire import PROTOCOL_VERSION
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.sim.engine import client_seed
 from fedfleet.strategies.base import ClientUpdate
@@ -150,7 +151,12 @@ def test_killed_client_and_malformed_messages_leave_an_exact_sum(procs, certs5):
     fed, sec = pb_grpc.FedFleetStub(channel), spb_grpc.SecureAggregationStub(channel)
     # claims to be client 0: under mutual TLS the certificate decides, so it registers as 4
     reply = fed.Register(
-        pb.RegisterRequest(client_id=0, layout_fingerprint=layout.fingerprint, num_samples=50)
+        pb.RegisterRequest(
+            client_id=0,
+            layout_fingerprint=layout.fingerprint,
+            num_samples=50,
+            protocol_version=PROTOCOL_VERSION,
+        )
     )
     assert reply.ok and reply.client_id == 4
     header = None

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64\x66leet/_proto/fedfleet.proto\x12\x0c\x66\x65\x64\x66leet.net\"5\n\x05\x43hunk\x12\x0e\n\x06tensor\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"o\n\x0fRegisterRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\x1a\n\x12layout_fingerprint\x18\x02 \x01(\t\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x03\x12\x18\n\x10num_test_samples\x18\x04 \x01(\x03\"[\n\rRegisterReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1a\n\x12layout_fingerprint\x18\x03 \x01(\t\x12\x11\n\tclient_id\x18\x04 \x01(\x03\" \n\x0bTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x03\"\xeb\x01\n\nTaskHeader\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.fedfleet.net.TaskHeader.Kind\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x1a\n\x12layout_fingerprint\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x0c \x01(\t\x12\x15\n\rapplied_round\x18\r \x01(\x03\x12\x0b\n\x03job\x18\x0e \x01(\x0c\"3\n\x04Kind\x12\x08\n\x04WAIT\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04\x44ONE\x10\x02\x12\x0c\n\x08\x45VALUATE\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x06\x10\x0c\"g\n\x0bTaskMessage\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedfleet.net.TaskHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedfleet.net.ChunkH\x00\x42\x06\n\x04\x62ody\"r\n\x0cUpdateHeader\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x1a\n\x12layout_fingerprint\x18\x04 \x01(\t\x12\r\n\x05reply\x18\t \x01(\x0cJ\x04\x08\x05\x10\t\"k\n\rUpdateMessage\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedfleet.net.UpdateHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedfleet.net.ChunkH\x00\x42\x06\n\x04\x62ody\"/\n\x0bUpdateReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"[\n\x10\x45valuationResult\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06report\x18\n \x01(\x0cJ\x04\x08\x04\x10\n\"3\n\x0f\x45valuationReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xb2\x02\n\x08\x46\x65\x64\x46leet\x12\x46\n\x08Register\x12\x1d.fedfleet.net.RegisterRequest\x1a\x1b.fedfleet.net.RegisterReply\x12\x41\n\x07GetTask\x12\x19.fedfleet.net.TaskRequest\x1a\x19.fedfleet.net.TaskMessage0\x01\x12H\n\x0cSubmitUpdate\x12\x1b.fedfleet.net.UpdateMessage\x1a\x19.fedfleet.net.UpdateReply(\x01\x12Q\n\x10SubmitEvaluation\x12\x1e.fedfleet.net.EvaluationResult\x1a\x1d.fedfleet.net.EvaluationReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64\x66leet/_proto/fedfleet.proto\x12\x0c\x66\x65\x64\x66leet.net\"5\n\x05\x43hunk\x12\x0e\n\x06tensor\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x89\x01\n\x0fRegisterRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\x1a\n\x12layout_fingerprint\x18\x02 \x01(\t\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x03\x12\x18\n\x10num_test_samples\x18\x04 \x01(\x03\x12\x18\n\x10protocol_version\x18\x05 \x01(\r\"u\n\rRegisterReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1a\n\x12layout_fingerprint\x18\x03 \x01(\t\x12\x11\n\tclient_id\x18\x04 \x01(\x03\x12\x18\n\x10protocol_version\x18\x05 \x01(\r\" \n\x0bTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x03\"\xeb\x01\n\nTaskHeader\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.fedfleet.net.TaskHeader.Kind\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x1a\n\x12layout_fingerprint\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x0c \x01(\t\x12\x15\n\rapplied_round\x18\r \x01(\x03\x12\x0b\n\x03job\x18\x0e \x01(\x0c\"3\n\x04Kind\x12\x08\n\x04WAIT\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04\x44ONE\x10\x02\x12\x0c\n\x08\x45VALUATE\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x06\x10\x0c\"g\n\x0bTaskMessage\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedfleet.net.TaskHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedfleet.net.ChunkH\x00\x42\x06\n\x04\x62ody\"r\n\x0cUpdateHeader\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x1a\n\x12layout_fingerprint\x18\x04 \x01(\t\x12\r\n\x05reply\x18\t \x01(\x0cJ\x04\x08\x05\x10\t\"k\n\rUpdateMessage\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedfleet.net.UpdateHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedfleet.net.ChunkH\x00\x42\x06\n\x04\x62ody\"/\n\x0bUpdateReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"[\n\x10\x45valuationResult\x12\x11\n\tclient_id\x18\x01 \x01(\x03\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06report\x18\n \x01(\x0cJ\x04\x08\x04\x10\n\"3\n\x0f\x45valuationReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xb2\x02\n\x08\x46\x65\x64\x46leet\x12\x46\n\x08Register\x12\x1d.fedfleet.net.RegisterRequest\x1a\x1b.fedfleet.net.RegisterReply\x12\x41\n\x07GetTask\x12\x19.fedfleet.net.TaskRequest\x1a\x19.fedfleet.net.TaskMessage0\x01\x12H\n\x0cSubmitUpdate\x12\x1b.fedfleet.net.UpdateMessage\x1a\x19.fedfleet.net.UpdateReply(\x01\x12Q\n\x10SubmitEvaluation\x12\x1e.fedfleet.net.EvaluationResult\x1a\x1d.fedfleet.net.EvaluationReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,28 +33,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHUNK']._serialized_start=48
   _globals['_CHUNK']._serialized_end=101
-  _globals['_REGISTERREQUEST']._serialized_start=103
-  _globals['_REGISTERREQUEST']._serialized_end=214
-  _globals['_REGISTERREPLY']._serialized_start=216
-  _globals['_REGISTERREPLY']._serialized_end=307
-  _globals['_TASKREQUEST']._serialized_start=309
-  _globals['_TASKREQUEST']._serialized_end=341
-  _globals['_TASKHEADER']._serialized_start=344
-  _globals['_TASKHEADER']._serialized_end=579
-  _globals['_TASKHEADER_KIND']._serialized_start=516
-  _globals['_TASKHEADER_KIND']._serialized_end=567
-  _globals['_TASKMESSAGE']._serialized_start=581
-  _globals['_TASKMESSAGE']._serialized_end=684
-  _globals['_UPDATEHEADER']._serialized_start=686
-  _globals['_UPDATEHEADER']._serialized_end=800
-  _globals['_UPDATEMESSAGE']._serialized_start=802
-  _globals['_UPDATEMESSAGE']._serialized_end=909
-  _globals['_UPDATEREPLY']._serialized_start=911
-  _globals['_UPDATEREPLY']._serialized_end=958
-  _globals['_EVALUATIONRESULT']._serialized_start=960
-  _globals['_EVALUATIONRESULT']._serialized_end=1051
-  _globals['_EVALUATIONREPLY']._serialized_start=1053
-  _globals['_EVALUATIONREPLY']._serialized_end=1104
-  _globals['_FEDFLEET']._serialized_start=1107
-  _globals['_FEDFLEET']._serialized_end=1413
+  _globals['_REGISTERREQUEST']._serialized_start=104
+  _globals['_REGISTERREQUEST']._serialized_end=241
+  _globals['_REGISTERREPLY']._serialized_start=243
+  _globals['_REGISTERREPLY']._serialized_end=360
+  _globals['_TASKREQUEST']._serialized_start=362
+  _globals['_TASKREQUEST']._serialized_end=394
+  _globals['_TASKHEADER']._serialized_start=397
+  _globals['_TASKHEADER']._serialized_end=632
+  _globals['_TASKHEADER_KIND']._serialized_start=569
+  _globals['_TASKHEADER_KIND']._serialized_end=620
+  _globals['_TASKMESSAGE']._serialized_start=634
+  _globals['_TASKMESSAGE']._serialized_end=737
+  _globals['_UPDATEHEADER']._serialized_start=739
+  _globals['_UPDATEHEADER']._serialized_end=853
+  _globals['_UPDATEMESSAGE']._serialized_start=855
+  _globals['_UPDATEMESSAGE']._serialized_end=962
+  _globals['_UPDATEREPLY']._serialized_start=964
+  _globals['_UPDATEREPLY']._serialized_end=1011
+  _globals['_EVALUATIONRESULT']._serialized_start=1013
+  _globals['_EVALUATIONRESULT']._serialized_end=1104
+  _globals['_EVALUATIONREPLY']._serialized_start=1106
+  _globals['_EVALUATIONREPLY']._serialized_end=1157
+  _globals['_FEDFLEET']._serialized_start=1160
+  _globals['_FEDFLEET']._serialized_end=1466
 # @@protoc_insertion_point(module_scope)

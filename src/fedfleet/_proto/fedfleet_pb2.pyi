@@ -17,28 +17,32 @@ class Chunk(_message.Message):
     def __init__(self, tensor: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("client_id", "layout_fingerprint", "num_samples", "num_test_samples")
+    __slots__ = ("client_id", "layout_fingerprint", "num_samples", "num_test_samples", "protocol_version")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_TEST_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     layout_fingerprint: str
     num_samples: int
     num_test_samples: int
-    def __init__(self, client_id: _Optional[int] = ..., layout_fingerprint: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_test_samples: _Optional[int] = ...) -> None: ...
+    protocol_version: int
+    def __init__(self, client_id: _Optional[int] = ..., layout_fingerprint: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_test_samples: _Optional[int] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("ok", "message", "layout_fingerprint", "client_id")
+    __slots__ = ("ok", "message", "layout_fingerprint", "client_id", "protocol_version")
     OK_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     message: str
     layout_fingerprint: str
     client_id: int
-    def __init__(self, ok: _Optional[bool] = ..., message: _Optional[str] = ..., layout_fingerprint: _Optional[str] = ..., client_id: _Optional[int] = ...) -> None: ...
+    protocol_version: int
+    def __init__(self, ok: _Optional[bool] = ..., message: _Optional[str] = ..., layout_fingerprint: _Optional[str] = ..., client_id: _Optional[int] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class TaskRequest(_message.Message):
     __slots__ = ("client_id",)

@@ -17,12 +17,12 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet.errors import UpdateRejected
+from fedfleet.net._publishing import _Publishing
 from fedfleet.net._state import _Round, _Task
 from fedfleet.rounds import Arrival, Dispatch
 
@@ -31,13 +31,8 @@ __all__ = ["BufferedRounds"]
 log = logging.getLogger("fedfleet.net.server")
 
 
-class BufferedRounds:
+class BufferedRounds(_Publishing):
     """The asynchronous transport methods of ``FederatedServer`` (mixed into it)."""
-
-    _cond: Any
-    _round: _Round | None
-    _done: bool
-    settings: Any
 
     def _open_asynchronous(self, vector: np.ndarray) -> None:
         """Open the run's one asynchronous round."""
@@ -46,12 +41,12 @@ class BufferedRounds:
         """``(dispatch number, client id)`` of every answer and drop-out, in the order the loop
         took them (a simulation replaying it ends with the same model)."""
         self._version_messages: tuple[int, list[pb.TaskMessage]] = (-1, [])
-        self._open_round(_Round(0, vector, {}, set(), asynchronous=True))  # type: ignore[attr-defined]
+        self._open_round(_Round(0, vector, {}, set(), asynchronous=True))
 
     def idle(self, busy: Sequence[int]) -> list[int] | None:
         """The connected clients not in flight, once ``min_clients`` are connected (None: the
         server stopped)."""
-        clients = self._wait_for_clients(0)  # type: ignore[attr-defined]
+        clients = self._wait_for_clients(0)
         if clients is None:
             return None
         taken = set(busy)
@@ -84,7 +79,7 @@ class BufferedRounds:
                 self._dispatched[cid] = job
             self._cond.notify_all()
         log.info("dispatched %s", [(j.client_id, j.version) for j in jobs])
-        self._wake([j.client_id for j in jobs])  # type: ignore[attr-defined]
+        self._wake([j.client_id for j in jobs])
 
     def next_arrival(self) -> Arrival | None:
         """The next answer in the order answers came; drop-outs as they are noticed."""
@@ -125,6 +120,6 @@ class BufferedRounds:
         version share them; an older version's stay with the tasks that use them)."""
         built, messages = self._version_messages
         if built != version:
-            messages = self._broadcast_messages(vector)  # type: ignore[attr-defined]
+            messages = self._broadcast_messages(vector)
             self._version_messages = (version, messages)
         return messages

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,10 @@ import numpy as np
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.evaluation import ClientEvaluation
+from fedfleet.net._loop import ServerLoop, SharedCondition
+from fedfleet.net._rejections import RejectionLog
+from fedfleet.net.settings import ServerSettings
+from fedfleet.params import Layout
 from fedfleet.strategies.base import ClientUpdate
 
 TRAIN, EVALUATE = pb.TaskHeader.TRAIN, pb.TaskHeader.EVALUATE
@@ -108,3 +113,32 @@ class _Refused(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
+
+
+class _ServerState:
+    """The state ``FederatedServer`` sets up in its constructor and its parts (the handlers, the
+    round publishing, the bookkeeping; each a class mixed into it) share. ``_cond`` guards
+    ``_clients``, ``_round``, ``_applied``, ``_pending``, ``_done`` and the upload slots."""
+
+    settings: ServerSettings
+    layout: Layout
+    fingerprint: str
+    max_update_norm: float | None
+    _loop: ServerLoop
+    _cond: SharedCondition
+    _clients: dict[int, _Client]
+    _round: _Round | None
+    _applied: dict[int, int]
+    """Per client, the last round whose update from it was aggregated (checkpointed)."""
+    _pending: dict[int, int]
+    """``_applied`` once the round being aggregated is committed."""
+    _done: bool
+    _done_message: str
+    """Sent to clients with DONE: empty when the run finished, else why it stopped."""
+    _told_done: set[int]
+    _uploads_open: set[int]
+    """Clients with an upload stream open (one each)."""
+    _revoked_cache: tuple[str, float, frozenset[str]] | None
+    _log_counts: Counter[int | str]
+    """Warnings logged per client or peer (see ``_Identity._log_refusal``)."""
+    rejected: RejectionLog

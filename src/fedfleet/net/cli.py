@@ -226,7 +226,7 @@ def client(
             task = load_task_for(cfg)
             local = load_arrays(data, task) if data is not None else None
             local_test = load_arrays(test_data, task) if test_data is not None else None
-        fc = FederatedClient(
+        fc = FederatedClient.from_config(
             cfg, ClientSettings(**deploy), int(cid), data=local, test_data=local_test
         )
         rounds = fc.run()

@@ -34,6 +34,7 @@ from fedfleet.client.protocol import Trainer
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError, FedfleetError
 from fedfleet.evaluation import ClientEvaluation
+from fedfleet.net._protocol import PROTOCOL_VERSION, protocol_mismatch
 from fedfleet.net.certs import read_pem
 from fedfleet.net.client_state import ClientStateFile
 from fedfleet.net.settings import grpc_options
@@ -107,16 +108,56 @@ class ClientSettings:
 
 
 class FederatedClient:
-    """One client process of a federation.
+    """One client process of a federation: ``trainer``'s model trained on ``data`` with
+    ``strategy``'s client side whenever the server asks.
 
-    ``data`` defaults to partition ``client_id`` of the config's federation, the same split the
-    simulation uses, so a network run can be checked against ``Simulation`` bit for bit;
-    ``test_data`` (for federated evaluation) to that client's held-out split, if the config
-    has one.
+    Args:
+        trainer: the model's layout and local training (the server's must have the same
+            layout, or registration is refused).
+        strategy: the federated algorithm; this process runs its ``client_fit`` (and, for
+            SecAgg and HE, its upload protocol). Deployed DP noise should come from the OS
+            CSPRNG: :meth:`from_config` applies that rule, a caller building the strategy
+            itself applies it too (``noise="secure"``).
+        settings: where the server is and how to talk to it.
+        client_id: this client's id (under mutual TLS its certificate's CN must name it).
+        data: this client's training data (its partition of the federation).
+        test_data: its held-out split for federated evaluation (None: it reports none).
+
+    Example:
+        >>> client = FederatedClient(trainer, FedAvg(clients_per_round=2),  # doctest: +SKIP
+        ...                          ClientSettings(server="127.0.0.1:50051", insecure=True),
+        ...                          client_id=0, data=partition)
+        >>> client.run()  # doctest: +SKIP
+
+    :meth:`from_config` builds the trainer, strategy and data from a run config, as
+    ``fedfleet client`` does.
     """
 
     def __init__(
         self,
+        trainer: Trainer,
+        strategy: Strategy | FedBuff,
+        settings: ClientSettings,
+        *,
+        client_id: int,
+        data: ArrayDataset,
+        test_data: ArrayDataset | None = None,
+    ) -> None:
+        self.trainer, self.strategy, self.settings = trainer, strategy, settings
+        self.client_id, self.data, self.test_data = client_id, data, test_data
+        self.config: RunConfig | None = None
+        """The run config, when built by :meth:`from_config`."""
+        self.states = ClientStateFile(client_id, settings.state_dir)
+        """This client's private state: committed, and pending until the server applies it."""
+        self.rounds_done: list[int] = []
+        if settings.insecure:
+            log.warning(
+                "connecting WITHOUT TLS (--insecure): traffic is readable and unauthenticated"
+            )
+
+    @classmethod
+    def from_config(
+        cls,
         config: RunConfig,
         settings: ClientSettings,
         client_id: int,
@@ -125,9 +166,13 @@ class FederatedClient:
         trainer: Trainer | None = None,
         strategy: Strategy | FedBuff | None = None,
         test_data: ArrayDataset | None = None,
-    ) -> None:
+    ) -> FederatedClient:
+        """The client ``client_id`` of the run ``config`` describes (deployed DP noise from the
+        OS CSPRNG). ``data`` defaults to partition ``client_id`` of the config's federation,
+        the same split the simulation uses, so a network run can be checked against
+        ``Simulation`` bit for bit; ``test_data`` to that client's held-out split, if the
+        config has one."""
         config = for_deployment(config)  # local DP noise from the OS CSPRNG
-        self.config, self.settings, self.client_id = config, settings, client_id
         if data is None or trainer is None or strategy is None:
             task = load_task_for(config)
             federation = build_federation(config, task)
@@ -143,15 +188,11 @@ class FederatedClient:
                 test_data = federation.test_data(client_id) if test_data is None else test_data
             trainer = trainer or build_trainer(config, task)
             strategy = strategy or build_strategy(config, trainer, federation.num_clients)
-        self.data, self.trainer, self.strategy = data, trainer, strategy
-        self.test_data = test_data
-        self.states = ClientStateFile(client_id, settings.state_dir)
-        """This client's private state: committed, and pending until the server applies it."""
-        self.rounds_done: list[int] = []
-        if settings.insecure:
-            log.warning(
-                "connecting WITHOUT TLS (--insecure): traffic is readable and unauthenticated"
-            )
+        client = cls(
+            trainer, strategy, settings, client_id=client_id, data=data, test_data=test_data
+        )
+        client.config = config
+        return client
 
     def _pem_paths(self) -> dict[str, Path]:
         """This client's credential files: what each is -> its path."""
@@ -259,11 +300,17 @@ class FederatedClient:
                 layout_fingerprint=self.trainer.layout.fingerprint,
                 num_samples=len(self.data),
                 num_test_samples=0 if self.test_data is None else len(self.test_data),
+                protocol_version=PROTOCOL_VERSION,
             ),
             timeout=self.settings.rpc_timeout_s,
         )
         if not reply.ok:
             raise ClientRefused(f"server refused client {self.client_id}: {reply.message}")
+        mismatch = protocol_mismatch(PROTOCOL_VERSION, reply.protocol_version)
+        if mismatch is not None:  # an older server accepts anyone, then misreads the uploads
+            raise ClientRefused(
+                f"client {self.client_id} cannot join {self.settings.server}: {mismatch}"
+            )
         log.info("client %d registered", self.client_id)
 
     def _serve(self, stub: pb_grpc.FedFleetStub) -> bool:

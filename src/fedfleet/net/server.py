@@ -24,52 +24,45 @@ strategy's ``aggregate_evaluate`` makes the record's metrics (by default
 ``client_accuracy_{mean,worst10,min,std}`` and ``client_loss_mean``), exactly as
 :class:`~fedfleet.sim.Simulation` does.
 
-The RPC handlers are in :mod:`fedfleet.net.servicer`; this module holds the round loop.
+The RPC handlers are in :mod:`fedfleet.net.servicer`; the server's other parts are private
+modules mixed into :class:`FederatedServer`, one concept each: publishing rounds of tasks
+(``_publishing.py``), the round's records, checkpoint and commit (``_bookkeeping.py``),
+listening and stopping (``_lifecycle.py``), and FedBuff's asynchronous round
+(``_buffered.py``). They share the state declared in ``_state.py``, guarded by ``_cond``; this
+module builds the round loop.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import numpy as np
 
 import fedfleet.net._hooks as _hooks
-from fedfleet._proto import fedfleet_pb2 as pb
-from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.client.protocol import EvalResult, Trainer
 from fedfleet.errors import FedfleetError
-from fedfleet.evaluation import ClientEvaluation
+from fedfleet.net._bookkeeping import _Bookkeeping
 from fedfleet.net._buffered import BufferedRounds
+from fedfleet.net._lifecycle import _Lifecycle
 from fedfleet.net._loop import ServerLoop, SharedCondition
+from fedfleet.net._publishing import _Publishing
 from fedfleet.net._rejections import RejectionLog
-from fedfleet.net._state import EVALUATE, _Client, _Round, _Task
+from fedfleet.net._state import _Client, _Round
 from fedfleet.net._state import _Refused as _Refused  # importable from here
-from fedfleet.net.certs import read_pem
 from fedfleet.net.servicer import Servicer
 from fedfleet.net.settings import RunSpec, ServerSettings, grpc_options
-from fedfleet.net.wire import chunk_messages, instructions_from_header, instructions_to_header
-from fedfleet.rounds import (
-    BufferedLoop,
-    EvaluateJob,
-    FitJob,
-    FitReplies,
-    LoopState,
-    RoundLoop,
-    client_seed,
-)
+from fedfleet.net.wire import instructions_from_header, instructions_to_header
+from fedfleet.rounds import BufferedLoop, LoopState, RoundLoop
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
-from fedfleet.runs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedfleet.runs.checkpoint import load_checkpoint
 from fedfleet.runs.config import RunConfig
 from fedfleet.runs.deploy_policy import for_deployment
-from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
+from fedfleet.strategies.base import Strategy
 from fedfleet.strategies.fedbuff import FedBuff
 
 __all__ = [
@@ -84,7 +77,7 @@ __all__ = [
 log = logging.getLogger("fedfleet.net.server")
 
 
-class FederatedServer(Servicer, BufferedRounds):
+class FederatedServer(Servicer, BufferedRounds, _Publishing, _Bookkeeping, _Lifecycle):
     """Serves one federated run of ``strategy`` over ``trainer``'s model to clients that connect
     over gRPC: the round loop (:class:`fedfleet.rounds.RoundLoop`, or FedBuff's
     :class:`~fedfleet.rounds.BufferedLoop`) with this server as its transport.
@@ -179,79 +172,6 @@ class FederatedServer(Servicer, BufferedRounds):
         server.config = config
         return server
 
-    # ----- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> int:
-        """Listen (the gRPC server runs on an event loop thread of its own); returns the port."""
-        s = self.settings
-        creds = None
-        if not s.insecure:
-            d = Path(s.certs_dir or "")
-            creds = grpc.ssl_server_credentials(
-                [
-                    (
-                        read_pem(d / "server.key", "server private key"),
-                        read_pem(d / "server.pem", "server certificate"),
-                    )
-                ],
-                root_certificates=read_pem(d / "ca.pem", "CA certificate"),
-                require_client_auth=True,
-            )
-        self._loop.start()
-        try:
-            self.port = self._loop.run(self._listen(creds), timeout=60.0)
-        except BaseException:
-            self._loop.close()  # no server: the loop thread must not outlive this call
-            raise
-        log.info("listening on %s:%d (layout %s)", s.host, self.port, self.fingerprint)
-        return self.port
-
-    async def _listen(self, creds: grpc.ServerCredentials | None) -> int:
-        s = self.settings
-        server = grpc.aio.server(
-            options=grpc_options(s.max_message_bytes),
-            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
-        )
-        pb_grpc.add_FedFleetServicer_to_server(self, server)
-        if self.secure is not None:  # secure aggregation hook
-            self.secure.register(server)
-        address = f"{s.host}:{s.port}"
-        try:
-            if creds is None:
-                port = server.add_insecure_port(address)
-            else:
-                port = server.add_secure_port(address, creds)
-        except RuntimeError:
-            port = 0
-        if port == 0:
-            raise FedfleetError(f"cannot listen on {address}; is the port in use?")
-        await server.start()
-        self._server = server
-        return port
-
-    def stop(self, grace: float = 1.0, linger_s: float | None = None) -> None:
-        """Tell connected clients the run is over (waiting up to ``linger_s``, default 5 s,
-        for each to hear it: a waiting poll hears at once), then shut down."""
-        linger = 5.0 if linger_s is None else linger_s
-        end = time.monotonic() + linger
-        self._finish()
-        with self._cond:
-            while set(self._connected()) - self._told_done and time.monotonic() < end:
-                self._cond.wait(0.1)
-        with self._stopping:  # stop() may be called from two threads: one shuts down
-            server, self._server = self._server, None
-            if server is not None:
-                self._loop.run(server.stop(grace), timeout=grace + 10.0)
-            self._loop.close()
-
-    def _finish(self, message: str = "") -> None:
-        """The run is over (``message``: why, if it failed); every waiting call hears it."""
-        with self._cond:
-            if not self._done:
-                self._done, self._done_message = True, message
-            self._cond.notify_all()
-        self._wake()
-
     # ----- the round loop --------------------------------------------------------------------
 
     def run(self, rounds: int | None = None, resume: bool = False) -> dict[str, Any]:
@@ -337,182 +257,6 @@ class FederatedServer(Servicer, BufferedRounds):
     def _test(self) -> Callable[[np.ndarray], EvalResult] | None:
         data = self.run_spec.test_data
         return None if data is None else lambda v: self.trainer.evaluate(v, data)
-
-    def _wait_for_clients(self, rnd: int) -> list[int] | None:
-        """The connected clients once there are ``min_clients`` (None: the server stopped)."""
-        with self._cond:
-            while len(self._connected()) < self.settings.min_clients:
-                if self._done:
-                    return None
-                self._cond.wait(0.5)
-            return self._connected()
-
-    def aggregated(self, rnd: int, updates: Sequence[ClientUpdate]) -> None:
-        """Round ``rnd`` aggregates ``updates`` (receipts, for a secure sum): they are applied
-        once its checkpoint is written (:meth:`commit`)."""
-        if self.on_aggregate is not None:
-            self.on_aggregate(rnd, updates)
-        self.aggregated_updates += len(updates)
-        self._pending = {**self._applied, **{u.client_id: rnd for u in updates}}
-
-    def _aggregate(
-        self, rnd: int, vector: np.ndarray, state: StrategyState, updates: Sequence[ClientUpdate]
-    ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
-        self.aggregated(rnd, updates)
-        assert not isinstance(self.strategy, FedBuff)  # FedBuff runs _run_buffered
-        return self.strategy.aggregate_fit(rnd, vector, state, updates)
-
-    def _save(self, state: LoopState) -> None:
-        assert self.settings.run_dir is not None
-        save_checkpoint(
-            self.settings.run_dir,
-            state.round,
-            self.run_spec.seed,
-            self.fingerprint,
-            state.vector,
-            state.strategy_state,
-            state.history,
-            self._server_records(self._pending),
-        )
-
-    def commit(self, rnd: int, accepted: Sequence[int]) -> None:
-        """Round ``rnd``'s checkpoint is on disk: from now on the accepted clients' staged state
-        is in effect (their next task header carries the new applied round). A resumed server
-        thus never replays a round whose client state has already moved on."""
-        with self._cond:
-            self._applied = dict(self._pending)
-
-    def _server_records(self, applied: dict[int, int]) -> dict[str, Any]:
-        """What the server itself knows per client, for the checkpoint (JSON); ``applied``:
-        each client's last aggregated round as of the checkpoint's round."""
-        with self._cond:
-            clients = {
-                str(cid): {
-                    "num_samples": c.num_samples,
-                    "num_test_samples": c.num_test_samples,
-                    "applied_round": applied.get(cid, -1),
-                }
-                for cid, c in sorted(self._clients.items())
-            }
-            rejected = self.rejected.to_json()
-        return {"clients": clients, "rejected": rejected}
-
-    def _restore(self, ckpt: Checkpoint) -> None:
-        """Take back the per-client records; restored clients count as disconnected until
-        they call in again."""
-        with self._cond:
-            for key, c in ckpt.server.get("clients", {}).items():
-                cid = int(key)
-                self._clients.setdefault(
-                    cid, _Client(int(c["num_samples"]), -float("inf"), int(c["num_test_samples"]))
-                )
-                if int(c["applied_round"]) >= 0:
-                    self._applied[cid] = int(c["applied_round"])
-            self.rejected.restore(ckpt.server.get("rejected", []))
-
-    def _connected(self) -> list[int]:
-        """Clients that can be given a task now (call with ``_cond`` held): they asked for a
-        task since registering, and have a GetTask call open or their last call ended within
-        ``heartbeat_timeout_s``; not one that hung up."""
-        now = time.monotonic()
-        limit = self.settings.heartbeat_timeout_s
-        return sorted(
-            c
-            for c, info in self._clients.items()
-            if info.polled and not info.gone and (info.waiting or now - info.last_seen <= limit)
-        )
-
-    def _open_round(self, r: _Round) -> None:
-        """Publish ``r``: its clients' waiting GetTask calls pick up their tasks."""
-        with self._cond:
-            self._round = r
-            self._cond.notify_all()
-        self._wake(list(r.tasks))
-
-    def _close_round(self) -> _Round | None:
-        """No more hand-outs or answers for the open round; returns it. Task streams end."""
-        with self._cond:
-            current, self._round = self._round, None
-            self._cond.notify_all()
-        if current is not None:
-            self._wake(list(current.tasks))
-        return current
-
-    def _await_answers(self, r: _Round, deadline: float) -> None:
-        """Wait until every selected client of ``r`` answered or hung up, or ``deadline``."""
-        with self._cond:
-            while not r.settled(self.settings.rejoin_grace_s) and not self._done:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(min(left, 0.5))
-
-    def fit(self, job: FitJob) -> FitReplies | None:
-        """The round's tasks to the planned clients (each downloads the model in chunks with its
-        instructions and seed), then wait until each answered or hung up, or
-        ``round_timeout_s``; the accepted uploads in plan order (validated as they arrived)."""
-        rnd, plan = job.round, job.plan
-        tasks = {
-            cid: _Task(rnd, secrets.token_hex(16), ins, client_seed(job.seed, rnd, cid))
-            for cid, ins in plan
-        }
-        with self._cond:
-            connected = len(self._connected())
-        log.info("round %d: %d connected, selected %s", rnd, connected, sorted(tasks))
-        current = self._publish(rnd, job.vector, tasks)
-        if self._done:
-            return None
-        missing = sorted(current.selected - current.answered)
-        if missing:
-            gone = sorted(current.gone.keys() & set(missing))
-            log.warning("round %d: no update from clients %s (hung up: %s)", rnd, missing, gone)
-        updates = [current.accepted[cid][0] for cid, _ in plan if cid in current.accepted]
-        return FitReplies(updates, aggregate=self._aggregate)
-
-    def _publish(self, rnd: int, vector: np.ndarray, tasks: dict[int, _Task]) -> _Round:
-        """Open a round of ``tasks`` (TRAIN or EVALUATE), wait for its answers, close it."""
-        deadline = time.monotonic() + self.settings.round_timeout_s
-        current = _Round(rnd, vector, tasks, set(tasks))
-        current.broadcast = self._broadcast_messages(vector)
-        self._open_round(current)
-        self._await_answers(current, deadline)
-        self._close_round()
-        return current
-
-    def _broadcast_messages(self, vector: np.ndarray) -> list[pb.TaskMessage]:
-        return [pb.TaskMessage(chunk=c) for c in chunk_messages([vector], self.settings.chunk_size)]
-
-    def evaluators(self, rnd: int) -> list[int]:
-        """The connected clients that registered a held-out split (ascending ids): whom the
-        strategy's ``configure_evaluate`` may pick."""
-        with self._cond:
-            return [c for c in self._connected() if self._clients[c].num_test_samples > 0]
-
-    def evaluate(self, job: EvaluateJob) -> list[ClientEvaluation]:
-        """Federated evaluation of ``job.vector``: each of ``job.clients`` evaluates it locally
-        (its own model too, for FedPer/FedRep) and reports."""
-        rnd, clients = job.round, job.clients
-        if not clients:
-            log.warning("round %d: no client to evaluate", rnd)
-            return []
-        tasks = {cid: _Task(rnd, secrets.token_hex(16), None, 0, EVALUATE) for cid in clients}
-        current = self._publish(rnd, job.vector, tasks)
-        missing = sorted(current.selected - set(current.evaluations))
-        if missing:
-            log.warning("round %d: no evaluation from clients %s", rnd, missing)
-        reports = [
-            ClientEvaluation(
-                r.num_samples,
-                r.loss,
-                r.accuracy,
-                r.global_loss if r.personalized else None,
-                r.global_accuracy if r.personalized else None,
-            )
-            for r in (current.evaluations[c] for c in sorted(current.evaluations))
-            if r.num_samples > 0
-        ]
-        log.info("round %d: federated evaluation on %d clients", rnd, len(reports))
-        return reports
 
 
 def _log_version(record: dict[str, Any]) -> None:

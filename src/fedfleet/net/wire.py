@@ -46,11 +46,13 @@ from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.errors import clip_text
 from fedfleet.evaluation import ClientEvaluation
+from fedfleet.net._protocol import PROTOCOL_VERSION
 from fedfleet.strategies.base import ClientResult
 
 __all__ = [
     "DTYPE",
     "MAX_EXTRAS",
+    "PROTOCOL_VERSION",
     "WireError",
     "chunk_messages",
     "evaluation_to_pb",

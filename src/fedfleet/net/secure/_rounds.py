@@ -1,5 +1,6 @@
 """What the secure round runners share with ``FederatedServer``'s own round: handing out the
-training tasks through ``GetTask``, client identity, liveness, and refusing a message.
+training tasks through ``GetTask``, client identity, liveness, refusing a message, and the
+phases that are the server's own (federated evaluation, commit: :class:`ServerPhases`).
 
 These reach into the server's round state (``_cond``, ``_round``, ``_clients``) on purpose: a
 secure round is the server's round with another upload path, so it hands out tasks exactly as
@@ -12,16 +13,34 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
 
 import fedfleet.net.server as net_server
 from fedfleet.errors import UpdateRejected
-from fedfleet.rounds import FitJob, client_seed
+from fedfleet.evaluation import ClientEvaluation
+from fedfleet.net._state import _Round, _Task
+from fedfleet.rounds import EvaluateJob, FitJob, client_seed
 
 log = logging.getLogger("fedfleet.net.secure")
+
+
+class ServerPhases:
+    """A secure round runner's federated evaluation and commit: the server's own (only the
+    training round's upload differs), so SecAgg and HE runners inherit them from here."""
+
+    fs: net_server.FederatedServer
+
+    def evaluate(self, job: EvaluateJob) -> list[ClientEvaluation]:
+        """Federated evaluation as the plain server runs it (evaluation reports are not
+        secret-shared or encrypted)."""
+        return self.fs.evaluate(job)
+
+    def commit(self, rnd: int, accepted: Sequence[int]) -> None:
+        """Round ``rnd``'s checkpoint is written: the server commits its clients' state."""
+        self.fs.commit(rnd, accepted)
 
 
 def open_training(
@@ -32,11 +51,11 @@ def open_training(
     ``client_seed(seed, round, client)``)."""
     rnd = job.round
     tasks = {
-        cid: net_server._Task(rnd, secrets.token_hex(16), ins, client_seed(job.seed, rnd, cid))
+        cid: _Task(rnd, secrets.token_hex(16), ins, client_seed(job.seed, rnd, cid))
         for cid, ins in job.plan
     }
     prepare({cid: t.task_id for cid, t in tasks.items()})
-    r = net_server._Round(rnd, job.vector, tasks, set(tasks))
+    r = _Round(rnd, job.vector, tasks, set(tasks))
     r.broadcast = fs._broadcast_messages(job.vector)
     fs._open_round(r)
     log.info("round %d: secure round over %s", rnd, sorted(tasks))

@@ -32,11 +32,10 @@ import fedfleet.net.server as net_server
 from fedfleet._proto import he_pb2 as hpb
 from fedfleet._proto import he_pb2_grpc as hpb_grpc
 from fedfleet.errors import FedfleetError
-from fedfleet.evaluation import ClientEvaluation
 from fedfleet.net._loop import SharedCondition
 from fedfleet.net.wire import WireError
 from fedfleet.privacy.he import EncryptedVector, HEError
-from fedfleet.rounds import Aggregate, EvaluateJob, FitJob, FitReplies
+from fedfleet.rounds import Aggregate, FitJob, FitReplies
 from fedfleet.strategies.base import ClientUpdate, StrategyState
 from fedfleet.strategies.he_fedavg import HEFedAvg
 
@@ -91,7 +90,7 @@ class _HERound:
     mean: np.ndarray | None = None
 
 
-class HERounds(hpb_grpc.HEAggregationServicer):
+class HERounds(_rounds.ServerPhases, hpb_grpc.HEAggregationServicer):
     """The HE service and round runner of one ``FederatedServer`` running ``HEFedAvg``."""
 
     def __init__(self, server: net_server.FederatedServer, strategy: HEFedAvg) -> None:
@@ -193,12 +192,6 @@ class HERounds(hpb_grpc.HEAggregationServicer):
             return new, new_state, metrics
 
         return aggregate
-
-    def evaluate(self, job: EvaluateJob) -> list[ClientEvaluation]:
-        return self.fs.evaluate(job)
-
-    def commit(self, rnd: int, accepted: Sequence[int]) -> None:
-        self.fs.commit(rnd, accepted)
 
     # ----- RPCs ------------------------------------------------------------------------------
 

@@ -36,14 +36,13 @@ import fedfleet.net.secure.secagg_wire as wire
 import fedfleet.net.server as net_server
 from fedfleet._proto import secagg_pb2 as spb
 from fedfleet._proto import secagg_pb2_grpc as spb_grpc
-from fedfleet.evaluation import ClientEvaluation
 from fedfleet.net._loop import SharedCondition
 from fedfleet.net.wire import WireError
 from fedfleet.privacy.secagg.errors import SecAggAborted, SecAggProtocolError
 from fedfleet.privacy.secagg.messages import AdvertiseKeys, MaskedInput
 from fedfleet.privacy.secagg.server import SecAggServer
 from fedfleet.privacy.secagg.strategy import SecAggFedAvg
-from fedfleet.rounds import Aggregate, EvaluateJob, FitJob, FitReplies
+from fedfleet.rounds import Aggregate, FitJob, FitReplies
 from fedfleet.strategies.base import ClientUpdate, StrategyState
 
 __all__ = ["SecAggRounds"]
@@ -69,7 +68,7 @@ class _SecureRound:
     sent_bytes: dict[int, int] = field(default_factory=dict)
 
 
-class SecAggRounds(spb_grpc.SecureAggregationServicer):
+class SecAggRounds(_rounds.ServerPhases, spb_grpc.SecureAggregationServicer):
     """The SecAgg service and round runner of one ``FederatedServer`` running ``SecAggFedAvg``."""
 
     def __init__(self, server: net_server.FederatedServer, strategy: SecAggFedAvg) -> None:
@@ -124,12 +123,6 @@ class SecAggRounds(spb_grpc.SecureAggregationServicer):
             return self.strategy.aggregate_sum(rnd, vector, state, total, len(receipts), metrics)
 
         return aggregate
-
-    def evaluate(self, job: EvaluateJob) -> list[ClientEvaluation]:
-        return self.fs.evaluate(job)
-
-    def commit(self, rnd: int, accepted: Sequence[int]) -> None:
-        self.fs.commit(rnd, accepted)
 
     def _open_round(self, rnd: int, vector: np.ndarray, task_ids: dict[int, str]) -> _SecureRound:
         s, ids = self.strategy, sorted(task_ids)
