@@ -206,3 +206,14 @@ def test_bad_run_directories_are_named_in_the_error(runs, tmp_path):
     assert proc.returncode == 2
     assert "error:" in proc.stderr and str(missing) in proc.stderr.replace("\n", "")
     assert not out.exists()
+
+
+def test_fedbuff_model_versions_serve_as_rounds(runs, tmp_path):
+    a, _ = runs
+    run = tmp_path / "fedbuff"
+    shutil.copytree(a, run)
+    records = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
+    with (run / "metrics.jsonl").open("w") as f:
+        for r in records:
+            f.write(json.dumps({"version": r.pop("round"), **r}) + "\n")
+    assert [r["round"] for r in load_run(run).records] == [1, 2, 3]

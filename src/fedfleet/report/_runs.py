@@ -29,7 +29,8 @@ class Run:
         label: the name it is shown under (its directory's name, made unique in a report).
         path: its directory.
         config: its resolved config, flattened to dotted keys (``client.lr``).
-        records: its rounds' metrics, in file order (``round`` ascending).
+        records: its rounds' metrics, in file order (``round`` ascending; FedBuff's model
+            ``version`` serves as its round).
     """
 
     label: str
@@ -125,10 +126,12 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
             if number == len(lines):
                 break  # the last line of a run killed mid-write: the rounds before it stand
             raise RunDirError(f"{str(path)!r} line {number} is not JSON ({e.msg})") from None
+        if isinstance(record, dict) and "round" not in record and "version" in record:
+            record["round"] = record["version"]  # FedBuff counts server model versions
         if not isinstance(record, dict) or not isinstance(record.get("round"), int):
             raise RunDirError(
                 f"{str(path)!r} line {number} is not a round record (a JSON object with an "
-                "integer 'round')"
+                "integer 'round', or FedBuff's 'version')"
             )
         records.append(record)
     return records
