@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 import fedfleet as ff
 from fedfleet.runs.build import build_run
@@ -61,7 +62,9 @@ def test_the_python_api_trains_as_fedfleet_run_does_bit_for_bit(tmp_path, model,
     assert sim.executor_choice.startswith(path)
     assert type(sim.trainer) is type(cli.simulation.trainer)
 
+    torch.set_num_threads(2)  # a user's process: the run trains and evaluates on 1, as the CLI
     result = sim.run(rounds=ROUNDS)
+    assert torch.get_num_threads() == 2  # and gives the setting back
     cli_vector = load_model_vector(out / "model.safetensors", result.layout)
     assert np.array_equal(result.vector, cli_vector)
     cli_records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -88,7 +91,8 @@ def test_a_trainer_built_from_a_module_or_a_custom_strategy_keeps_the_sequential
     sim = ff.Simulation(adam, fed, ff.FedAvg(clients_per_round=2), seed=0)
     assert isinstance(sim.executor, SequentialExecutor) and "SGD only" in sim.executor_choice
     sgd = ff.TorchTrainer(factory)
-    sim = ff.Simulation(sgd, fed, ff.strategies.Scaffold(num_clients=4, clients_per_round=2), seed=0)
+    scaffold = ff.strategies.Scaffold(num_clients=4, clients_per_round=2)
+    sim = ff.Simulation(sgd, fed, scaffold, seed=0)
     assert isinstance(sim.executor, SequentialExecutor) and sim.trainer is sgd
     assert "the strategy trains each client itself" in sim.executor_choice
 

@@ -31,6 +31,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from fedfleet._threads import torch_threads
 from fedfleet.client.protocol import Trainer
 from fedfleet.client.state_store import ClientStateStore, MemoryStateStore
 from fedfleet.errors import FedfleetError, UpdateRejected
@@ -126,6 +127,11 @@ class Simulation:
         deadline: what to do about clients that would finish late (needs ``profiles``).
         max_update_norm: refuse client updates whose delta's L2 norm is larger (None: no
             bound); see :func:`fedfleet.validation.validate_update`.
+        threads: torch intra-op threads while :meth:`run` trains and evaluates (the setting is
+            restored after): 1, as ``fedfleet run``'s default, which is faster on a busy
+            machine (OpenMP's barriers stall when another process holds a core; cohort
+            executors use the cores as lanes instead) and gives the command line's bits; None
+            leaves torch's setting as it is.
         progress: show a progress bar (rounds, the round's clients, the last round's loss and
             accuracy) on stderr; None (the default) shows it in a terminal or a Jupyter
             notebook and not when the output goes to a file or a pipe.
@@ -143,13 +149,14 @@ class Simulation:
     deadline: DeadlinePolicy | None = None
     max_update_norm: float | None = None
     progress: bool | None = None
+    threads: int | None = 1
     executor_choice: str = field(init=False, default="given")
     """How clients train: "given" when ``executor`` was passed, else the choice and its reason."""
 
     def __post_init__(self) -> None:
         if self.executor is None:
             self.trainer, self.executor, self.executor_choice = choose_in_process(
-                self.trainer, self.strategy
+                self.trainer, self.strategy, threads=self.threads or _current_threads()
             )
 
     def run(
@@ -194,7 +201,7 @@ class Simulation:
                 self.client_states.put(cid, client_state)
         executor = self.executor
         assert executor is not None  # chosen in __post_init__
-        with round_progress(self.progress, rounds, start.round) as bar:
+        with torch_threads(self.threads), round_progress(self.progress, rounds, start.round) as bar:
             transport = InProcessTransport(
                 self.trainer,
                 self.federation,
@@ -310,6 +317,12 @@ class _Sizes(Sequence[int]):
         if isinstance(cid, slice):
             return [self._population.num_samples(c) for c in range(len(self))[cid]]
         return self._population.num_samples(cid)
+
+
+def _current_threads() -> int:
+    import torch  # the engine itself runs any trainer; only this setting is torch's
+
+    return torch.get_num_threads()
 
 
 def _both(
