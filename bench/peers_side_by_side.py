@@ -206,7 +206,6 @@ def child_fedfleet(argv: Sequence[str], peers: Path) -> None:
 
     trainer, executor, why = choose_executor(
         config,
-        task,
         build_trainer(config, task),
         strategy,
         lanes=args.lanes,

@@ -9,7 +9,7 @@ from torch import nn
 import fedfleet._threads
 from fedfleet.client import FitInstructions, NumpyLogisticRegression, TorchTrainer
 from fedfleet.evaluation import fairness_stats
-from fedfleet.sim import TIMING_KEYS, Federation, Simulation, client_seed
+from fedfleet.sim import TIMING_KEYS, Federation, SequentialExecutor, Simulation, client_seed
 from fedfleet.strategies import FedAvg, weighted_mean
 
 LOCAL = FitInstructions(epochs=1, batch_size=16, lr=0.1)
@@ -24,8 +24,11 @@ def _factory():
 
 
 def _sim(task, seed=0, trainer=None, **kw):
+    """The engine on the reference path (one client after another), which the tests here
+    compare with hand-run FedAvg and with strategies that train each client themselves."""
     fed = Federation(task, _parts(len(task.train), 8))
     strategy = FedAvg(clients_per_round=4, local=LOCAL)
+    kw.setdefault("executor", SequentialExecutor())
     return Simulation(trainer or TorchTrainer(_factory), fed, strategy, seed=seed, **kw)
 
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from itertools import pairwise
 from typing import TypeVar
 
 import numpy as np
 
-__all__ = ["BULK", "cores", "map_blocks", "map_items"]
+__all__ = ["BULK", "cores", "map_blocks", "map_items", "torch_threads"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -36,6 +37,23 @@ def cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (None: torch's setting as it is), and
+    restore the setting after."""
+    import torch  # the bulk passes below are NumPy's; only this needs torch
+
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _shared() -> ThreadPoolExecutor:

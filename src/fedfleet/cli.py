@@ -338,6 +338,16 @@ def _register_deployment() -> None:
 _register_deployment()
 
 
+def _register_report() -> None:
+    """``fedfleet report RUN [RUN...]`` (:mod:`fedfleet.report`)."""
+    from fedfleet.report.cli import report
+
+    app.command()(report)
+
+
+_register_report()
+
+
 def main() -> None:
     logging.basicConfig(
         level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=console)]

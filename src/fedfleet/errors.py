@@ -12,6 +12,7 @@ __all__ = [
     "FedfleetError",
     "LayoutError",
     "PrivacyBudgetExhausted",
+    "RunDirError",
     "UpdateRejected",
     "clip_text",
 ]
@@ -43,6 +44,10 @@ class DatasetError(FedfleetError, ValueError):
 
 class LayoutError(FedfleetError, ValueError):
     """A flat parameter vector does not match a model's layout."""
+
+
+class RunDirError(FedfleetError, ValueError):
+    """A run directory (``fedfleet run --out DIR``) is missing, empty or damaged."""
 
 
 class PrivacyBudgetExhausted(FedfleetError):

@@ -21,6 +21,7 @@ from fedfleet.net.cli import read_config
 from fedfleet.net.wire import instructions_from_header, receiver
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.runs.rundir import load_model_vector
+from fedfleet.sim.cohort import SequentialExecutor
 from fedfleet.sim.engine import Simulation, SimulationResult
 from fedfleet.strategies.base import Strategy
 
@@ -79,6 +80,7 @@ def simulate_run(
         seed=cfg.seed,
         eval_every=cfg.eval.every,
         federated_eval_every=cfg.eval.federated_every,
+        executor=SequentialExecutor(),  # deployed clients train one by one, as this does
     )
     return sim.run(cfg.rounds)
 

@@ -17,6 +17,7 @@ from fedfleet.errors import DatasetError
 from fedfleet.net.cli import read_config
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.runs.rundir import load_model_vector
+from fedfleet.sim.cohort import SequentialExecutor
 from fedfleet.sim.engine import Simulation
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "deploy"
@@ -98,7 +99,8 @@ def test_a_client_with_its_own_data_file_trains_the_same_model(tmp_path):
     run_dir = _walkthrough(tmp_path, {"1": ["--data", str(tmp_path / "mine.npz")]})
     trainer = build_trainer(cfg, task)
     got = load_model_vector(run_dir / "model.safetensors", trainer.layout)
-    sim = Simulation(trainer, fed, build_strategy(cfg, trainer, fed.num_clients), seed=cfg.seed)
+    strategy = build_strategy(cfg, trainer, fed.num_clients)
+    sim = Simulation(trainer, fed, strategy, seed=cfg.seed, executor=SequentialExecutor())
     assert np.array_equal(got, sim.run(cfg.rounds).vector)
 
 

@@ -8,8 +8,6 @@ torch thread setting while a cohort trains.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedfleet._threads import torch_threads  # re-exported: the cohort trainers import it here
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.data.base import ArrayDataset
 
@@ -146,19 +145,6 @@ def activation_floats(module: nn.Module, sample: np.ndarray, device: torch.devic
         for h in hooks:
             h.remove()
     return max(total, 1)
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 class Workspace:

@@ -137,6 +137,12 @@ class TorchTrainer:
         self.eval_batch_size = eval_batch_size
 
     @property
+    def model_factory(self) -> Callable[[], nn.Module] | None:
+        """The factory this trainer was built from (None when it was given a module): cohort
+        trainers on the same model are built from it (:mod:`fedfleet.sim.executor_choice`)."""
+        return self._factory
+
+    @property
     def layout(self) -> Layout:
         return self._layout
 

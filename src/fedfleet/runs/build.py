@@ -197,7 +197,7 @@ def build_run(config: RunConfig) -> RunPieces:
     profiles = build_profiles(config, federation.num_clients)
     strategy = _heterogeneity_wrappers(config, strategy, profiles, trainer, federation)
     trainer, executor, why = choose_executor(
-        config, task, trainer, strategy, federation, ray_worker=worker_run
+        config, trainer, strategy, federation, ray_worker=worker_run
     )
     d = config.deadline
     deadline: DeadlinePolicy | None = None
@@ -218,6 +218,7 @@ def build_run(config: RunConfig) -> RunPieces:
         profiles=profiles,
         deadline=deadline,
         max_update_norm=config.strategy.max_update_norm,
+        progress=False,  # the command line draws its own
     )
     return RunPieces(task, sim, why)
 
@@ -236,6 +237,7 @@ def worker_run(config_toml: str) -> WorkerRun:
         sim = build_run(validate_config(tomllib.loads(config_toml))).simulation
         if not isinstance(sim, Simulation):
             raise FedfleetError("the Ray executor runs the synchronous engine only (not fedbuff)")
+        assert sim.executor is not None  # build_run chose it
         _WORKER_RUNS[key] = WorkerRun(sim.strategy, sim.trainer, sim.federation, sim.executor)
     return _WORKER_RUNS[key]
 

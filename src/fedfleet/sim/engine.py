@@ -31,6 +31,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from fedfleet._threads import torch_threads
 from fedfleet.client.protocol import Trainer
 from fedfleet.client.state_store import ClientStateStore, MemoryStateStore
 from fedfleet.errors import FedfleetError, UpdateRejected
@@ -38,8 +39,10 @@ from fedfleet.evaluation import ClientEvaluation
 from fedfleet.params import Layout
 from fedfleet.rounds import TIMING_KEYS, LoopState, RoundLoop, client_seed, sampling_rng
 from fedfleet.sim._inprocess import InProcessTransport
-from fedfleet.sim.cohort import CohortExecutor, SequentialExecutor
+from fedfleet.sim._progress import round_progress
+from fedfleet.sim.cohort import CohortExecutor
 from fedfleet.sim.deadline import DeadlinePolicy, ProfilePacer
+from fedfleet.sim.executor_choice import choose_in_process
 from fedfleet.sim.federation import ClientPopulation
 from fedfleet.sim.profiles import ClientProfiles
 from fedfleet.strategies.base import Strategy, StrategyState
@@ -111,12 +114,28 @@ class Simulation:
             :class:`DiskStateStore` for large populations). A client's new state is kept only
             when its update is accepted.
         executor: how each round's cohort is trained (:mod:`fedfleet.sim.cohort`): one client
-            after another (default) or vectorised through ``trainer.fit_cohort``.
+            after another (:class:`SequentialExecutor`, the reference every other path
+            matches) or vectorised through ``trainer.fit_cohort``. None (the default) chooses
+            as ``fedfleet run``'s ``executor = "auto"`` does
+            (:func:`fedfleet.sim.executor_choice.choose_in_process`): for a ``TorchTrainer``
+            built from a model factory with SGD and a plain-training strategy, the cohort
+            trains at once on a :class:`VmapTrainer`, :class:`CompiledTrainer` or
+            :class:`ThreadedTrainer` on the same model, which then becomes ``trainer``; the
+            same seed gives the same bits as ``fedfleet run`` with the same settings.
+            ``executor_choice`` says what was chosen and why.
         profiles: client system profiles (speed, bandwidth, latency, availability); None runs
             every client online and records no simulated time.
         deadline: what to do about clients that would finish late (needs ``profiles``).
         max_update_norm: refuse client updates whose delta's L2 norm is larger (None: no
             bound); see :func:`fedfleet.validation.validate_update`.
+        threads: torch intra-op threads while :meth:`run` trains and evaluates (the setting is
+            restored after): 1, as ``fedfleet run``'s default, which is faster on a busy
+            machine (OpenMP's barriers stall when another process holds a core; cohort
+            executors use the cores as lanes instead) and gives the command line's bits; None
+            leaves torch's setting as it is.
+        progress: show a progress bar (rounds, the round's clients, the last round's loss and
+            accuracy) on stderr; None (the default) shows it in a terminal or a Jupyter
+            notebook and not when the output goes to a file or a pipe.
     """
 
     trainer: Trainer
@@ -126,10 +145,20 @@ class Simulation:
     eval_every: int = 1
     federated_eval_every: int = 0
     client_states: ClientStateStore = field(default_factory=MemoryStateStore)
-    executor: CohortExecutor = field(default_factory=SequentialExecutor)
+    executor: CohortExecutor | None = None
     profiles: ClientProfiles | None = None
     deadline: DeadlinePolicy | None = None
     max_update_norm: float | None = None
+    progress: bool | None = None
+    threads: int | None = 1
+    executor_choice: str = field(init=False, default="given")
+    """How clients train: "given" when ``executor`` was passed, else the choice and its reason."""
+
+    def __post_init__(self) -> None:
+        if self.executor is None:
+            self.trainer, self.executor, self.executor_choice = choose_in_process(
+                self.trainer, self.strategy, threads=self.threads or _current_threads()
+            )
 
     def run(
         self,
@@ -173,36 +202,39 @@ class Simulation:
             )
             for cid, client_state in sorted(resume.client_states.items()):
                 self.client_states.put(cid, client_state)
-        transport = InProcessTransport(
-            self.trainer,
-            self.federation,
-            self.strategy,
-            self.executor,
-            self.client_states,
-            self.max_update_norm,
-            on_client,
-        )
-        if resume is not None:  # clients that may hold state, for the snapshots
-            transport.stateful.update(resume.client_states)
+        executor = self.executor
+        assert executor is not None  # chosen in __post_init__
+        with torch_threads(self.threads), round_progress(self.progress, rounds, start.round) as bar:
+            transport = InProcessTransport(
+                self.trainer,
+                self.federation,
+                self.strategy,
+                executor,
+                self.client_states,
+                self.max_update_norm,
+                _both(on_client, bar.on_client if bar else None),
+            )
+            if resume is not None:  # clients that may hold state, for the snapshots
+                transport.stateful.update(resume.client_states)
 
-        def save(state: LoopState) -> None:
-            assert on_snapshot is not None
-            on_snapshot(self._snapshot(state, transport.stateful))
+            def save(state: LoopState) -> None:
+                assert on_snapshot is not None
+                on_snapshot(self._snapshot(state, transport.stateful))
 
-        loop = RoundLoop(
-            self.strategy,
-            transport,
-            self.seed,
-            self._clients,
-            test=lambda v: self.trainer.evaluate(v, self.federation.task.test),
-            eval_every=self.eval_every,
-            federated_every=self.federated_eval_every,
-            evaluators=transport.evaluators,
-            pacer=self._pacer(),
-            checkpoint=None if on_snapshot is None else save,
-            on_evaluation=on_evaluation,
-        )
-        end = loop.run(rounds, start, on_round, until)
+            loop = RoundLoop(
+                self.strategy,
+                transport,
+                self.seed,
+                self._clients,
+                test=lambda v: self.trainer.evaluate(v, self.federation.task.test),
+                eval_every=self.eval_every,
+                federated_every=self.federated_eval_every,
+                evaluators=transport.evaluators,
+                pacer=self._pacer(),
+                checkpoint=None if on_snapshot is None else save,
+                on_evaluation=on_evaluation,
+            )
+            end = loop.run(rounds, start, _both(on_round, bar.on_round if bar else None), until)
         return SimulationResult(
             end.history,
             end.vector,
@@ -290,6 +322,27 @@ class _Sizes(Sequence[int]):
         if isinstance(cid, slice):
             return [self._population.num_samples(c) for c in range(len(self))[cid]]
         return self._population.num_samples(cid)
+
+
+def _current_threads() -> int:
+    import torch  # the engine itself runs any trainer; only this setting is torch's
+
+    return torch.get_num_threads()
+
+
+def _both(
+    first: Callable[..., None] | None, second: Callable[..., None] | None
+) -> Callable[..., None] | None:
+    """``first`` (the caller's callback) then ``second`` (the progress bar's), either may be
+    None."""
+    if first is None or second is None:
+        return first or second
+
+    def both(*args: Any) -> None:
+        first(*args)
+        second(*args)
+
+    return both
 
 
 def _export(trainer: Trainer, vector: np.ndarray) -> Any:
