@@ -89,11 +89,11 @@ def test_report_plots_both_runs_and_compares_them_on_one_page(runs, tmp_path):
     assert str(out / "index.html") in proc.stdout.replace("\n", "")
 
     drawn = sorted(p.name for p in out.glob("*.png"))
-    # no bytes.png: neither run records bytes sent
-    expected = ["client_accuracy", "epsilon", "rounds", "sim_time", "wall_time"]
+    expected = ["bytes", "client_accuracy", "epsilon", "rounds", "sim_time", "wall_time"]
     assert drawn == [f"{name}.png" for name in expected]
     pixels = {p.stem: _pixels(p) for p in out.glob("*.png")}
-    for name in ("rounds", "sim_time", "wall_time"):  # every run overlaid, each in its colour
+    # every run overlaid, each in its colour
+    for name in ("rounds", "sim_time", "wall_time", "bytes"):
         assert _has_colour(pixels[name], BLUE) and _has_colour(pixels[name], RED), name
     # only the federated-evaluation run has client accuracy, only the DP run an epsilon
     assert _has_colour(pixels["client_accuracy"], BLUE)
@@ -136,21 +136,21 @@ def test_config_differences_are_the_keys_whose_values_differ(runs):
 
 def test_bytes_sent_gets_its_plot_and_a_rerun_removes_stale_figures(runs, tmp_path):
     a, b = runs
-    counted = tmp_path / "counted"
-    shutil.copytree(a, counted)
+    uncounted = tmp_path / "uncounted"  # a run from before records counted bytes
+    shutil.copytree(a, uncounted)
     records = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
-    with (counted / "metrics.jsonl").open("w") as f:
+    assert all(r["uplink_bytes"] == 4 * 9_610 * r["num_clients"] for r in records)
+    with (uncounted / "metrics.jsonl").open("w") as f:
         for r in records:
-            size = 4 * 9_610 * r["num_clients"]
-            f.write(json.dumps({**r, "bytes_up": size, "bytes_down": size}) + "\n")
+            f.write(json.dumps({k: v for k, v in r.items() if "bytes" not in k}) + "\n")
     out = tmp_path / "report"
-    write_report([b, counted], out)
-    assert _has_colour(_pixels(out / "bytes.png"), RED)  # counted is the second run
-    assert not _has_colour(_pixels(out / "bytes.png"), BLUE)  # b has no byte counts
-    total = sum(2 * 4 * 9_610 * r["num_clients"] for r in records)
+    write_report([uncounted, a], out)
+    assert _has_colour(_pixels(out / "bytes.png"), RED)  # a is the second run
+    assert not _has_colour(_pixels(out / "bytes.png"), BLUE)  # uncounted has no byte counts
+    total = sum(r["uplink_bytes"] + r["downlink_bytes"] for r in records)
     assert f"{total / 1e6:,.2f} MB" in (out / "index.html").read_text()
 
-    write_report([a], out)  # one run, no DP, no bytes: those figures go
+    write_report([uncounted], out)  # one run, no DP, no bytes: those figures go
     assert not (out / "epsilon.png").exists() and not (out / "bytes.png").exists()
     assert (out / "rounds.png").exists()
     assert "One run: nothing to compare." in (out / "index.html").read_text()

@@ -145,7 +145,7 @@ def _with_totals(run: Run) -> dict[str, Any]:
     final = dict(run.final)
     final["num_rejected_total"] = sum(r.get("num_rejected") or 0 for r in run.records)
     if "bytes_sent" not in final:
-        ups = [(r.get("bytes_up") or 0) + (r.get("bytes_down") or 0) for r in run.records]
+        ups = [(r.get("uplink_bytes") or 0) + (r.get("downlink_bytes") or 0) for r in run.records]
         if any(ups):
             final["bytes_sent"] = float(sum(ups))
     return final

@@ -4,7 +4,7 @@
     sim_time.png        the same against simulated time (runs with client profiles)
     wall_time.png       the same against wall-clock time
     bytes.png           the same against bytes sent (records with ``bytes_sent``, cumulative,
-                        or per-round ``bytes_up``/``bytes_down``)
+                        or per-round ``uplink_bytes``/``downlink_bytes``, as every round record has)
     client_accuracy.png per-client accuracy: mean, a +-1 std band, worst 10% (federated eval)
     epsilon.png         the privacy spent, epsilon at the run's delta, by round (DP runs)
 
@@ -65,7 +65,7 @@ def _bytes_sent(run: Run) -> list[float | None]:
         return _key("bytes_sent")(run)
     total, out = 0.0, list[float | None]()
     for r in run.records:
-        up, down = _number(r.get("bytes_up")), _number(r.get("bytes_down"))
+        up, down = _number(r.get("uplink_bytes")), _number(r.get("downlink_bytes"))
         if up is None and down is None:
             out.append(None)
             continue
