@@ -135,7 +135,7 @@ def test_config_differences_are_the_keys_whose_values_differ(runs):
 
 
 def test_bytes_sent_gets_its_plot_and_a_rerun_removes_stale_figures(runs, tmp_path):
-    a, b = runs
+    a, _ = runs
     uncounted = tmp_path / "uncounted"  # a run from before records counted bytes
     shutil.copytree(a, uncounted)
     records = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
