@@ -11,6 +11,7 @@ __all__ = [
     "DatasetError",
     "FedfleetError",
     "LayoutError",
+    "MissingExtra",
     "PrivacyBudgetExhausted",
     "UpdateRejected",
     "clip_text",
@@ -43,6 +44,12 @@ class DatasetError(FedfleetError, ValueError):
 
 class LayoutError(FedfleetError, ValueError):
     """A flat parameter vector does not match a model's layout."""
+
+
+class MissingExtra(FedfleetError, ImportError):
+    """A feature needs an optional package that is not installed; the message names the extra
+    that installs it (``pip install 'fedfleet[deploy]'``). Raised by ``fedfleet._extras.require``.
+    """
 
 
 class PrivacyBudgetExhausted(FedfleetError):

@@ -14,7 +14,7 @@ from fedfleet.client.protocol import Trainer
 from fedfleet.client.threaded_trainer import ThreadedTrainer
 from fedfleet.client.vmap_trainer import VmapTrainer
 from fedfleet.data.base import TaskData
-from fedfleet.errors import ConfigError
+from fedfleet.errors import ConfigError, MissingExtra
 from fedfleet.runs.config import RunConfig, dump_config
 from fedfleet.runs.models import model_factory
 from fedfleet.sim.cohort import CohortExecutor, SequentialExecutor, VectorisedExecutor
@@ -107,7 +107,7 @@ def choose_executor(
     if vmap.uses_fast_path and small and config.executor == "auto" and config.device == "cpu":
         try:
             compiled = _compiled(config, task, compiled_lanes)
-        except ConfigError:
+        except (ConfigError, MissingExtra):
             pass  # not SGD, or numba missing: the vectorised cohort below
         else:
             return compiled, VectorisedExecutor(), _compiled_why(compiled)
