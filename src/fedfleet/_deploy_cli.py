@@ -1,7 +1,10 @@
 """Command-line entry points: ``server``, ``client`` and ``certs``, as a typer sub-app.
 
-Register them in the main app with ``app.add_typer(net_app)`` (commands ``fedfleet server``,
-``fedfleet client``, ``fedfleet certs``) or run ``python -m fedfleet.net --help``.
+``fedfleet``'s main app registers them (commands ``fedfleet server``, ``fedfleet client``,
+``fedfleet certs``); ``python -m fedfleet.net --help`` runs them alone. The module lives outside
+:mod:`fedfleet.net` so that ``fedfleet --help`` lists them without importing the deployment
+(gRPC, the ``deploy`` extra) or torch; each command imports what it needs when it runs.
+:mod:`fedfleet.net.cli` re-exports it.
 
 A config file is a run config (the same TOML ``fedfleet run`` reads: seed, data, model,
 strategy, client training) plus an optional ``[deploy]`` section with this process's network
@@ -13,12 +16,14 @@ from __future__ import annotations
 import logging
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fedfleet.errors import FedfleetError
-from fedfleet.runs.config import RunConfig, dump_config, validate_config
+
+if TYPE_CHECKING:
+    from fedfleet.runs.config import RunConfig
 
 __all__ = ["CLIENT_KEYS", "SERVER_KEYS", "app", "certs", "client", "read_config", "server"]
 
@@ -41,6 +46,8 @@ def read_config(
     path: Path | None, valid: set[str] | None = None
 ) -> tuple[RunConfig, dict[str, Any]]:
     """The run config in ``path`` and its ``[deploy]`` section (checked against ``valid``)."""
+    from fedfleet.runs.config import validate_config
+
     raw: dict[str, Any] = {}
     if path is not None:
         try:
@@ -100,11 +107,12 @@ def server(
     verbose: Annotated[bool, typer.Option("--verbose/--quiet")] = True,
 ) -> None:
     """Serve a federated run; clients connect with `client`."""
-    from fedfleet.net.server import FederatedServer, ServerSettings
-    from fedfleet.runs.rundir import RunDir
-
     _logging(verbose)
     try:
+        from fedfleet.net.server import FederatedServer, ServerSettings
+        from fedfleet.runs.config import dump_config
+        from fedfleet.runs.rundir import RunDir
+
         run_dir = resume or out
         if config is None and resume is not None and (resume / "config.toml").exists():
             config = resume / "config.toml"
@@ -185,13 +193,13 @@ def client(
     verbose: Annotated[bool, typer.Option("--verbose/--quiet")] = True,
 ) -> None:
     """Join a federation: train on local data whenever the server asks."""
-    import torch
-
-    from fedfleet.net.certs import client_id_from_cn, read_pem
-    from fedfleet.net.client import ClientSettings, FederatedClient
-
     _logging(verbose)
     try:
+        import torch
+
+        from fedfleet.net.certs import client_id_from_cn, read_pem
+        from fedfleet.net.client import ClientSettings, FederatedClient
+
         cfg, deploy = read_config(config, CLIENT_KEYS)
         given = {
             "server": server_address,
@@ -243,9 +251,9 @@ def certs(
     num_clients: Annotated[int, typer.Option(help="Client certificates to issue.")] = 2,
 ) -> None:
     """Create a local CA, a server certificate (localhost, 127.0.0.1) and client certificates."""
-    from fedfleet.net.certs import create_test_federation
-
     try:
+        from fedfleet.net.certs import create_test_federation
+
         d = create_test_federation(out_dir, num_clients)
     except FedfleetError as e:
         raise _fail(e) from None
