@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedfleet._extras import missing_extra
 from fedfleet.errors import ConfigError, FedfleetError
 
 if TYPE_CHECKING:
@@ -25,6 +26,26 @@ app = typer.Typer(
     help="fedfleet: federated learning, simulated or deployed, from the same code.",
 )
 console = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from fedfleet._version import __version__
+
+        typer.echo(f"fedfleet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """fedfleet: federated learning, simulated or deployed, from the same code."""
 
 
 @app.command()
@@ -330,7 +351,7 @@ def new(
 
 def _register_deployment() -> None:
     """``fedfleet server``, ``fedfleet client`` and ``fedfleet certs`` (the gRPC deployment)."""
-    from fedfleet.net.cli import app as net_app
+    from fedfleet._deploy_cli import app as net_app  # not fedfleet.net: no gRPC to start
 
     app.add_typer(net_app)
 
@@ -352,7 +373,14 @@ def main() -> None:
     logging.basicConfig(
         level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=console)]
     )
-    app()
+    try:
+        app()
+    except ImportError as err:  # an optional package a command needs: name its extra
+        missing = missing_extra(err)
+        if missing is None:
+            raise
+        console.print(f"[bold red]error:[/] {escape(str(missing))}", soft_wrap=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ __all__ = [
     "DatasetError",
     "FedfleetError",
     "LayoutError",
+    "MissingExtra",
     "PrivacyBudgetExhausted",
     "RunDirError",
     "UpdateRejected",
@@ -48,6 +49,12 @@ class LayoutError(FedfleetError, ValueError):
 
 class RunDirError(FedfleetError, ValueError):
     """A run directory (``fedfleet run --out DIR``) is missing, empty or damaged."""
+
+
+class MissingExtra(FedfleetError, ImportError):
+    """A feature needs an optional package that is not installed; the message names the extra
+    that installs it (``pip install 'fedfleet[deploy]'``). Raised by ``fedfleet._extras.require``.
+    """
 
 
 class PrivacyBudgetExhausted(FedfleetError):

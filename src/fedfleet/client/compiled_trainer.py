@@ -29,6 +29,7 @@ import numpy as np
 from torch import nn
 from torch.nn import functional as F
 
+from fedfleet._extras import require
 from fedfleet.client._cohort_base import CohortTrainer
 from fedfleet.client._vmap_mlp import mlp_layers
 from fedfleet.client._vmap_schedule import batch_table
@@ -73,10 +74,7 @@ class CompiledTrainer(CohortTrainer):
         eval_batch_size: int = 1024,
         workers: int = 1,
     ) -> None:
-        try:
-            import numba  # noqa: F401 - the kernel compiles on the first fit
-        except ImportError as err:
-            raise ConfigError(f"CompiledTrainer needs numba (pip install numba): {err}") from err
+        require("numba", feature="CompiledTrainer (executor 'compiled')")  # compiles on 1st fit
         args = dict(optimizer_args or {})
         sgd = StackedSGD.from_args(args, "CompiledTrainer")
         if workers < 1:

@@ -8,12 +8,17 @@ strategies, trainers and validation; only broadcast and upload travel over the n
 - :mod:`fedfleet.net.checkpoint`: atomic per-round server checkpoints (safetensors + JSON).
 """
 
+from fedfleet._extras import require
+
+for _module in ("grpc", "google.protobuf", "cryptography"):
+    require(_module, extra="deploy", feature="the gRPC deployment (fedfleet.net)")
+
 # SecAgg / HE register their round runners and uploads with the plain server and client
 # (fedfleet.net._hooks): importing any part of fedfleet.net fills the registry
-import fedfleet.net.secure  # noqa: F401
-from fedfleet.net.certs import create_test_federation
-from fedfleet.net.client import ClientSettings, FederatedClient
-from fedfleet.net.server import FederatedServer, RunSpec, ServerSettings
+import fedfleet.net.secure  # noqa: E402, F401
+from fedfleet.net.certs import create_test_federation  # noqa: E402
+from fedfleet.net.client import ClientSettings, FederatedClient  # noqa: E402
+from fedfleet.net.server import FederatedServer, RunSpec, ServerSettings  # noqa: E402
 
 __all__ = [
     "ClientSettings",

@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
+from fedfleet._extras import require
 from fedfleet.errors import ConfigError
 
 # dp_accounting is imported in the functions that use it: with the SciPy it pulls in, it is
 # ~1 s of every process's start-up (CLI, network clients, workers) that only DP runs need
 if TYPE_CHECKING:
+    require("dp_accounting", feature="DP accounting")
     import dp_accounting as dpa
 
 __all__ = [
@@ -122,6 +124,7 @@ class DpAccounting:
 
     def round_event(self, noise_multiplier: float | None = None) -> dpa.DpEvent:
         """The DP event of one round."""
+        require("dp_accounting", feature="DP accounting")
         import dp_accounting as dpa
 
         z = self.noise_multiplier if noise_multiplier is None else noise_multiplier
@@ -134,6 +137,7 @@ class DpAccounting:
         )
 
     def _new_accountant(self) -> dpa.PrivacyAccountant:
+        require("dp_accounting", feature="DP accounting")
         import dp_accounting as dpa
         from dp_accounting.pld import pld_privacy_accountant
         from dp_accounting.rdp import rdp_privacy_accountant
@@ -169,6 +173,7 @@ class DpAccounting:
 
 @lru_cache(maxsize=1024)
 def _epsilon(acc: DpAccounting, rounds: int) -> float:
+    require("dp_accounting", feature="DP accounting")
     import dp_accounting as dpa
 
     if rounds <= 0:
@@ -232,6 +237,7 @@ def calibrate_noise_multiplier(
     ``dp_accounting.calibrate_dp_mechanism``). PLD bisects on the ``PLD_COARSE`` grid (or
     ``accounting.pld_discretization``): its epsilons are upper bounds, so z errs on the safe
     side, by the grid's overstatement at most."""
+    require("dp_accounting", feature="DP accounting")
     import dp_accounting as dpa
 
     if target_epsilon <= 0:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fedfleet._extras import require
 from fedfleet.errors import ConfigError
 from fedfleet.privacy.accountant import pld_epsilon
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
@@ -55,6 +56,7 @@ def composed_dpsgd_epsilon(
         9.97
     """
     # imported here: dp_accounting and its SciPy are ~1 s of start-up only DP runs need
+    require("dp_accounting", feature="DP accounting")
     import dp_accounting as dpa
     from dp_accounting.rdp import rdp_privacy_accountant
 

@@ -40,12 +40,16 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
-import phe
 
+from fedfleet._extras import require
 from fedfleet.errors import FedfleetError
+
+if TYPE_CHECKING:  # phe (the `he` extra) is imported where Paillier keys are made
+    import phe
 
 __all__ = [
     "EncryptedVector",
@@ -218,11 +222,16 @@ def _check(vectors: Sequence[EncryptedVector], scheme: Scheme, key_id: bytes) ->
 # ---------------------------------------------------------------------------------- Paillier
 
 
+def _phe() -> ModuleType:
+    """The ``phe`` package (Paillier), or MissingExtra naming the ``he`` extra."""
+    return require("phe", feature="Paillier HE aggregation")
+
+
 class PaillierPublic:
     """The public side of a Paillier key plus the fixed-point format (clients and server)."""
 
     def __init__(self, n: int, fixed_point: FixedPoint) -> None:
-        self._pk = phe.PaillierPublicKey(n)
+        self._pk = _phe().PaillierPublicKey(n)
         self.fixed_point = fixed_point
         self.slots = (n.bit_length() - 1) // fixed_point.slot_bits
         if self.slots < 1:
@@ -325,7 +334,7 @@ class PaillierKeyHolder:
     ) -> PaillierKeyHolder:
         """A fresh keypair (``phe`` draws its primes from the OS CSPRNG). Use >= 2048 bits;
         smaller keys are for tests only."""
-        _, sk = phe.generate_paillier_keypair(n_length=key_bits)
+        _, sk = _phe().generate_paillier_keypair(n_length=key_bits)
         return cls(sk, fixed_point or FixedPoint())
 
     def secret_bytes(self) -> bytes:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedfleet._extras import require
 from fedfleet.privacy.he import EncryptedVector, HEError, _check
 
 __all__ = ["CKKS_SECRET_MAGIC", "CKKS_TOLERANCE", "CkksKeyHolder", "CkksPublic"]
@@ -26,11 +27,7 @@ CKKS_TOLERANCE = 1e-5
 
 
 def _tenseal():
-    try:
-        import tenseal as ts
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise HEError("CKKS needs the 'tenseal' package: pip install tenseal") from err
-    return ts
+    return require("tenseal", feature="CKKS HE aggregation")
 
 
 class CkksPublic:

@@ -41,6 +41,7 @@ from typing import Literal
 import numpy as np
 
 import fedfleet._streams as _streams
+from fedfleet._extras import require
 from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
@@ -80,6 +81,7 @@ def local_epsilon(
         0.73
     """
     # imported here: dp_accounting and its SciPy are ~1 s of start-up only DP runs need
+    require("dp_accounting", feature="DP accounting")
     import dp_accounting as dpa
     from dp_accounting.pld import privacy_loss_mechanism
     from dp_accounting.rdp import rdp_privacy_accountant

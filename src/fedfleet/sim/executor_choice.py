@@ -22,7 +22,7 @@ from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.threaded_trainer import ThreadedTrainer
 from fedfleet.client.torch_trainer import TorchTrainer
 from fedfleet.client.vmap_trainer import VmapTrainer
-from fedfleet.errors import ConfigError
+from fedfleet.errors import ConfigError, MissingExtra
 from fedfleet.sim.cohort import CohortExecutor, SequentialExecutor, VectorisedExecutor
 from fedfleet.strategies.base import Strategy, plain_client_fit
 
@@ -157,7 +157,7 @@ def choose_in_process(
     if vmap.uses_fast_path and small and executor == "auto" and cpu:
         try:
             compiled = _compiled(trainer, compiled_lanes)
-        except ConfigError:
+        except (ConfigError, MissingExtra):
             pass  # not SGD, not cross-entropy, or numba missing: the vectorised cohort below
         else:
             return compiled, VectorisedExecutor(), _compiled_why(compiled)

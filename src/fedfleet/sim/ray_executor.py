@@ -27,8 +27,9 @@ is pickled, and the envelope is exchanged only inside the Ray cluster, whose nod
 other's code by design and must be a trusted network (Ray's own security model). Anything
 crossing an untrusted boundary goes through :mod:`fedfleet.net` instead.
 
-Ray is an optional extra (``pip install -e ".[ray]"``); importing this module works without
-it, and using the executor then raises a :class:`FedfleetError` naming the extra.
+Ray is an optional extra (``pip install 'fedfleet[ray]'``); importing this module works without
+it, and constructing the executor then raises ``MissingExtra`` (a :class:`FedfleetError`) naming
+the extra.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from fedfleet._codec import (
     from_frame,
     to_frame,
 )
+from fedfleet._extras import check, require
 from fedfleet.client.protocol import Trainer
 from fedfleet.errors import ConfigError, FedfleetError
 from fedfleet.sim.cohort import ClientJob, CohortExecutor, Progress
@@ -63,14 +65,7 @@ __all__ = ["BuildRun", "RayExecutor", "WorkerRun"]
 
 
 def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise FedfleetError(
-            "executor 'ray' needs Ray, an optional extra: pip install -e \".[ray]\" "
-            "(or pip install 'fedfleet[ray]')"
-        ) from None
-    return ray
+    return require("ray", feature="executor 'ray'")
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
@@ -234,6 +229,7 @@ class RayExecutor:
             raise ConfigError(f"RayExecutor needs num_tasks >= 1, got {num_tasks}")
         if not connect_timeout_s > 0:
             raise ConfigError(f"RayExecutor needs connect_timeout_s > 0, got {connect_timeout_s}")
+        check("ray", feature="executor 'ray'")
         self.address = address
         self.num_tasks = num_tasks
         self.num_gpus_per_task = num_gpus_per_task

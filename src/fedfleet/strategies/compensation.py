@@ -21,16 +21,18 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.errors import ConfigError
-from fedfleet.sim.profiles import ClientProfiles
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
 from fedfleet.strategies.stragglers import RoundPlan
 from fedfleet.strategies.wrapper import ClientFit, Wrapper
+
+if TYPE_CHECKING:  # sim/ imports rounds/, which imports strategies/: a cycle at run time
+    from fedfleet.sim.profiles import ClientProfiles
 
 __all__ = ["ClientFit", "Compensation", "CompensationRule", "MoreEpochs", "ScaleLR"]
 

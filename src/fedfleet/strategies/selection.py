@@ -25,15 +25,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedfleet.client.protocol import FitInstructions
 from fedfleet.errors import ConfigError
-from fedfleet.sim.profiles import ClientProfiles
 from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
 from fedfleet.strategies.wrapper import Wrapper
+
+if TYPE_CHECKING:  # sim/ imports rounds/, which imports strategies/: a cycle at run time
+    from fedfleet.sim.profiles import ClientProfiles
 
 __all__ = ["AvailableOnly", "OortSelection", "oort_penalty", "oort_utility"]
 

@@ -13,14 +13,13 @@ import struct
 from pathlib import Path
 from typing import Literal
 
-import phe
-
 from fedfleet.privacy.he import (
     PAILLIER_SECRET_MAGIC,
     FixedPoint,
     HEError,
     PaillierKeyHolder,
     PaillierPublic,
+    _phe,
 )
 from fedfleet.privacy.he_ckks import (
     CKKS_SECRET_MAGIC,
@@ -77,7 +76,7 @@ def load_key_holder(data: bytes) -> PaillierKeyHolder | CkksKeyHolder:
                 q = int.from_bytes(data[head + width :], "big")
                 fp = FixedPoint(frac_bits=frac, value_bits=value, max_weight=2**wbits - 1)
                 return PaillierKeyHolder(
-                    phe.PaillierPrivateKey(phe.PaillierPublicKey(p * q), p, q), fp
+                    _phe().PaillierPrivateKey(_phe().PaillierPublicKey(p * q), p, q), fp
                 )
         raise HEError("not a Paillier secret key file (bad magic or length)")
     if data.startswith(CKKS_SECRET_MAGIC):

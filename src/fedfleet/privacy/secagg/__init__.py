@@ -6,9 +6,16 @@ masked input, which clients those were, and the public keys; nothing about any s
 long as it is semi-honest and colludes with fewer than t clients of any neighbourhood. Clients
 learn nothing about each other's updates. (No consistency-check round: a server that lies about
 dropouts to different clients is out of scope, as in Bonawitz et al.'s semi-honest variant.)
+
+``SecAggClient``, ``SecAggServer`` and ``SecAggResult`` load on first use (PEP 562): they need
+``cryptography`` (the ``privacy`` or ``deploy`` extra), which a run without SecAgg does not.
 """
 
-from fedfleet.privacy.secagg.client import SecAggClient
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from fedfleet.privacy.secagg.config import SecAggConfig, harary_graph, secagg_plus_degree
 from fedfleet.privacy.secagg.errors import STAGE_NAMES, SecAggAborted, SecAggProtocolError
 from fedfleet.privacy.secagg.messages import (
@@ -22,9 +29,28 @@ from fedfleet.privacy.secagg.messages import (
     UnmaskResponse,
 )
 from fedfleet.privacy.secagg.quantize import dequantize, modulus_bits, quantize, to_signed
-from fedfleet.privacy.secagg.server import SecAggResult, SecAggServer
 from fedfleet.privacy.secagg.shamir import reconstruct, share_secret
 from fedfleet.privacy.secagg.simulate import SecAggRun, draw_dropouts, run_secagg, secure_sum
+
+if TYPE_CHECKING:
+    from fedfleet.privacy.secagg.client import SecAggClient
+    from fedfleet.privacy.secagg.server import SecAggResult, SecAggServer
+
+_LAZY = {
+    "SecAggClient": "fedfleet.privacy.secagg.client",
+    "SecAggResult": "fedfleet.privacy.secagg.server",
+    "SecAggServer": "fedfleet.privacy.secagg.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from fedfleet._extras import require
+
+    require("cryptography", extra="privacy", feature="secure aggregation (SecAgg)")
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
 
 __all__ = [
     "STAGE_NAMES",

@@ -11,14 +11,17 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 import fedfleet._streams as _streams
+from fedfleet._extras import require
 from fedfleet.errors import ConfigError
-from fedfleet.privacy.secagg.client import SecAggClient
 from fedfleet.privacy.secagg.config import SecAggConfig
-from fedfleet.privacy.secagg.server import SecAggResult, SecAggServer
+
+if TYPE_CHECKING:  # they need cryptography, imported by run_secagg when a protocol runs
+    from fedfleet.privacy.secagg.server import SecAggResult, SecAggServer
 
 __all__ = ["SecAggRun", "draw_dropouts", "run_secagg", "secure_sum"]
 
@@ -81,6 +84,10 @@ def run_secagg(
     reproducible, and only for simulation). Raises :class:`SecAggAborted` when too few clients
     are left at some stage.
     """
+    require("cryptography", extra="privacy", feature="secure aggregation (SecAgg)")
+    from fedfleet.privacy.secagg.client import SecAggClient
+    from fedfleet.privacy.secagg.server import SecAggServer
+
     ids = list(range(len(updates))) if client_ids is None else [int(c) for c in client_ids]
     if len(ids) != len(updates):
         raise ConfigError(f"{len(updates)} updates but {len(ids)} client ids")
