@@ -24,7 +24,20 @@ import fedfleet
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = {"torch", "numpy", "scikit-learn", "safetensors", "pydantic", "typer", "rich", "tomli-w"}
-EXTRAS = {"deploy", "privacy", "he", "fast", "ray", "track", "report", "llm", "hf", "all", "dev"}
+EXTRAS = {
+    "deploy",
+    "privacy",
+    "he",
+    "fast",
+    "ray",
+    "track",
+    "report",
+    "llm",
+    "hf",
+    "docs",
+    "all",
+    "dev",
+}
 
 
 def test_version_flag_prints_the_one_version():
