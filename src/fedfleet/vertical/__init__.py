@@ -15,14 +15,19 @@ from fedfleet.vertical._channel import (
     ints_to_array,
     run_parties,
 )
+from fedfleet.vertical._party import PartyData, VerticalProtocol, align, split_columns
 
 __all__ = [
     "Channel",
     "Delivery",
     "LocalNetwork",
     "Message",
+    "PartyData",
     "PartyError",
+    "VerticalProtocol",
+    "align",
     "array_to_ints",
     "ints_to_array",
     "run_parties",
+    "split_columns",
 ]
