@@ -16,6 +16,7 @@ from fedfleet.vertical._channel import (
     run_parties,
 )
 from fedfleet.vertical._party import PartyData, VerticalProtocol, align, split_columns
+from fedfleet.vertical._psi import Psi, psi_hash
 
 __all__ = [
     "Channel",
@@ -24,10 +25,12 @@ __all__ = [
     "Message",
     "PartyData",
     "PartyError",
+    "Psi",
     "VerticalProtocol",
     "align",
     "array_to_ints",
     "ints_to_array",
+    "psi_hash",
     "run_parties",
     "split_columns",
 ]
