@@ -15,19 +15,26 @@ from fedfleet.vertical._channel import (
     ints_to_array,
     run_parties,
 )
+from fedfleet.vertical._hetero_lr import HeteroLR, HeteroPredict, PartyWeights
 from fedfleet.vertical._party import PartyData, VerticalProtocol, align, split_columns
+from fedfleet.vertical._psi import Psi, psi_hash
 
 __all__ = [
     "Channel",
     "Delivery",
+    "HeteroLR",
+    "HeteroPredict",
     "LocalNetwork",
     "Message",
     "PartyData",
     "PartyError",
+    "PartyWeights",
+    "Psi",
     "VerticalProtocol",
     "align",
     "array_to_ints",
     "ints_to_array",
+    "psi_hash",
     "run_parties",
     "split_columns",
 ]
