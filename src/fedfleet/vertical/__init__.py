@@ -6,6 +6,7 @@ parties in one process (every message encoded as it would travel, and logged), t
 """
 
 from fedfleet._codec.frame import Message
+from fedfleet.vertical._boost import BoostSettings, PlainTree, fit_plain, predict_plain
 from fedfleet.vertical._channel import (
     Channel,
     Delivery,
@@ -16,18 +17,32 @@ from fedfleet.vertical._channel import (
     run_parties,
 )
 from fedfleet.vertical._party import PartyData, VerticalProtocol, align, split_columns
+from fedfleet.vertical._secureboost import (
+    SecureBoost,
+    SecureBoostHostModel,
+    SecureBoostModel,
+    prediction_programs,
+)
 
 __all__ = [
+    "BoostSettings",
     "Channel",
     "Delivery",
     "LocalNetwork",
     "Message",
     "PartyData",
     "PartyError",
+    "PlainTree",
+    "SecureBoost",
+    "SecureBoostHostModel",
+    "SecureBoostModel",
     "VerticalProtocol",
     "align",
     "array_to_ints",
+    "fit_plain",
     "ints_to_array",
+    "predict_plain",
+    "prediction_programs",
     "run_parties",
     "split_columns",
 ]
