@@ -36,6 +36,7 @@ Threat model: honest-but-curious parties, with the guest holding the Paillier se
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -184,9 +185,11 @@ def _guest(s: SecureBoost, data: PartyData, hosts: list[str], ch: Channel) -> Se
             ((int(a) + offset) << (2 * slot)) | (int(b) << slot) | 1
             for a, b in zip(qg.tolist(), qh.tolist(), strict=True)
         ]
-        cipher = ints_to_array([public.raw_encrypt(p) for p in packed], nsq_bytes)
+        cipher = ints_to_array(_encrypt(public, private, packed), nsq_bytes)
+        # hosts shift several bins' sums into one ciphertext: fewer decryptions (SecureBoost+)
+        pack = {"shift": 3 * slot, "per": (public.n.bit_length() - 1) // (3 * slot)}
         for hname in hosts:
-            ch.send(hname, Message("sb-gh", {}, [cipher], ["encrypted g, h"]))
+            ch.send(hname, Message("sb-gh", pack, [cipher], ["encrypted g, h"]))
         mask = (1 << slot) - 1
 
         def hists(
@@ -203,10 +206,18 @@ def _guest(s: SecureBoost, data: PartyData, hosts: list[str], ch: Channel) -> Se
                 ch.send(hname, msg)
             out = [(histogram(binned, position, nodes, qg, qh, width), n_bins)]
             for hname, nb in zip(hosts, host_bins, strict=True):
-                sums = array_to_ints(ch.recv(hname, "sb-hist").arrays[0])
-                hist = np.zeros((len(sums), 3), dtype=np.int64)
-                for i, c in enumerate(sums):
-                    p = private.raw_decrypt(c)
+                total = nodes * len(nb) * int(nb.max(initial=1))
+                sums = _unpack(
+                    [
+                        private.raw_decrypt(c)
+                        for c in array_to_ints(ch.recv(hname, "sb-hist").arrays[0])
+                    ],
+                    total,
+                    pack["per"],
+                    pack["shift"],
+                )
+                hist = np.zeros((total, 3), dtype=np.int64)
+                for i, p in enumerate(sums):
                     count = p & mask
                     hist[i] = (count, (p >> (2 * slot)) - count * offset, (p >> slot) & mask)
                 out.append((hist.reshape(nodes, len(nb), -1, 3), nb))
@@ -232,6 +243,34 @@ def _guest(s: SecureBoost, data: PartyData, hosts: list[str], ch: Channel) -> Se
         score = score + leaf
         trees.append(tree)
     return SecureBoostModel(tuple(trees), tuple(hosts), tuple(edges), base, s.objective, score)
+
+
+def _encrypt(public: Any, private: Any, plaintexts: list[int]) -> list[int]:
+    """Paillier encryptions ``(1 + n m) r^n mod n^2`` with fresh random r, the costly ``r^n``
+    taken mod p^2 and q^2 and recombined (CRT, as only the key's owner can): ~3x faster than
+    ``phe``'s ``raw_encrypt``, the same ciphertexts' distribution."""
+    gmpy2 = require("gmpy2", feature="SecureBoost")
+    n, nsq = gmpy2.mpz(public.n), gmpy2.mpz(public.nsquare)
+    p2, q2 = gmpy2.mpz(private.p) ** 2, gmpy2.mpz(private.q) ** 2
+    q2_inv = gmpy2.invert(q2, p2)
+    draw = secrets.SystemRandom()
+    out = []
+    for m in plaintexts:
+        r = gmpy2.mpz(draw.randrange(1, public.n))
+        rp, rq = gmpy2.powmod(r, n, p2), gmpy2.powmod(r, n, q2)
+        rn = rq + q2 * ((rp - rq) * q2_inv % p2)
+        out.append(int((1 + n * m) % nsq * rn % nsq))
+    return out
+
+
+def _unpack(plain: list[int], total: int, per: int, shift: int) -> list[int]:
+    """The ``total`` sums a host packed ``per`` to a ciphertext, first one highest."""
+    out: list[int] = []
+    mask = (1 << shift) - 1
+    for i, p in enumerate(plain):
+        k = min(per, total - i * per)
+        out.extend((p >> (shift * (k - 1 - j))) & mask for j in range(k))
+    return out
 
 
 def _with_split_ids(t: PlainTree, split_id: dict[tuple[int, int, int], int]) -> PlainTree:
@@ -263,7 +302,9 @@ def _host(s: SecureBoost, data: PartyData, ch: Channel) -> SecureBoostHostModel:
     table_t: list[float] = []
     known: dict[tuple[int, int], int] = {}
     for _ in range(s.trees):
-        cipher = [gmpy2.mpz(c) for c in array_to_ints(ch.recv(s.guest, "sb-gh").arrays[0])]
+        gh = ch.recv(s.guest, "sb-gh")
+        cipher = [gmpy2.mpz(c) for c in array_to_ints(gh.arrays[0])]
+        per, lift = int(gh.body["per"]), gmpy2.mpz(2) ** int(gh.body["shift"])
         for _ in range(s.max_depth):
             msg = ch.recv(s.guest, "sb-nodes")
             nodes, position = int(msg.body["nodes"]), msg.arrays[0].astype(np.int64)
@@ -275,7 +316,13 @@ def _host(s: SecureBoost, data: PartyData, ch: Channel) -> SecureBoostHostModel:
                 c = cipher[r]
                 for i in row_idx:
                     acc[i] = acc[i] * c % nsq
-            sums = ints_to_array([int(a) for a in acc], nsq_bytes)
+            packed = []
+            for start in range(0, len(acc), per):
+                c = acc[start]
+                for a in acc[start + 1 : start + per]:  # c -> Enc(2^shift m_c + m_a)
+                    c = gmpy2.powmod(c, lift, nsq) * a % nsq
+                packed.append(int(c))
+            sums = ints_to_array(packed, nsq_bytes)
             ch.send(s.guest, Message("sb-hist", {}, [sums], ["encrypted histograms"]))
             asked = ch.recv(s.guest, "sb-split").body["cuts"]
             ids, lefts = [], []
