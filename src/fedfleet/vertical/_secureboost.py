@@ -200,6 +200,7 @@ def _guest(s: SecureBoost, data: PartyData, hosts: list[str], ch: Channel) -> Se
             offset: int = offset,
             slot: int = slot,
             mask: int = mask,
+            pack: dict[str, int] = pack,
         ) -> list[tuple[np.ndarray, np.ndarray]]:
             msg = Message("sb-nodes", {"nodes": nodes}, [position.astype(np.int32)], ["node"])
             for hname in hosts:
@@ -207,15 +208,9 @@ def _guest(s: SecureBoost, data: PartyData, hosts: list[str], ch: Channel) -> Se
             out = [(histogram(binned, position, nodes, qg, qh, width), n_bins)]
             for hname, nb in zip(hosts, host_bins, strict=True):
                 total = nodes * len(nb) * int(nb.max(initial=1))
-                sums = _unpack(
-                    [
-                        private.raw_decrypt(c)
-                        for c in array_to_ints(ch.recv(hname, "sb-hist").arrays[0])
-                    ],
-                    total,
-                    pack["per"],
-                    pack["shift"],
-                )
+                packed = array_to_ints(ch.recv(hname, "sb-hist").arrays[0])
+                plain = [private.raw_decrypt(c) for c in packed]
+                sums = _unpack(plain, total, pack["per"], pack["shift"])
                 hist = np.zeros((total, 3), dtype=np.int64)
                 for i, p in enumerate(sums):
                     count = p & mask
