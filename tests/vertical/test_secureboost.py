@@ -10,11 +10,14 @@ import pytest
 from fedfleet.errors import ConfigError, DatasetError
 from fedfleet.vertical import (
     LocalNetwork,
+    Message,
     PartyData,
+    PartyError,
     SecureBoost,
     SecureBoostHostModel,
     array_to_ints,
     fit_plain,
+    ints_to_array,
     predict_plain,
     prediction_programs,
     run_parties,
@@ -207,3 +210,21 @@ def test_bad_settings_and_parties_are_named(cancer) -> None:
         SecureBoost(key_bits=1024).programs(bad)
     with pytest.raises(DatasetError, match="guest 'guest' with labels"):
         SecureBoost(key_bits=1024).programs({"host-0": parties["host-0"]})
+
+
+def test_a_host_sending_a_malformed_histogram_is_named(cancer, keys) -> None:
+    x, y = cancer
+    parties = _parties(x[:60], y[:60], [[0, 1], [2, 3]])
+    s = SecureBoost(trees=1, max_depth=1, bins=4, key_bits=1024, keys=keys)
+    programs = s.programs(parties)
+
+    def rogue(ch) -> None:
+        ch.recv("guest", "sb-setup")
+        ch.send("guest", Message("sb-bins", {}, [np.array([4, 4], dtype=np.int32)]))
+        ch.recv("guest", "sb-gh")
+        ch.recv("guest", "sb-nodes")
+        ch.send("guest", Message("sb-hist", {}, [ints_to_array([1, 1])]))
+
+    programs["host-0"] = rogue
+    with pytest.raises(PartyError, match="host host-0 sent 2 histogram ciphertexts, expected 1"):
+        run_parties(LocalNetwork(list(parties), timeout_s=120), programs)

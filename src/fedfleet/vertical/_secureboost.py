@@ -58,7 +58,7 @@ from fedfleet.vertical._boost import (
     quantize,
     to_bins,
 )
-from fedfleet.vertical._channel import Channel, array_to_ints, ints_to_array
+from fedfleet.vertical._channel import Channel, PartyError, array_to_ints, ints_to_array
 from fedfleet.vertical._party import PartyData
 
 __all__ = [
@@ -209,6 +209,11 @@ def _guest(s: SecureBoost, data: PartyData, hosts: list[str], ch: Channel) -> Se
             for hname, nb in zip(hosts, host_bins, strict=True):
                 total = nodes * len(nb) * int(nb.max(initial=1))
                 packed = array_to_ints(ch.recv(hname, "sb-hist").arrays[0])
+                if len(packed) != -(-total // pack["per"]):
+                    raise PartyError(
+                        f"host {hname} sent {len(packed)} histogram ciphertexts, expected "
+                        f"{-(-total // pack['per'])} for {nodes} nodes x {len(nb)} features"
+                    )
                 plain = [private.raw_decrypt(c) for c in packed]
                 sums = _unpack(plain, total, pack["per"], pack["shift"])
                 hist = np.zeros((total, 3), dtype=np.int64)
