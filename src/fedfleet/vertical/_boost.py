@@ -111,6 +111,13 @@ def histogram(
     return out.reshape(nodes, features, width, 3)
 
 
+def select(position: np.ndarray, wanted: Sequence[int]) -> np.ndarray:
+    """``position`` renumbered to the nodes ``wanted`` (j for ``wanted[j]``, -1 elsewhere)."""
+    lookup = np.full(int(position.max(initial=-1)) + 2, -1, dtype=np.int64)
+    lookup[np.asarray(wanted, dtype=np.int64)] = np.arange(len(wanted))
+    return lookup[position]  # position -1 reads the last entry, which stays -1
+
+
 def best_split(
     hist: np.ndarray, n_bins: np.ndarray, total: tuple[int, int, int], s: BoostSettings
 ) -> tuple[float, int, int]:
@@ -156,8 +163,9 @@ class PlainTree:
     weight: tuple[float, ...]
 
 
-# A party's histograms for the open nodes of a level: (nodes, F, width, 3) ints, bins per feature
-HistFn = Callable[[np.ndarray, int], list[tuple[np.ndarray, np.ndarray]]]
+# Every party's histograms (len(wanted), F, width, 3) ints, and its bins per feature, of the
+# open nodes `wanted` (their indices in the level), given each row's open node (-1: none)
+HistFn = Callable[[np.ndarray, list[int]], list[tuple[np.ndarray, np.ndarray]]]
 # Apply a level's chosen cuts [(open node's index in the level, party, feature, bin)]: one
 # left mask (rows,) per cut, True for the node's rows that go left
 CutFn = Callable[[list[tuple[int, int, int, int]]], list[np.ndarray]]
@@ -166,9 +174,13 @@ CutFn = Callable[[list[tuple[int, int, int, int]]], list[np.ndarray]]
 def grow_tree(
     qg: np.ndarray, qh: np.ndarray, s: BoostSettings, hists: HistFn, cut: CutFn
 ) -> tuple[PlainTree, np.ndarray]:
-    """One tree, level by level: ``hists(position, nodes)`` gives every party's histograms of
-    the open nodes, ``cut`` applies the chosen cuts (where the feature's owner is); returns the
-    tree and each row's leaf weight."""
+    """One tree, level by level: ``hists(position, wanted)`` gives every party's histograms of
+    some open nodes, ``cut`` applies the chosen cuts (where the feature's owner is); returns the
+    tree and each row's leaf weight.
+
+    Below the root, of two siblings only the one with fewer rows is summed (by the parties: the
+    costly encrypted part); the other is its parent's histogram minus it, exact in integers
+    (LightGBM's histogram subtraction)."""
     n = len(qg)
     party: list[int] = [-1]
     feature: list[int] = [-1]
@@ -178,12 +190,29 @@ def grow_tree(
     weight: list[float] = [0.0]
     node_of = np.zeros(n, dtype=np.int64)  # each row's current node
     open_nodes = [0]
+    parent_of: dict[int, int] = {}
+    sibling: dict[int, int] = {}
+    parent_hist: dict[int, list[np.ndarray]] = {}  # per party, of the nodes split last level
     for _ in range(s.max_depth):
         local = {node: k for k, node in enumerate(open_nodes)}
         position = np.full(n, -1, dtype=np.int64)
         for node, k in local.items():
             position[node_of == node] = k
-        per_party = hists(position, len(open_nodes))
+        count = np.bincount(position[position >= 0], minlength=len(open_nodes))
+        wanted = [
+            k
+            for node, k in local.items()
+            if node not in parent_of
+            or (count[k], node) < (count[local[sibling[node]]], sibling[node])
+        ]
+        per_party = []
+        for p, (some, n_bins) in enumerate(hists(position, wanted)):
+            hist = np.zeros((len(open_nodes), *some.shape[1:]), dtype=np.int64)
+            hist[wanted] = some
+            for node, k in local.items():
+                if k not in wanted:
+                    hist[k] = parent_hist[parent_of[node]][p] - hist[local[sibling[node]]]
+            per_party.append((hist, n_bins))
         cuts: list[tuple[int, int, int, int, int]] = []
         for node, k in local.items():
             rows = position == k
@@ -197,6 +226,7 @@ def grow_tree(
                 cuts.append((node, k, best[1], best[2], best[3]))
         masks = cut([c[1:] for c in cuts])
         next_open: list[int] = []
+        parent_hist = {node: [h[k] for h, _ in per_party] for node, k, *_ in cuts}
         for (node, _, p, f, b), mask in zip(cuts, masks, strict=True):
             party[node], feature[node], bin_[node] = p, f, b
             for side in (True, False):
@@ -207,6 +237,8 @@ def grow_tree(
                 (left if side else right)[node] = child
                 node_of[(node_of == node) & (mask == side)] = child
                 next_open.append(child)
+                parent_of[child] = node
+            sibling[left[node]], sibling[right[node]] = right[node], left[node]
         open_nodes = next_open
         if not open_nodes:
             break
@@ -239,10 +271,11 @@ def fit_plain(
         qg, qh = quantize(g, s.frac_bits), quantize(h, s.frac_bits)
 
         def hists(
-            position: np.ndarray, nodes: int, qg: np.ndarray = qg, qh: np.ndarray = qh
+            position: np.ndarray, wanted: list[int], qg: np.ndarray = qg, qh: np.ndarray = qh
         ) -> list[tuple[np.ndarray, np.ndarray]]:
+            only = select(position, wanted)
             return [
-                (histogram(b, position, nodes, qg, qh, w), nb)
+                (histogram(b, only, len(wanted), qg, qh, w), nb)
                 for b, nb, w in zip(binned, n_bins, widths, strict=True)
             ]
 

@@ -56,6 +56,7 @@ from fedfleet.vertical._boost import (
     histogram,
     quantile_edges,
     quantize,
+    select,
     to_bins,
 )
 from fedfleet.vertical._channel import Channel, PartyError, array_to_ints, ints_to_array
@@ -194,7 +195,7 @@ def _guest(s: SecureBoost, data: PartyData, hosts: list[str], ch: Channel) -> Se
 
         def hists(
             position: np.ndarray,
-            nodes: int,
+            wanted: list[int],
             qg: np.ndarray = qg,
             qh: np.ndarray = qh,
             offset: int = offset,
@@ -202,10 +203,13 @@ def _guest(s: SecureBoost, data: PartyData, hosts: list[str], ch: Channel) -> Se
             mask: int = mask,
             pack: dict[str, int] = pack,
         ) -> list[tuple[np.ndarray, np.ndarray]]:
-            msg = Message("sb-nodes", {"nodes": nodes}, [position.astype(np.int32)], ["node"])
+            body = {"wanted": wanted}
+            msg = Message("sb-nodes", body, [position.astype(np.int32)], ["node"])
             for hname in hosts:
                 ch.send(hname, msg)
-            out = [(histogram(binned, position, nodes, qg, qh, width), n_bins)]
+            nodes = len(wanted)
+            only = select(position, wanted)
+            out = [(histogram(binned, only, nodes, qg, qh, width), n_bins)]
             for hname, nb in zip(hosts, host_bins, strict=True):
                 total = nodes * len(nb) * int(nb.max(initial=1))
                 packed = array_to_ints(ch.recv(hname, "sb-hist").arrays[0])
@@ -307,10 +311,12 @@ def _host(s: SecureBoost, data: PartyData, ch: Channel) -> SecureBoostHostModel:
         per, lift = int(gh.body["per"]), gmpy2.mpz(2) ** int(gh.body["shift"])
         for _ in range(s.max_depth):
             msg = ch.recv(s.guest, "sb-nodes")
-            nodes, position = int(msg.body["nodes"]), msg.arrays[0].astype(np.int64)
-            acc = [one] * (nodes * features * width)
-            rows = np.flatnonzero(position >= 0)
-            idx = (position[rows, None] * features + np.arange(features)) * width + binned[rows]
+            position = msg.arrays[0].astype(np.int64)
+            wanted = [int(k) for k in msg.body["wanted"]]
+            only = select(position, wanted)
+            acc = [one] * (len(wanted) * features * width)
+            rows = np.flatnonzero(only >= 0)
+            idx = (only[rows, None] * features + np.arange(features)) * width + binned[rows]
             # the homomorphic sums: a product of ciphertexts mod n^2 per bin (the bottleneck)
             for r, row_idx in zip(rows.tolist(), idx.tolist(), strict=True):
                 c = cipher[r]
