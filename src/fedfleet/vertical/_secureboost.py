@@ -7,18 +7,20 @@ records, same order: :func:`fedfleet.vertical.align`). Per tree:
    integers ``round(v 2^frac_bits)`` (:func:`fedfleet.vertical._boost.quantize`), packs each
    row's ``(g + offset, h, 1)`` into one plaintext (three slots wide enough that no sum over
    the rows carries from one into the next) and sends its Paillier encryption to every host;
-2. level by level, the guest tells the hosts which open node each row is in; each host returns,
-   per open node, feature and (locally computed quantile) bin, the product of the rows'
-   ciphertexts, i.e. the encryption of the bin's (sum g, sum h, count);
+2. level by level, the guest tells the hosts which open node each row is in and which nodes it
+   wants summed (of two siblings the smaller; the other is its parent minus it, in the clear at
+   the guest); each host returns, per wanted node, feature and (locally computed quantile) bin,
+   the product of the rows' ciphertexts, i.e. the encryption of the bin's (sum g, sum h,
+   count), several bins shifted into one ciphertext to save decryptions;
 3. the guest decrypts, unpacks, and picks each node's best cut over every party's features
    with XGBoost's gain; for a host's cut it sends that host only (node, feature, bin). The host
    keeps the threshold under a split id of its own (its lookup table) and returns the id and
    the node's rows that go left.
 
-Because every sum is an exact integer, the federated model is the model :func:`fit_plain`
-trains centrally on all columns, tree for tree (the tests check it), up to nothing: the only
-approximation is the fixed-point rounding of g and h (2^-32 by default), made identically on
-both paths.
+Because every sum is an exact integer, the federated model is exactly the model
+:func:`fit_plain` trains centrally on all columns, tree for tree (the tests check it): both
+round g and h to multiples of 2^-frac_bits (2^-32 by default) the same way, and nothing else
+differs.
 
 Prediction (:func:`prediction_programs`): the guest walks every tree a level at a time, asking
 each host for the direction of the rows that sit at its nodes (split id, row).
@@ -26,12 +28,14 @@ each host for the direction of the rows that sit at its nodes (split id, row).
 Threat model: honest-but-curious parties, with the guest holding the Paillier secret key.
 - Hosts see ciphertexts of g and h only, never labels, and learn the row partition at every
   node (which rows share a node: the rows of a level are sent to them), the number of trees
-  and levels, and, in prediction, which rows reach their nodes.
+  and levels, the packing width (so the power of two above max |g|) and, in prediction, which
+  rows reach their nodes.
 - The guest sees no host feature value or threshold, but learns per node and host feature
   the count and the sums of g and h in each bin, and the left-instance set of each host cut:
   together an ordering of the rows by each host feature at bin granularity (and, with distinct
-  gradients, the bin of each row). This is the leakage of SecureBoost as published; FATE's
-  later variants (Chen et al. 2021, "SecureBoost+") keep it.
+  gradients, the bin of each row). This is the protocol's leakage as published (Cheng et al.
+  discuss it); their mitigation, building the first tree on the guest's features only, is
+  not implemented.
 """
 
 from __future__ import annotations
