@@ -6,6 +6,7 @@ parties in one process (every message encoded as it would travel, and logged), t
 """
 
 from fedfleet._codec.frame import Message
+from fedfleet.vertical._boost import BoostSettings, PlainTree, fit_plain, predict_plain
 from fedfleet.vertical._channel import (
     Channel,
     Delivery,
@@ -18,8 +19,15 @@ from fedfleet.vertical._channel import (
 from fedfleet.vertical._hetero_lr import HeteroLR, HeteroPredict, PartyWeights
 from fedfleet.vertical._party import PartyData, VerticalProtocol, align, split_columns
 from fedfleet.vertical._psi import Psi, psi_hash
+from fedfleet.vertical._secureboost import (
+    SecureBoost,
+    SecureBoostHostModel,
+    SecureBoostModel,
+    prediction_programs,
+)
 
 __all__ = [
+    "BoostSettings",
     "Channel",
     "Delivery",
     "HeteroLR",
@@ -29,11 +37,18 @@ __all__ = [
     "PartyData",
     "PartyError",
     "PartyWeights",
+    "PlainTree",
     "Psi",
+    "SecureBoost",
+    "SecureBoostHostModel",
+    "SecureBoostModel",
     "VerticalProtocol",
     "align",
     "array_to_ints",
+    "fit_plain",
     "ints_to_array",
+    "predict_plain",
+    "prediction_programs",
     "psi_hash",
     "run_parties",
     "split_columns",
