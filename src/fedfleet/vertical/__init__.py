@@ -16,6 +16,7 @@ from fedfleet.vertical._channel import (
     run_parties,
 )
 from fedfleet.vertical._party import PartyData, VerticalProtocol, align, split_columns
+from fedfleet.vertical._split_nn import SplitNN, SplitNNResult
 
 __all__ = [
     "Channel",
@@ -24,6 +25,8 @@ __all__ = [
     "Message",
     "PartyData",
     "PartyError",
+    "SplitNN",
+    "SplitNNResult",
     "VerticalProtocol",
     "align",
     "array_to_ints",
