@@ -163,3 +163,11 @@ def test_a_party_cannot_take_another_partys_certificate(tmp_path: Path) -> None:
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 2
     assert "certificate of 'host-1'" in stderr and "'host-0'" in stderr
+
+
+def test_certs_refuses_a_party_named_like_the_server(tmp_path: Path) -> None:
+    pytest.importorskip("cryptography")
+    proc = _fedfleet(tmp_path, "certs", "--out-dir", "certs", "--party", "server")
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "party name 'server'" in stderr
+    assert not (tmp_path / "certs" / "server.pem").exists()
