@@ -249,15 +249,27 @@ def certs(
         "certs"
     ),
     num_clients: Annotated[int, typer.Option(help="Client certificates to issue.")] = 2,
+    party: Annotated[
+        list[str] | None,
+        typer.Option(help="Also a certificate named PARTY (vertical FL: guest, host-0); repeat."),
+    ] = None,
 ) -> None:
     """Create a local CA, a server certificate (localhost, 127.0.0.1) and client certificates."""
     try:
-        from fedfleet.net.certs import create_test_federation
+        from fedfleet.net.certs import create_test_federation, issue_certificate
 
+        for name in party or []:
+            if not name or name in ("ca", "server") or not name.replace("-", "").isalnum():
+                raise FedfleetError(
+                    f"party name {name!r}: use letters, digits and '-', not 'ca' or 'server'"
+                )
         d = create_test_federation(out_dir, num_clients)
+        for name in party or []:
+            issue_certificate(d, name)
     except FedfleetError as e:
         raise _fail(e) from None
-    typer.echo(f"wrote CA, server and {num_clients} client certificates to {d}")
+    named = f" and {len(party)} party certificates ({', '.join(party)})" if party else ""
+    typer.echo(f"wrote CA, server and {num_clients} client certificates{named} to {d}")
     ignore = d / ".gitignore"
     kept_out = ignore.exists() and "*" in ignore.read_text().split()
     typer.echo(

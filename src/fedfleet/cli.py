@@ -359,6 +359,16 @@ def _register_deployment() -> None:
 _register_deployment()
 
 
+def _register_vertical() -> None:
+    """``fedfleet vertical run|relay|party`` (:mod:`fedfleet.vertical`); typer only, no torch."""
+    from fedfleet._vertical_cli import app as vertical_app
+
+    app.add_typer(vertical_app)
+
+
+_register_vertical()
+
+
 def _register_report() -> None:
     """``fedfleet report RUN [RUN...]`` (:mod:`fedfleet.report`)."""
     from fedfleet.report.cli import report

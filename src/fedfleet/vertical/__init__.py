@@ -25,6 +25,7 @@ from fedfleet.vertical._secureboost import (
     SecureBoostModel,
     prediction_programs,
 )
+from fedfleet.vertical._split_nn import SplitNN, SplitNNResult
 
 __all__ = [
     "BoostSettings",
@@ -42,6 +43,8 @@ __all__ = [
     "SecureBoost",
     "SecureBoostHostModel",
     "SecureBoostModel",
+    "SplitNN",
+    "SplitNNResult",
     "VerticalProtocol",
     "align",
     "array_to_ints",

@@ -1,0 +1,173 @@
+"""A vertical task from a config file: which protocol, which table, how its columns are split.
+
+The ``[vertical]`` section of a TOML config::
+
+    [vertical]
+    protocol = "split-nn"        # a name of fedfleet.vertical's registry (PROTOCOLS)
+    dataset = "breast-cancer"    # scikit-learn's, or "synthetic" (rows, features, seed)
+    parties = 3                  # the guest (labels + its columns) and parties - 1 hosts
+    # columns = [[0, 1, 2], [3, 4], [5, 6, 7]]   # per party; default an even split
+    relay = "127.0.0.1:50080"    # deployed: where the relay listens
+
+    [vertical.settings]          # the protocol's own keys (its dataclass's fields)
+    epochs = 10
+
+Parties are named ``guest``, ``host-0``, ``host-1``, ...: in deployment each name is the CN of
+the party's certificate (``fedfleet certs --party guest --party host-0 ...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedfleet.errors import ConfigError, DatasetError
+from fedfleet.vertical._channel import LocalNetwork, run_parties
+from fedfleet.vertical._party import PartyData, split_columns
+from fedfleet.vertical._registry import build_protocol
+
+__all__ = ["VerticalTask", "guest_metrics", "party_tables", "simulate"]
+
+_SYNTHETIC_ENTROPY = 0x564552  # 'VER': the synthetic table's root, apart from other streams
+DATASETS = ("breast-cancer", "synthetic")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerticalTask:
+    """The ``[vertical]`` section of a config."""
+
+    protocol: str = "split-nn"
+    dataset: str = "breast-cancer"
+    rows: int = 10_000
+    """Rows of the synthetic table."""
+    features: int = 20
+    """Columns of the synthetic table."""
+    seed: int = 0
+    """The synthetic table's seed (the protocol's own seed is one of its settings)."""
+    parties: int = 3
+    columns: tuple[tuple[int, ...], ...] | None = None
+    """Each party's columns (guest first); None: an even split in column order."""
+    relay: str = "127.0.0.1:50080"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ConfigError(
+                f"[vertical] dataset {self.dataset!r} is unknown; use one of {list(DATASETS)}"
+            )
+        if self.parties < 2:
+            raise ConfigError(
+                f"[vertical] parties must be >= 2 (a guest and a host), got {self.parties}"
+            )
+        if self.columns is not None and len(self.columns) != self.parties:
+            raise ConfigError(
+                f"[vertical] columns gives {len(self.columns)} parties their columns, but "
+                f"parties = {self.parties}"
+            )
+        if self.dataset == "synthetic" and (self.rows < 10 or self.features < self.parties):
+            raise ConfigError(
+                f"[vertical] a synthetic table needs rows >= 10 and features >= parties, got "
+                f"rows = {self.rows}, features = {self.features}"
+            )
+        build_protocol(self.protocol, self.settings)  # unknown protocol or keys: fail now
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> VerticalTask:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"cannot read config {str(path)!r}: {err}") from None
+        if "vertical" not in raw:
+            raise ConfigError(f"config {str(path)!r} has no [vertical] section")
+        section = dict(raw["vertical"])
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(section) - valid)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {unknown} in [vertical] of {path}; valid keys: "
+                f"{', '.join(sorted(valid))}"
+            )
+        if section.get("columns") is not None:
+            section["columns"] = tuple(tuple(int(c) for c in cols) for cols in section["columns"])
+        return cls(**section)
+
+    @property
+    def names(self) -> list[str]:
+        """The parties' names, guest first."""
+        return ["guest"] + [f"host-{k}" for k in range(self.parties - 1)]
+
+    def build(self) -> Any:
+        """The protocol, with its settings."""
+        return build_protocol(self.protocol, self.settings)
+
+
+def _table(task: VerticalTask) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if task.dataset == "breast-cancer":
+        from sklearn.datasets import load_breast_cancer
+
+        data = load_breast_cancer()
+        return data.data, data.target, [str(n) for n in data.feature_names]
+    rng = np.random.default_rng([_SYNTHETIC_ENTROPY, task.seed])
+    x = rng.standard_normal((task.rows, task.features))
+    w = rng.standard_normal(task.features)
+    margin = 3.0 * x @ w / np.sqrt(task.features) + rng.logistic(size=task.rows)
+    return x, (margin > 0).astype(np.int64), [f"x{j}" for j in range(task.features)]
+
+
+def _columns(task: VerticalTask, n_features: int) -> list[list[int]]:
+    if task.columns is None:
+        if n_features < task.parties:
+            raise DatasetError(f"{n_features} columns cannot be split among {task.parties} parties")
+        return [list(map(int, c)) for c in np.array_split(np.arange(n_features), task.parties)]
+    for k, cols in enumerate(task.columns):
+        bad = [c for c in cols if not 0 <= c < n_features]
+        if bad:
+            raise ConfigError(
+                f"[vertical] columns of {task.names[k]}: {bad} not in 0..{n_features - 1} "
+                f"({task.dataset} has {n_features} columns)"
+            )
+    return [list(c) for c in task.columns]
+
+
+def party_tables(task: VerticalTask, only: str | None = None) -> list[PartyData]:
+    """The parties' tables (or only party ``only``'s: a deployed party keeps its own columns
+    and drops the rest as soon as the shared file is read)."""
+    if only is not None and only not in task.names:
+        raise ConfigError(f"party {only!r} is not one of this task's parties {task.names}")
+    x, y, names = _table(task)
+    tables = split_columns(x, y, _columns(task, x.shape[1]), feature_names=names)
+    return [t for t in tables if only is None or t.name == only]
+
+
+def guest_metrics(result: Any) -> dict[str, Any]:
+    """What the guest's result says about the model (a mapping, or its ``metrics``)."""
+    if isinstance(result, Mapping):
+        return dict(result)
+    metrics = getattr(result, "metrics", None)
+    return dict(metrics) if isinstance(metrics, Mapping) else {}
+
+
+def simulate(task: VerticalTask) -> dict[str, Any]:
+    """Every party in this process on a :class:`LocalNetwork`: the guest's metrics, the bytes
+    each party sent and the wall time."""
+    tables = party_tables(task)
+    programs = task.build().programs({t.name: t for t in tables})
+    network = LocalNetwork(list(programs))
+    start = time.perf_counter()
+    results = run_parties(network, programs)
+    wall = time.perf_counter() - start
+    return {
+        "protocol": task.protocol,
+        "dataset": task.dataset,
+        "rows": len(tables[0].ids),
+        "metrics": guest_metrics(results[task.names[0]]),
+        "bytes_sent": {p: network.bytes_sent(p) for p in programs},
+        "wall_s": wall,
+    }
