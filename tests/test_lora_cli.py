@@ -62,3 +62,64 @@ def test_cli_fine_tunes_a_pretrained_base_with_ffa_lora_and_saves_only_b(tmp_pat
     assert sorted(layout.names) == sorted(saved)  # same base bytes, another path: same names
     vector = load_model_vector(tmp_path / "out" / "model.safetensors", layout)
     assert np.array_equal(pieces.simulation.run(3).vector, vector)
+
+
+def _play(path):
+    """A tiny play in tiny Shakespeare's format: four roles, each with its own refrain."""
+    lines = {
+        "ALICE": "the cat sat on the mat.",
+        "BOB": "a rat ran to the barn.",
+        "CORA": "the dog dug in the bog.",
+        "DAN": "my hen sat in the pen.",
+    }
+    speeches = [f"{role}:\n{line}\n{line}" for _ in range(8) for role, line in lines.items()]
+    path.write_text("\n\n".join(speeches) + "\n")
+    return path
+
+
+def test_cli_fine_tunes_a_transformer_base_on_shakespeare_roles_with_ffa_lora(tmp_path):
+    _play(tmp_path / "input.txt")
+    base_run = {
+        "seed": 3,
+        "data": {"name": "shakespeare", "path": str(tmp_path), "window": 8, "min_windows": 32},
+        "model": {"name": "transformer", "d_model": 16, "heads": 2, "layers": 1},
+    }
+    cfg = validate_config(base_run)
+    task = load_task_for(cfg)
+    assert task.user_ids == ("ALICE", "BOB", "CORA", "DAN")
+    pooled, _ = split_for_pretraining(build_federation(cfg, task), [0])
+    base = pretrain_base(model_factory(cfg.model, task), pooled, tmp_path / "base.safetensors")
+    base_bytes = base.read_bytes()
+    args = [
+        "--set", "seed=3", "--set", "rounds=2", "--set", "data.name=shakespeare",
+        "--set", f"data.path={tmp_path}", "--set", "data.window=8",
+        "--set", "data.min_windows=32", "--set", "model.name=transformer",
+        "--set", "model.d_model=16", "--set", "model.heads=2", "--set", "model.layers=1",
+        "--set", "model.base=base.safetensors", "--set", "model.lora_rank=8",
+        "--set", "model.lora_freeze_a=true", "--set", "strategy.clients_per_round=3",
+        "--set", "client.epochs=1", "--set", "client.lr=0.05",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedfleet", "run", *args, "--out", "out"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    saved = load_file(str(tmp_path / "out" / "model.safetensors"))
+    adapter = sorted(saved)[0].split(".")[-2]
+    # only B of every Linear travels and is saved: 8 (rank) columns against each output
+    shapes = {
+        k.removeprefix("base_model.model.").split(".lora_B.")[0]: v.shape for k, v in saved.items()
+    }
+    assert shapes == {
+        "blocks.0.qkv": (48, 8),
+        "blocks.0.proj": (16, 8),
+        "blocks.0.fc1": (64, 8),
+        "blocks.0.fc2": (16, 8),
+        "head": (97, 8),
+    }
+    assert all(f".lora_B.{adapter}.weight" in k for k in saved)
+    assert any(np.abs(v).sum() > 0 for v in saved.values())  # B left zero: it trained
+    assert base.read_bytes() == base_bytes  # the base file is read, never written

@@ -15,6 +15,7 @@ flat buffers, between ``backward`` and the optimizer step; plain FedAvg skips th
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,6 +38,9 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 """How :class:`TorchTrainer` may store Conv2d weights in its working copy."""
+
+PRECISIONS = ("fp32", "bf16")
+"""What :class:`TorchTrainer`'s local steps compute in (weights and updates stay float32)."""
 
 
 def optimizer_names() -> list[str]:
@@ -77,6 +81,12 @@ class TorchTrainer:
             (oneDNN's faster convolutions on CPU), ``"contiguous"`` (NCHW), or ``"auto"``:
             channels-last on CPU when the model has a Conv2d, contiguous otherwise. Vectors in
             and out are in the layout's order either way; results agree to float32 rounding.
+        precision: ``"fp32"`` (the default: exact, bit-identical for a seed on any machine) or
+            ``"bf16"``: the forward and backward passes of :meth:`fit` run under
+            ``torch.autocast(dtype=torch.bfloat16)`` (matrix products in bfloat16, weights,
+            gradients and optimizer in float32: mixed precision). Deterministic for a seed on
+            one machine; faster where the CPU has bfloat16 units (AMX, AVX-512 BF16) and
+            measured in ``bench/lm_cpu_speed.py``. Evaluation stays float32.
 
     Examples:
         >>> trainer = TorchTrainer(lambda: torch.nn.Linear(4, 3), optimizer="sgd")
@@ -92,7 +102,11 @@ class TorchTrainer:
         device: str | torch.device = "cpu",
         eval_batch_size: int = 1024,
         memory_format: str = "auto",
+        precision: str = "fp32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        self.precision = precision
         if memory_format not in MEMORY_FORMATS:
             raise ConfigError(
                 f"memory_format {memory_format!r} is not one of {', '.join(MEMORY_FORMATS)}"
@@ -201,7 +215,8 @@ class TorchTrainer:
                     idx = order[start : start + instructions.batch_size]
                     xb, yb = x[idx], y[idx]
                     opt.zero_grad(set_to_none=True)
-                    loss = self.loss_fn(self.model(xb), yb)
+                    with self._autocast():
+                        loss = self._loss(xb, yb)
                     loss.backward()
                     if add_terms is not None:
                         add_terms()
@@ -215,6 +230,23 @@ class TorchTrainer:
             num_steps=steps,
             metrics={"train_loss": float(loss_sum) / seen} if seen else {},
         )
+
+    def _loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        if self.precision == "fp32":
+            return self.loss_fn(self.model(xb), yb)
+        try:
+            return self.loss_fn(self.model(xb), yb)
+        except RuntimeError as e:  # e.g. oneDNN's LSTM without bfloat16 units on this CPU
+            raise ConfigError(
+                f"precision = {self.precision!r}: this machine has no {self.precision} kernel "
+                f"for a layer of {type(self.model).__name__} ({str(e).splitlines()[0]}); "
+                "use precision = 'fp32'"
+            ) from e
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _terms(
         self, vector: np.ndarray, mu: float, correction: np.ndarray | None

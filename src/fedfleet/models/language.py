@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fedfleet.errors import ConfigError
 
-__all__ = ["CausalTransformer", "CharLSTM", "causal_transformer", "char_lstm"]
+__all__ = ["CausalTransformer", "CharLSTM", "TransformerBlock", "causal_transformer", "char_lstm"]
 
 
 class CharLSTM(nn.Module):
@@ -38,9 +39,44 @@ def char_lstm(vocab_size: int, embed: int = 8, hidden: int = 256, layers: int = 
     return CharLSTM(vocab_size, embed, hidden, layers)
 
 
+class TransformerBlock(nn.Module):
+    """One pre-norm block: ``h + proj(attention(qkv(norm1(h))))``, then ``h + fc2(gelu(fc1(
+    norm2(h))))``, with causal attention through :func:`torch.nn.functional.
+    scaled_dot_product_attention`.
+
+    Every projection is its own ``nn.Linear`` (``qkv``, ``proj``, ``fc1``, ``fc2``), unlike
+    ``nn.MultiheadAttention``, which reads its output projection's weight directly and so
+    bypasses a LoRA adapter wrapped around it: here LoRA adapts attention and MLP alike.
+    """
+
+    def __init__(self, d_model: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.fc1 = nn.Linear(d_model, 4 * d_model)
+        self.fc2 = nn.Linear(4 * d_model, d_model)
+        # nn.MultiheadAttention's initialisation (the layer this block replaces)
+        nn.init.xavier_uniform_(self.qkv.weight)
+        nn.init.zeros_(self.qkv.bias)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        batch, length, width = h.shape
+        q, k, v = (
+            t.reshape(batch, length, self.heads, width // self.heads).transpose(1, 2)
+            for t in self.qkv(self.norm1(h)).chunk(3, dim=-1)
+        )
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        h = h + self.proj(attended.transpose(1, 2).reshape(batch, length, width))
+        return h + self.fc2(F.gelu(self.fc1(self.norm2(h))))
+
+
 class CausalTransformer(nn.Module):
-    """A decoder-only transformer: token and learned position embeddings, pre-norm encoder
-    layers under a causal mask (position t sees positions <= t), a final LayerNorm and a linear
+    """A decoder-only transformer: token and learned position embeddings, pre-norm
+    :class:`TransformerBlock` s (position t sees positions <= t), a final LayerNorm and a linear
     head. :meth:`forward` reads out the last position; :meth:`sequence_logits` every position
     (for training on every next token, or generating)."""
 
@@ -49,16 +85,7 @@ class CausalTransformer(nn.Module):
         self.context = context
         self.embedding = nn.Embedding(vocab_size, d_model)
         self.position = nn.Embedding(context, d_model)
-        layer = nn.TransformerEncoderLayer(
-            d_model,
-            heads,
-            dim_feedforward=4 * d_model,
-            dropout=0.0,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.blocks = nn.Sequential(*(TransformerBlock(d_model, heads) for _ in range(layers)))
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size)
 
@@ -68,9 +95,7 @@ class CausalTransformer(nn.Module):
         if length > self.context:
             raise ValueError(f"{length} tokens exceed the model's context of {self.context}")
         positions = torch.arange(length, device=tokens.device)
-        h = self.embedding(tokens) + self.position(positions)
-        mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
-        h = self.blocks(h, mask=mask, is_causal=True)
+        h = self.blocks(self.embedding(tokens) + self.position(positions))
         return self.head(self.norm(h))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -104,6 +104,11 @@ def build_trainer(config: RunConfig, task: TaskData) -> Trainer:
     if m.backend == "numpy":  # the config validator checked that the model has a NumPy trainer
         return NumpyLogisticRegression(task.input_shape, task.num_classes)
     if p.sgd_noise_multiplier is not None:
+        if c.precision != "fp32":
+            raise ConfigError(
+                f"client.precision = {c.precision!r} is not available with DP-SGD "
+                "(privacy.sgd_noise_multiplier); its per-sample clipping runs in float32"
+            )
         return DPSGDTrainer(
             model_factory(m, task),
             clip_norm=p.sgd_clip_norm,
@@ -117,6 +122,7 @@ def build_trainer(config: RunConfig, task: TaskData) -> Trainer:
         optimizer=c.optimizer,
         optimizer_args=c.optimizer_args(),
         device=config.device,
+        precision=c.precision,
     )
 
 

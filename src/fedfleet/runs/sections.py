@@ -157,6 +157,9 @@ class ClientConfig(Section):
     """Momentum for optimizers that take it (sgd, rmsprop); reset every round."""
     weight_decay: float = Field(0.0, ge=0)
     """L2 weight decay of the client optimizer."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Local steps' arithmetic: 'bf16' = mixed precision (bfloat16 autocast, float32 weights),
+    client by client; 'fp32' (default) is exact and bit-identical for a seed."""
 
     @field_validator("optimizer")
     @classmethod

@@ -101,6 +101,14 @@ def choose_in_process(
     if batch_size is None and isinstance(strategy, _LocalInstructions):
         batch_size = strategy.local.batch_size
     cpu = trainer.device.type == "cpu"
+    if trainer.precision != "fp32":
+        # the cohort trainers rebuild the model and train it their own way, in float32
+        if executor not in ("auto", "sequential"):
+            raise ConfigError(
+                f"executor = {executor!r} trains in float32; precision = "
+                f"{trainer.precision!r} trains client by client: use 'auto' or 'sequential'"
+            )
+        return trainer, SequentialExecutor(), f"sequential ({trainer.precision} autocast)"
     if _frozen_base(trainer.model) and executor not in ("auto", "threaded"):
         raise ConfigError(
             f"executor = {executor!r} rebuilds the network without its frozen base (LoRA "
