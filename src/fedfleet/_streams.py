@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 Key = tuple[int, ...]
-Root = Literal["run", "client", "synthetic", "secagg_entropy"]
+Root = Literal["run", "client", "synthetic", "secagg_entropy", "split_nn"]
 
 
 # --- under the run seed -------------------------------------------------------------------
@@ -142,6 +142,23 @@ def synthetic_shared() -> Key:
     return (1,)
 
 
+SPLIT_NN_ENTROPY = 0x53504C
+"""'SPL': split learning's root is ``[SPLIT_NN_ENTROPY, seed]``; keys ``(0, i)``: party i's
+bottom init, ``(1,)``: the top's init, ``(2,)``: the test split, ``(3, e)``: epoch e's batch
+order, ``(4, i)``: party i's activation noise, ``(5, i)``: the guest's noise on the gradients it
+sends party i (:mod:`fedfleet.vertical`: every party derives them, nothing is exchanged)."""
+
+
+def split_nn(*key: int) -> Key:
+    """A split-learning stream's key (see :data:`SPLIT_NN_ENTROPY`)."""
+    return tuple(key)
+
+
+def split_nn_stream(seed: int, *key: int) -> np.random.SeedSequence:
+    """Split learning's stream ``key`` under the run's ``seed``."""
+    return np.random.SeedSequence([SPLIT_NN_ENTROPY, seed], spawn_key=split_nn(*key))
+
+
 def secagg_client_entropy(cid: int) -> Key:
     """Client ``cid``'s secrets in a seeded (simulation-only) SecAgg run."""
     return (cid,)
@@ -179,5 +196,6 @@ REGISTRY: dict[str, tuple[Root, KeyFn]] = {
     "synthetic_device": ("synthetic", synthetic_device),
     "synthetic_shared": ("synthetic", synthetic_shared),
     "secagg_client_entropy": ("secagg_entropy", secagg_client_entropy),
+    "split_nn": ("split_nn", split_nn),
 }
 """Every stream: name -> (root, key function of the stream's indices: round, client, ...)."""

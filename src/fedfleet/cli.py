@@ -96,6 +96,7 @@ def run(
     from fedfleet.runs.rundir import RunDir, check_new_run, new_run_dir
     from fedfleet.runs.track import check_tracking, open_trackers
     from fedfleet.sim.engine import Simulation, Snapshot
+    from fedfleet.tracking.base import record_step
 
     overrides = [*(set_ or [])]
     overrides += ["track.tensorboard=true"] if tensorboard else []
@@ -165,7 +166,7 @@ def run(
                 assert run_dir is not None
                 run_dir.append_metrics(record)
                 trackers.log_round(record)
-                last_round = int(record["round"])
+                last_round = record_step(record)
                 acc = record.get("test_accuracy")
                 status = f"train loss {record['train_loss']:.4f}" if record["train_loss"] else ""
                 if acc is not None:

@@ -16,6 +16,7 @@ from fedfleet.net.secure.he_keys import load_key_holder, load_public
 from fedfleet.net.server import FederatedServer, ServerSettings
 from fedfleet.privacy.he import PaillierKeyHolder, PaillierPublic
 from fedfleet.runs.build import build_federation, build_trainer, load_task_for
+from fedfleet.sim.cohort import SequentialExecutor
 from fedfleet.sim.he_run import run_he_fedavg
 
 HE_TOML = """\
@@ -59,7 +60,13 @@ def test_paillier_over_tls_equals_in_memory_he_fedavg_exactly(procs, certs_dir):
     task = load_task_for(cfg)
     trainer = build_trainer(cfg, task)
     reference = run_he_fedavg(
-        trainer, build_federation(cfg, task), he_strategy(cfg, holder.public), holder, 2, cfg.seed
+        trainer,
+        build_federation(cfg, task),
+        he_strategy(cfg, holder.public),
+        holder,
+        2,
+        cfg.seed,
+        executor=SequentialExecutor(),  # deployed clients train the sequential loop
     ).vector
 
     assert procs.wait(server, 300) == 0, procs.log("server")

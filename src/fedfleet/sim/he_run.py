@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from fedfleet.client.protocol import Trainer
+from fedfleet.sim.cohort import CohortExecutor
 from fedfleet.sim.engine import Simulation, SimulationResult
 from fedfleet.sim.federation import Federation
 from fedfleet.strategies.he_fedavg import HEFedAvg, KeyHolder
@@ -21,8 +22,11 @@ def run_he_fedavg(
     key_holder: KeyHolder,
     rounds: int,
     seed: int = 0,
+    executor: CohortExecutor | None = None,
 ) -> SimulationResult:
     """Run HE FedAvg in memory with the engine's seeding; ``key_holder`` plays the clients'
-    secret side. Records carry ``he_bytes_per_client`` and ``he_aborted``."""
+    secret side. Records carry ``he_bytes_per_client`` and ``he_aborted``. ``executor``: how
+    the cohort trains (None: as ``Simulation`` chooses; ``SequentialExecutor()`` trains as a
+    deployed client does, bit for bit)."""
     with_key = dataclasses.replace(strategy, key_holder=key_holder)
-    return Simulation(trainer, federation, with_key, seed=seed).run(rounds)
+    return Simulation(trainer, federation, with_key, seed=seed, executor=executor).run(rounds)

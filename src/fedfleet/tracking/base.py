@@ -13,7 +13,15 @@ import numpy as np
 from fedfleet.errors import ConfigError
 from fedfleet.evaluation import ClientEvaluation
 
-__all__ = ["Closing", "Tracker", "Trackers", "flatten_params", "require", "round_metrics"]
+__all__ = [
+    "Closing",
+    "Tracker",
+    "Trackers",
+    "flatten_params",
+    "record_step",
+    "require",
+    "round_metrics",
+]
 
 
 @runtime_checkable
@@ -31,6 +39,12 @@ class Tracker(Protocol):
 
     def close(self, *, interrupted: bool = False) -> None:
         """Flush and end the run (``interrupted``: it stopped before its last round)."""
+
+
+def record_step(record: Mapping[str, Any]) -> int:
+    """The step a record belongs to: its ``round``, or for FedBuff (asynchronous, no rounds)
+    the server model ``version`` it produced."""
+    return int(record["round"] if "round" in record else record["version"])
 
 
 def round_metrics(record: Mapping[str, Any]) -> dict[str, float]:

@@ -9,7 +9,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fedfleet.evaluation import ClientEvaluation
-from fedfleet.tracking.base import Closing, client_values, flatten_params, require, round_metrics
+from fedfleet.tracking.base import (
+    Closing,
+    client_values,
+    flatten_params,
+    record_step,
+    require,
+    round_metrics,
+)
 
 __all__ = ["MLflowTracker"]
 
@@ -62,7 +69,7 @@ class MLflowTracker(Closing):
     def log_round(self, record: Mapping[str, Any]) -> None:
         from mlflow.entities import Metric
 
-        rnd, now = int(record["round"]), int(time.time() * 1000)
+        rnd, now = record_step(record), int(time.time() * 1000)
         items = [Metric(k, v, now, rnd) for k, v in round_metrics(record).items()]
         for i in range(0, len(items), _METRICS_PER_BATCH):
             self._client.log_batch(self.run_id, metrics=items[i : i + _METRICS_PER_BATCH])

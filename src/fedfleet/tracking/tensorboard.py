@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from fedfleet.evaluation import ClientEvaluation
-from fedfleet.tracking.base import Closing, client_values, flatten_params, require, round_metrics
+from fedfleet.tracking.base import (
+    Closing,
+    client_values,
+    flatten_params,
+    record_step,
+    require,
+    round_metrics,
+)
 
 __all__ = ["TensorBoardTracker"]
 
@@ -37,7 +44,7 @@ class TensorBoardTracker(Closing):
         self._writer.add_text("config", f"| key | value |\n|---|---|\n{rows}", 0)
 
     def log_round(self, record: Mapping[str, Any]) -> None:
-        rnd = int(record["round"])
+        rnd = record_step(record)
         for key, value in round_metrics(record).items():
             self._writer.add_scalar(key, value, rnd)
         self._writer.flush()  # readable while the run goes on

@@ -35,21 +35,16 @@ import torch
 from torch import nn
 
 from fedfleet._codec.frame import Message
+from fedfleet._streams import SPLIT_NN_ENTROPY, split_nn_stream
 from fedfleet.errors import ConfigError, DatasetError
 from fedfleet.vertical._channel import Channel, PartyError
 from fedfleet.vertical._party import PartyData
 
 __all__ = ["SPLIT_NN_ENTROPY", "SplitNN", "SplitNNResult"]
 
-SPLIT_NN_ENTROPY = 0x53504C
-"""'SPL': split learning's streams have root ``[SPLIT_NN_ENTROPY, seed]``; keys ``(0, i)``:
-party i's bottom init, ``(1,)``: the top's init, ``(2,)``: the test split, ``(3, e)``: epoch e's
-batch order, ``(4, i)``: party i's activation noise, ``(5, i)``: the guest's noise on the
-gradients it sends party i."""
-
 
 def _stream(seed: int, *key: int) -> np.random.SeedSequence:
-    return np.random.SeedSequence([SPLIT_NN_ENTROPY, seed], spawn_key=key)
+    return split_nn_stream(seed, *key)
 
 
 def _torch_generator(seed: int, *key: int) -> torch.Generator:
