@@ -46,10 +46,10 @@ from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError
-from fedfleet.evaluation import ClientEvaluation
 from fedfleet.strategies.base import (
     ClientResult,
     ClientUpdate,
+    DelegatedEvaluation,
     Strategy,
     StrategyState,
     transform_fit,
@@ -119,7 +119,7 @@ def local_epsilon(
 
 
 @dataclass(frozen=True, kw_only=True)
-class LocalDP:
+class LocalDP(DelegatedEvaluation):
     """Wrap ``strategy`` so every client clips its delta to ``clip_norm`` and adds Gaussian
     noise before upload; see the module docstring for the guarantee.
 
@@ -217,15 +217,5 @@ class LocalDP:
             extra["ldp_epsilon"] = local_epsilon(self.noise_multiplier, rnd, self.delta)
         return new, new_state, {**metrics, **extra}
 
-    def configure_evaluate(
-        self,
-        rnd: int,
-        vector: np.ndarray,
-        state: StrategyState,
-        clients: Sequence[int],
-        rng: np.random.Generator,
-    ) -> list[int]:
-        return self.strategy.configure_evaluate(rnd, vector, state, clients, rng)
-
-    def aggregate_evaluate(self, rnd: int, reports: Sequence[ClientEvaluation]) -> dict[str, float]:
-        return self.strategy.aggregate_evaluate(rnd, reports)
+    def _evaluates_as(self) -> Strategy:
+        return self.strategy

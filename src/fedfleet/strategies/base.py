@@ -189,6 +189,28 @@ class EvaluateAll:
         return evaluation_summary(reports)
 
 
+class DelegatedEvaluation:
+    """The evaluation phase of a strategy that wraps another (FedPer/FedRep, local DP, the
+    systems-heterogeneity wrappers): the wrapped strategy's, unchanged. A subclass says which
+    one in :meth:`_evaluates_as`."""
+
+    def _evaluates_as(self) -> Strategy:
+        raise NotImplementedError
+
+    def configure_evaluate(
+        self,
+        rnd: int,
+        vector: np.ndarray,
+        state: StrategyState,
+        clients: Sequence[int],
+        rng: np.random.Generator,
+    ) -> list[int]:
+        return self._evaluates_as().configure_evaluate(rnd, vector, state, clients, rng)
+
+    def aggregate_evaluate(self, rnd: int, reports: Sequence[ClientEvaluation]) -> dict[str, float]:
+        return self._evaluates_as().aggregate_evaluate(rnd, reports)
+
+
 @runtime_checkable
 class Personalized(Protocol):
     """A strategy whose clients keep a model of their own (FedPer, FedRep): federated evaluation

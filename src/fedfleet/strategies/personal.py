@@ -37,9 +37,14 @@ from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
 from fedfleet.errors import ConfigError
-from fedfleet.evaluation import ClientEvaluation
 from fedfleet.params import Layout
-from fedfleet.strategies.base import ClientResult, ClientUpdate, Strategy, StrategyState
+from fedfleet.strategies.base import (
+    ClientResult,
+    ClientUpdate,
+    DelegatedEvaluation,
+    Strategy,
+    StrategyState,
+)
 from fedfleet.strategies.fedavg import FedAvg
 
 __all__ = ["HEAD_STATE", "FedPer", "FedRep", "head_mask"]
@@ -74,7 +79,7 @@ def head_mask(layout: Layout, prefixes: Sequence[str]) -> np.ndarray:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _PersonalHead(abc.ABC):
+class _PersonalHead(DelegatedEvaluation, abc.ABC):
     """The server side every personal-head strategy shares: selection and aggregation by the
     base strategy, with the head's coordinates kept at their global values; subclasses say what
     a client does."""
@@ -122,18 +127,8 @@ class _PersonalHead(abc.ABC):
         new, state, metrics = self.strategy.aggregate_fit(rnd, vector, state, updates)
         return np.where(self._mask, vector, new), state, metrics
 
-    def configure_evaluate(
-        self,
-        rnd: int,
-        vector: np.ndarray,
-        state: StrategyState,
-        clients: Sequence[int],
-        rng: np.random.Generator,
-    ) -> list[int]:
-        return self.strategy.configure_evaluate(rnd, vector, state, clients, rng)
-
-    def aggregate_evaluate(self, rnd: int, reports: Sequence[ClientEvaluation]) -> dict[str, float]:
-        return self.strategy.aggregate_evaluate(rnd, reports)
+    def _evaluates_as(self) -> Strategy:
+        return self.strategy
 
     def personalize(self, vector: np.ndarray, client_state: ClientState | None) -> np.ndarray:
         """Client's own model: the global body with its head from ``client_state`` (the global

@@ -17,8 +17,13 @@ import numpy as np
 from fedfleet.client.protocol import FitInstructions, Trainer
 from fedfleet.client.state_store import ClientState
 from fedfleet.data.base import ArrayDataset
-from fedfleet.evaluation import ClientEvaluation
-from fedfleet.strategies.base import ClientResult, ClientUpdate, Strategy, StrategyState
+from fedfleet.strategies.base import (
+    ClientResult,
+    ClientUpdate,
+    DelegatedEvaluation,
+    Strategy,
+    StrategyState,
+)
 
 __all__ = ["ClientFit", "Wrapper"]
 
@@ -28,7 +33,7 @@ ClientFit = Callable[
 """The signature of a strategy's client side."""
 
 
-class Wrapper:
+class Wrapper(DelegatedEvaluation):
     """Abstract base of strategy wrappers: every method passes through to ``inner``.
 
     Subclasses are frozen dataclasses that declare ``inner: Strategy`` as a field.
@@ -63,15 +68,5 @@ class Wrapper:
     ) -> tuple[np.ndarray, StrategyState, dict[str, float]]:
         return self.inner.aggregate_fit(rnd, vector, state, updates)
 
-    def configure_evaluate(
-        self,
-        rnd: int,
-        vector: np.ndarray,
-        state: StrategyState,
-        clients: Sequence[int],
-        rng: np.random.Generator,
-    ) -> list[int]:
-        return self.inner.configure_evaluate(rnd, vector, state, clients, rng)
-
-    def aggregate_evaluate(self, rnd: int, reports: Sequence[ClientEvaluation]) -> dict[str, float]:
-        return self.inner.aggregate_evaluate(rnd, reports)
+    def _evaluates_as(self) -> Strategy:
+        return self.inner
