@@ -123,7 +123,16 @@ def wait_for(pred, timeout: float, what: str, alive: tuple = ()) -> None:
                     f"{p.name} exited with {p.returncode} while waiting for {what}"
                 )
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    logs = "".join(_log_tail(p) for p in alive)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{logs}")
+
+
+def _log_tail(p: subprocess.Popen, chars: int = 3000) -> str:
+    """The end of a process's log (started by :class:`Procs`), for a failure message."""
+    path = getattr(p, "log_path", None)
+    if path is None:
+        return ""
+    return f"\n--- {p.name} (last {chars} chars) ---\n{path.read_text(errors='replace')[-chars:]}"  # type: ignore[attr-defined]
 
 
 class Procs:
@@ -140,6 +149,7 @@ class Procs:
             [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp, env=env
         )
         p.name = name  # type: ignore[attr-defined]
+        p.log_path = self.tmp / f"{name}.log"  # type: ignore[attr-defined]
         self.procs.append(p)
         return p
 

@@ -7,14 +7,20 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import grpc
 import numpy as np
 
-from conftest import wait_for
+import fedfleet as ff
+from conftest import read_task, wait_for
+from fedfleet._proto import fedfleet_pb2 as pb
+from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.net.cli import read_config
 from fedfleet.net.server import FederatedServer, RunSpec, ServerSettings
-from fedfleet.rounds import TIMING_KEYS
+from fedfleet.net.wire import PROTOCOL_VERSION
+from fedfleet.rounds import TIMING_KEYS, Dispatch
 from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.sim import FedBuffSimulation
+from fedfleet.strategies.fedbuff import FedBuff
 
 FEDBUFF_TOML = """\
 seed = 5
@@ -114,3 +120,43 @@ def test_fedbuff_over_grpc_equals_the_simulation_in_the_same_arrival_order(procs
         ]
 
     assert strip(history) == strip(replay.history)
+
+
+def test_a_client_dispatched_again_before_its_old_task_stream_ended_gets_that_stream_ended():
+    """The race that hung a CI run: the client answered, the loop took the answer and dispatched
+    the same client again before the old task's GetTask stream looked at its answer. The client
+    reads that stream to its end before it polls again, so the stream must end (it is no
+    longer the client's task) rather than wait for an answer to the new task."""
+    trainer = ff.NumpyLogisticRegression((4,), 2)
+    strategy = FedBuff(buffer_size=1, concurrency=1)
+    settings = ServerSettings(insecure=True, min_clients=1, poll_wait_s=0.2)
+    server = FederatedServer(trainer, strategy, settings)
+    server.start()
+    try:
+        vector = trainer.init_vector(0)
+        server._open_asynchronous(vector)
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.FedFleetStub(channel)
+            reply = stub.Register(
+                pb.RegisterRequest(
+                    client_id=0,
+                    layout_fingerprint=server.fingerprint,
+                    num_samples=10,
+                    protocol_version=PROTOCOL_VERSION,
+                ),
+                timeout=60,
+            )
+            assert reply.ok, reply.message
+            server.dispatch([Dispatch(1, 0, 0, vector, strategy.local, 11)])
+            header, arrays, old = read_task(stub, 0, trainer.layout.size, timeout=120)
+            assert header.kind == pb.TaskHeader.TRAIN
+            assert np.array_equal(arrays["vector"], vector)
+            # dispatched again (as after a taken answer) while the old stream is still open
+            server.dispatch([Dispatch(2, 0, 1, vector + 1, strategy.local, 12)])
+            assert list(old) == []  # the old stream ends (it blocked forever before the fix)
+            header2, arrays2, new = read_task(stub, 0, trainer.layout.size, timeout=120)
+            assert header2.kind == pb.TaskHeader.TRAIN and header2.task_id != header.task_id
+            assert np.array_equal(arrays2["vector"], vector + 1)
+            new.cancel()
+    finally:
+        server.stop(linger_s=0)

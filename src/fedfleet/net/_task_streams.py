@@ -69,8 +69,9 @@ class _TaskStreams(_Registration):
             call.sending = False
             # hold the stream open until the task is answered or the round closes: if the
             # client dies meanwhile, this call is cancelled and the round stops waiting for it
+            task_id = header.task_id
             await self._wait_poll(
-                info, call, lambda: self._task_settled(current, cid) or None, None
+                info, call, lambda: self._task_settled(current, cid, task_id) or None, None
             )
         except asyncio.CancelledError:
             self._hung_up(info, call, current, cid)
@@ -121,9 +122,15 @@ class _TaskStreams(_Registration):
         )
         return header, rnd, payload
 
-    def _task_settled(self, current: _Round | None, cid: int) -> bool:
-        """The task stream of ``cid`` in ``current`` can end (``_cond`` held)."""
-        return self._done or self._round is not current or cid in current.answered  # type: ignore[union-attr]
+    def _task_settled(self, current: _Round | None, cid: int, task_id: str) -> bool:
+        """The stream of task ``task_id`` of ``cid`` in ``current`` can end (``_cond`` held):
+        answered, or no longer its task. In an asynchronous round the client may be dispatched
+        again as soon as its answer is taken, before this stream looked: the new task (another
+        id) settles the old stream, which the client reads to its end before it polls again."""
+        if self._done or current is None or self._round is not current:
+            return True
+        task = current.tasks.get(cid)
+        return cid in current.answered or task is None or task.task_id != task_id
 
     def _broadcast(self, current: _Round, cid: int, payload: list[np.ndarray]) -> Iterator[Any]:
         """The model's chunks (built once per round, or per version, and shared), then the
