@@ -1,5 +1,5 @@
 """PLD epsilon and seconds per call: the old fixed 1e-3 grid, the adaptive grid
-(fedfleet.privacy.accountant.pld_epsilon) and a 1e-5 reference, side by side.
+(fedfleet.privacy._accountant.pld_epsilon) and a 1e-5 reference, side by side.
 
     .venv/bin/python bench/accountant_precision.py            # the four test vectors
     .venv/bin/python bench/accountant_precision.py --no-ref   # skip the slow 1e-5 reference
@@ -12,7 +12,7 @@ import time
 
 import dp_accounting as dpa
 
-from fedfleet.privacy.accountant import PLD_COARSE, pld_epsilon
+from fedfleet.privacy._accountant import PLD_COARSE, pld_epsilon
 
 DELTA = 1e-5
 VECTORS = [  # (q, z, steps)

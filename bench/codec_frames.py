@@ -28,10 +28,10 @@ from fedfleet._codec import (
     from_frame,
     to_frame,
 )
-from fedfleet.client.protocol import FitInstructions, FitResult
-from fedfleet.data.base import ArrayDataset
-from fedfleet.sim.cohort import ClientJob
-from fedfleet.strategies.base import ClientResult
+from fedfleet.client import FitInstructions, FitResult
+from fedfleet.data import ArrayDataset
+from fedfleet.sim._cohort import ClientJob
+from fedfleet.strategies import ClientResult
 
 CLIENTS, CHUNKS = 10, [(0, 5), (5, 10)]
 

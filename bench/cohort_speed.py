@@ -47,11 +47,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedfleet.client import FitInstructions, TorchTrainer
-from fedfleet.client.vmap_trainer import VmapTrainer
-from fedfleet.data.base import ArrayDataset
-from fedfleet.models.zoo import cnn, mlp
-from fedfleet.sim.engine import client_seed
+from fedfleet.client import FitInstructions, TorchTrainer, VmapTrainer
+from fedfleet.data import ArrayDataset
+from fedfleet.models import cnn, mlp
+from fedfleet.sim import client_seed
 
 OUT = Path(__file__).resolve().parent / "out"
 WORKLOADS = {  # name: (model, clients, clients per round)

@@ -35,15 +35,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedfleet.client import FitInstructions, TorchTrainer
-from fedfleet.client.compiled_trainer import CompiledTrainer
-from fedfleet.client.vmap_trainer import VmapTrainer
-from fedfleet.data.base import ArrayDataset
-from fedfleet.data.synthetic import synthetic
+from fedfleet.client import FitInstructions, TorchTrainer, VmapTrainer
+from fedfleet.client._compiled_trainer import CompiledTrainer
+from fedfleet.data import ArrayDataset, synthetic
 
 OUT = Path(__file__).resolve().parent / "out"
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
-COMPILED_MAX, LANES_MIN = 1 << 16, 1 << 20  # fedfleet.runs.executors' thresholds
+COMPILED_MAX, LANES_MIN = 1 << 16, 1 << 20  # fedfleet.runs._executors' thresholds
 
 
 def _mlp(d_in: int, hidden: int) -> Callable[[], nn.Module]:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from fedfleet.client import FitInstructions, TorchTrainer
-from fedfleet.data.base import ArrayDataset
+from fedfleet.data import ArrayDataset
 from fedfleet.models import cnn
 
 

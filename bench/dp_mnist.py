@@ -17,8 +17,8 @@ import json
 import time
 from pathlib import Path
 
-from fedfleet.runs.build import build_run
-from fedfleet.runs.config import load_config
+from fedfleet.runs import load_config
+from fedfleet.runs._build import build_run
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from fedfleet.runs.build import build_run
-from fedfleet.runs.config import load_config
+from fedfleet.runs import load_config
+from fedfleet.runs._build import build_run
 
 OUT = Path(__file__).resolve().parent / "out"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"

@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 import fedfleet as ff
-from fedfleet.sim.clock import ClientClock
-from fedfleet.sim.fedbuff import FedBuffSimulation
+from fedfleet.sim import ClientClock, FedBuffSimulation
 
 LOCAL = ff.FitInstructions(epochs=1, batch_size=16, lr=0.05)
 CLOCK = ClientClock(time_per_step=1.0, speed_sigma=0.7)

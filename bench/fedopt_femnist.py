@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 import fedfleet as ff
-from fedfleet.strategies.fedopt import fedadam, fedyogi
+from fedfleet.strategies import fedadam, fedyogi
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "femnist"

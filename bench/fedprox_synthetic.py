@@ -33,12 +33,16 @@ from pathlib import Path
 import numpy as np
 
 import fedfleet as ff
-from fedfleet.client.protocol import FitInstructions, Trainer
-from fedfleet.client.state_store import ClientState
-from fedfleet.data.base import ArrayDataset
-from fedfleet.strategies.base import ClientResult, ClientUpdate, Strategy, StrategyState
-from fedfleet.strategies.fedprox import fedprox
-from fedfleet.strategies.stragglers import Stragglers
+from fedfleet.client import ClientState, FitInstructions, Trainer
+from fedfleet.data import ArrayDataset
+from fedfleet.strategies import (
+    ClientResult,
+    ClientUpdate,
+    Stragglers,
+    Strategy,
+    StrategyState,
+    fedprox,
+)
 
 HERE = Path(__file__).resolve().parent
 CHECKPOINTS = (50, 100, 200)

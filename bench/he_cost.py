@@ -28,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfleet.privacy.he import (
+from fedfleet.privacy import (
+    CkksKeyHolder,
+    CkksPublic,
+)
+from fedfleet.privacy._he import (
     EncryptedVector,
     PaillierKeyHolder,
     PaillierPublic,
     fixed_point_mean,
-)
-from fedfleet.privacy.he_ckks import (
-    CkksKeyHolder,
-    CkksPublic,
 )
 
 OUT = Path(__file__).resolve().parent / "out"

@@ -30,12 +30,16 @@ import numpy as np
 
 import fedfleet as ff
 from fedfleet.client import FitInstructions, NumpyLogisticRegression
-from fedfleet.sim import Federation, Simulation
-from fedfleet.sim.deadline import DropLate, PartialWork
-from fedfleet.sim.profiles import Lognormal, ProfileSpec
-from fedfleet.strategies import FedAvg, FedNova, QFedAvg
-from fedfleet.strategies.compensation import Compensation, MoreEpochs, ScaleLR
-from fedfleet.strategies.selection import OortSelection
+from fedfleet.sim import DropLate, Federation, Lognormal, PartialWork, ProfileSpec, Simulation
+from fedfleet.strategies import (
+    Compensation,
+    FedAvg,
+    FedNova,
+    MoreEpochs,
+    OortSelection,
+    QFedAvg,
+    ScaleLR,
+)
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"

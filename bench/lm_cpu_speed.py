@@ -35,8 +35,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import fedfleet as ff
-from fedfleet.data.base import ArrayDataset, Subset
-from fedfleet.data.text import VOCAB_SIZE, shakespeare
+from fedfleet.data import ArrayDataset, Subset
+from fedfleet.data._text import VOCAB_SIZE, shakespeare
 from fedfleet.errors import ConfigError
 from fedfleet.models import causal_transformer, char_lstm
 

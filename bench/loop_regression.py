@@ -51,7 +51,7 @@ def child(tree: Path, peers: Path, rest: list[str]) -> None:
     if not where.is_relative_to(src):
         raise SystemExit(f"fedfleet was imported from {where}, not from {src}")
     sys.path.insert(0, str(HERE))
-    import peers_side_by_side as side  # imports fedfleet.strategies.base: already this tree's
+    import peers_side_by_side as side  # imports fedfleet.strategies._base: already this tree's
 
     side.child_fedfleet(rest, peers)
 

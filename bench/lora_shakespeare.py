@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 import fedfleet as ff
-from fedfleet.data.base import Subset
-from fedfleet.data.text import VOCAB_SIZE, shakespeare
+from fedfleet.data import Subset
+from fedfleet.data._text import VOCAB_SIZE, shakespeare
 from fedfleet.models import (
     LoraSpec,
     causal_transformer,

@@ -37,11 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedfleet._codec.frame import to_frame
-from fedfleet._codec.messages import encode_results
-from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult
-from fedfleet.client.torch_trainer import TorchTrainer
-from fedfleet.data.base import ArrayDataset, TaskData
+from fedfleet._codec import encode_results, to_frame
+from fedfleet.client import EvalResult, FitInstructions, FitResult, TorchTrainer
+from fedfleet.data import ArrayDataset, TaskData
 from fedfleet.models import (
     LoraFactors,
     adapter_factors,
@@ -51,11 +49,11 @@ from fedfleet.models import (
     split_for_pretraining,
 )
 from fedfleet.params import Layout
-from fedfleet.runs.build import build_federation, build_strategy, load_task_for
-from fedfleet.runs.config import RunConfig, validate_config
-from fedfleet.runs.models import model_factory
-from fedfleet.sim.engine import Simulation
-from fedfleet.strategies.base import ClientResult
+from fedfleet.runs._build import build_federation, build_strategy, load_task_for
+from fedfleet.runs._config import RunConfig, validate_config
+from fedfleet.runs._models import model_factory
+from fedfleet.sim import Simulation
+from fedfleet.strategies import ClientResult
 
 HERE = Path(__file__).resolve().parent
 

@@ -26,15 +26,19 @@ import time
 import numpy as np
 
 from fedfleet._proto import fedfleet_pb2 as pb
-from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult
-from fedfleet.data.base import ArrayDataset
-from fedfleet.net.certs import create_test_federation
-from fedfleet.net.client import ClientSettings, FederatedClient
-from fedfleet.net.server import FederatedServer, ServerSettings
-from fedfleet.net.wire import chunk_messages
+from fedfleet.client import EvalResult, FitInstructions, FitResult
+from fedfleet.data import ArrayDataset
+from fedfleet.net import (
+    ClientSettings,
+    FederatedClient,
+    FederatedServer,
+    ServerSettings,
+    create_test_federation,
+)
+from fedfleet.net._wire import chunk_messages
 from fedfleet.params import Layout
-from fedfleet.runs.config import validate_config
-from fedfleet.strategies.fedavg import FedAvg
+from fedfleet.runs._config import validate_config
+from fedfleet.strategies import FedAvg
 
 
 class NullTrainer:

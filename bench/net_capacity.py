@@ -79,8 +79,8 @@ def cpu_s() -> float:
 def serve(args: argparse.Namespace) -> None:
     import logging
 
-    from fedfleet.net.cli import read_config
-    from fedfleet.net.server import FederatedServer, ServerSettings
+    from fedfleet.net import FederatedServer, ServerSettings
+    from fedfleet.net._cli import read_config
 
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -137,16 +137,16 @@ async def worker(args: argparse.Namespace) -> None:
 
     from fedfleet._proto import fedfleet_pb2 as pb
     from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
-    from fedfleet.client.protocol import FitResult
-    from fedfleet.net.server import grpc_options
-    from fedfleet.net.wire import (
+    from fedfleet.client import FitResult
+    from fedfleet.net._server import grpc_options
+    from fedfleet.net._wire import (
         PROTOCOL_VERSION,
         chunk_messages,
         instructions_from_header,
         receiver,
         reply_to_header,
     )
-    from fedfleet.strategies.base import ClientResult
+    from fedfleet.strategies import ClientResult
 
     certs = Path(args.certs)
     ca = (certs / "ca.pem").read_bytes()
@@ -231,7 +231,7 @@ async def worker(args: argparse.Namespace) -> None:
 
 def certs_for(out: Path, n: int) -> tuple[Path, float]:
     """A CA, server and ``n`` client certificates, cached under ``out`` (git-ignored)."""
-    from fedfleet.net.certs import create_test_federation
+    from fedfleet.net import create_test_federation
 
     d = out / f"certs-{n}"
     if (d / f"client-{n - 1}.pem").exists():
@@ -242,8 +242,8 @@ def certs_for(out: Path, n: int) -> tuple[Path, float]:
 
 
 def run_one(args: argparse.Namespace, n: int, k: int, out: Path) -> dict[str, Any]:
-    from fedfleet.net.cli import read_config
-    from fedfleet.runs.build import build_trainer, load_task_for
+    from fedfleet.net._cli import read_config
+    from fedfleet.runs._build import build_trainer, load_task_for
 
     certs, keygen_s = certs_for(out, n)
     tag = f"n{n}-k{k}"

@@ -77,8 +77,8 @@ def _reply_header(name: str) -> bytes:
 def serve(args: argparse.Namespace) -> None:
     import logging
 
-    from fedfleet.net.cli import read_config
-    from fedfleet.net.server import FederatedServer, ServerSettings
+    from fedfleet.net import FederatedServer, ServerSettings
+    from fedfleet.net._cli import read_config
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -110,8 +110,8 @@ async def hostile(args: argparse.Namespace) -> None:
 
     from fedfleet._proto import fedfleet_pb2 as pb
     from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
-    from fedfleet.net.server import grpc_options
-    from fedfleet.net.wire import PROTOCOL_VERSION
+    from fedfleet.net._server import grpc_options
+    from fedfleet.net._wire import PROTOCOL_VERSION
 
     certs = Path(args.certs)
     cid = args.clients
@@ -256,7 +256,7 @@ def rounds_done(log: Path) -> int:
 def ckpt_info(run_dir: Path) -> tuple[int, int, int]:
     """(checkpoint bytes, refusals in the server's checkpointed rejection log, that log's
     bytes as JSON)."""
-    from fedfleet.net.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from fedfleet.net._checkpoint import CHECKPOINT_NAME, load_checkpoint
 
     size = (run_dir / CHECKPOINT_NAME).stat().st_size
     for _ in range(5):  # the server may be replacing it right now
@@ -300,9 +300,9 @@ def phase(
 
 
 def main(args: argparse.Namespace) -> None:
-    from fedfleet.net.certs import create_test_federation
-    from fedfleet.net.cli import read_config
-    from fedfleet.runs.build import build_trainer, load_task_for
+    from fedfleet.net import create_test_federation
+    from fedfleet.net._cli import read_config
+    from fedfleet.runs._build import build_trainer, load_task_for
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ generator, IID partition and model (``common.py``), the cohorts ``common.sample_
 picks (the ones ``limit_torch`` and ``plain_torch`` train; pfl and Flower sample their own),
 FedAvg with SGD lr 0.01, B=32, E=1, R rounds, then the test evaluation; a
 :class:`fedfleet.sim.Simulation` with the trainer and executor
-:func:`fedfleet.runs.build.choose_executor` picks (``fedfleet``: what ``fedfleet run`` does,
+:func:`fedfleet.runs._build.choose_executor` picks (``fedfleet``: what ``fedfleet run`` does,
 one lane per core for the MLP), and the same on one lane, one core (``fedfleet_1core``). It
 prints the peers' JSON line with
 the same ``t0`` (after imports, data and the torch warm-up), ``round_s``, ``startup_s`` and
@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedfleet.strategies.base import plain_client_fit
+from fedfleet.strategies import plain_client_fit
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE.parents[1] / "shared" / "peers"
@@ -142,7 +142,7 @@ class _TimedEvaluate:
 
 
 def _synthetic_task(args: Any) -> Any:
-    from fedfleet.data.synthetic import synthetic
+    from fedfleet.data import synthetic
 
     return synthetic(1.0, 1.0, num_devices=args.num_clients, seed=args.seed)
 
@@ -157,9 +157,9 @@ def child_fedfleet(argv: Sequence[str], peers: Path) -> None:
     import numpy as np
 
     from fedfleet.client import FitInstructions
-    from fedfleet.data.base import ArrayDataset, TaskData
+    from fedfleet.data import ArrayDataset, TaskData
     from fedfleet.runs import RunConfig
-    from fedfleet.runs.build import choose_executor
+    from fedfleet.runs._build import choose_executor
     from fedfleet.sim import Federation, Simulation
     from fedfleet.strategies import FedAvg
 
@@ -202,7 +202,7 @@ def child_fedfleet(argv: Sequence[str], peers: Path) -> None:
         args.seed,
         common.sample_clients,
     )
-    from fedfleet.runs.build import build_trainer
+    from fedfleet.runs._build import build_trainer
 
     trainer, executor, why = choose_executor(
         config,

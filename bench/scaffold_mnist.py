@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 
 import fedfleet as ff
-from fedfleet.strategies.base import Strategy
-from fedfleet.strategies.scaffold import Scaffold
+from fedfleet.strategies import Scaffold, Strategy
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"

@@ -18,15 +18,18 @@ import threading
 
 import numpy as np
 
-from fedfleet.client.protocol import FitInstructions
-from fedfleet.data.base import ArrayDataset
-from fedfleet.net.certs import create_test_federation
-from fedfleet.net.client import ClientSettings, FederatedClient
-from fedfleet.net.server import FederatedServer, ServerSettings
-from fedfleet.privacy.secagg.strategy import SecAggFedAvg
-from fedfleet.runs.config import validate_config
-from fedfleet.strategies.base import Strategy
-from fedfleet.strategies.fedavg import FedAvg
+from fedfleet.client import FitInstructions
+from fedfleet.data import ArrayDataset
+from fedfleet.net import (
+    ClientSettings,
+    FederatedClient,
+    FederatedServer,
+    ServerSettings,
+    create_test_federation,
+)
+from fedfleet.privacy.secagg._strategy import SecAggFedAvg
+from fedfleet.runs._config import validate_config
+from fedfleet.strategies import FedAvg, Strategy
 from net_bandwidth import NullTrainer
 
 

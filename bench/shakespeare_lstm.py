@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 import fedfleet as ff
-from fedfleet.data.base import Subset
-from fedfleet.data.text import VOCAB_SIZE, shakespeare
-from fedfleet.models.language import char_lstm
+from fedfleet.data import Subset
+from fedfleet.data._text import VOCAB_SIZE, shakespeare
+from fedfleet.models import char_lstm
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakespeare"
 

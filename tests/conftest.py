@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedfleet.data.base import ArrayDataset, TaskData
+from fedfleet.data import ArrayDataset, TaskData
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedfleet.strategies.aggregators import clipped_sum, normalized_mean, qffl_mean, weighted_mean
+from fedfleet.strategies._aggregators import clipped_sum, normalized_mean, qffl_mean, weighted_mean
 
 RNG = np.random.default_rng(42)
 DELTAS = [RNG.normal(0, 1, 30).astype(np.float32) for _ in range(5)]

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedfleet.client import FitInstructions, TorchTrainer
-from fedfleet.data.base import ArrayDataset
+from fedfleet.data import ArrayDataset
 from fedfleet.errors import ConfigError
 
 

@@ -10,9 +10,8 @@ import tomllib
 import numpy as np
 import pytest
 
-from fedfleet.runs.build import build_run
-from fedfleet.runs.config import load_config
-from fedfleet.runs.rundir import load_model_vector
+from fedfleet.runs import load_config, load_model_vector
+from fedfleet.runs._build import build_run
 from fedfleet.sim import TIMING_KEYS
 
 
@@ -152,7 +151,7 @@ def test_saved_model_matches_the_layout_fingerprint(tmp_path):
     from fedfleet.errors import LayoutError
     from fedfleet.models import mlp
     from fedfleet.params import Layout
-    from fedfleet.runs.rundir import save_model
+    from fedfleet.runs import save_model
 
     layout = Layout.from_module(mlp((1, 8, 8), 10))
     vec = np.arange(layout.size, dtype=np.float32)

@@ -27,11 +27,11 @@ from fedfleet._codec import (
     from_frame,
     to_frame,
 )
-from fedfleet.client.protocol import FitInstructions, FitResult
-from fedfleet.data.base import ArrayDataset
+from fedfleet.client import FitInstructions, FitResult
+from fedfleet.data import ArrayDataset
 from fedfleet.errors import FedfleetError
 from fedfleet.evaluation import ClientEvaluation
-from fedfleet.strategies.base import ClientResult
+from fedfleet.strategies import ClientResult
 
 
 def _frame(kind: str, body: dict, specs: list, data: bytes = b"") -> bytes:

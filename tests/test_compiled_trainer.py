@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedfleet.client import FitInstructions, TorchTrainer
-from fedfleet.client.compiled_trainer import CompiledTrainer
-from fedfleet.data.base import ArrayDataset
+from fedfleet.client._compiled_trainer import CompiledTrainer
+from fedfleet.data import ArrayDataset
 from fedfleet.errors import ConfigError, DatasetError
 
 ATOL = 1e-5

@@ -1,7 +1,7 @@
 import pytest
 
 from fedfleet.errors import ConfigError
-from fedfleet.runs.config import RunConfig, apply_overrides, dump_config, load_config
+from fedfleet.runs._config import RunConfig, apply_overrides, dump_config, load_config
 
 
 def test_defaults_are_the_readme_run():

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from fedfleet.errors import ConfigError
-from fedfleet.runs.build import build_population, build_run
-from fedfleet.runs.config import load_config
+from fedfleet.runs import load_config
+from fedfleet.runs._build import build_population, build_run
 from fedfleet.sim import SyntheticPopulation
 
 

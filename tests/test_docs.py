@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedfleet.errors import ConfigError
-from fedfleet.runs.config import load_config
+from fedfleet.runs import load_config
 from fedfleet.scaffold import new_project
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -328,7 +328,7 @@ class _RowsBackwards:
 
 
 def test_results_handed_over_as_rows_become_deltas_in_place(blobs):
-    from fedfleet.sim.cohort import VectorisedExecutor
+    from fedfleet.sim import VectorisedExecutor
 
     clean = _sim(blobs, seed=2)
     plan = clean.strategy.configure_fit(
@@ -383,9 +383,9 @@ def test_handed_over_block_takes_exactly_one_block_of_rows():
 
 
 def test_deltas_kept_from_a_vectorised_cohort_are_never_overwritten(blobs):
-    from fedfleet.client.vmap_trainer import VmapTrainer
-    from fedfleet.sim.cohort import VectorisedExecutor
-    from fedfleet.strategies.base import plain_client_fit
+    from fedfleet.client import VmapTrainer
+    from fedfleet.sim import VectorisedExecutor
+    from fedfleet.strategies import plain_client_fit
 
     @dataclasses.dataclass
     class PlainKeeper(_Keeper):  # plain local training: the cohort trains in one fit_cohort

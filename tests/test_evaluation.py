@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from fedfleet.client import FitInstructions, NumpyLogisticRegression
-from fedfleet.data.base import TaskData
+from fedfleet.data import TaskData
 from fedfleet.evaluation import ClientEvaluation, evaluation_summary
 from fedfleet.sim import Federation, Simulation
 from fedfleet.strategies import FedAvg, Reweighted, Strategy, by_samples
-from fedfleet.strategies.wrapper import Wrapper
+from fedfleet.strategies._wrapper import Wrapper
 
 
 def test_summary_of_global_model_reports():

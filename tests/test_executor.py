@@ -5,15 +5,13 @@ import os
 import numpy as np
 import pytest
 
-from fedfleet.client import TorchTrainer
-from fedfleet.client.compiled_trainer import CompiledTrainer
-from fedfleet.client.threaded_trainer import ThreadedTrainer
-from fedfleet.client.vmap_trainer import VmapTrainer
+from fedfleet.client import ThreadedTrainer, TorchTrainer, VmapTrainer
+from fedfleet.client._compiled_trainer import CompiledTrainer
 from fedfleet.errors import ConfigError
+from fedfleet.runs import load_config
+from fedfleet.runs._build import build_run
 from fedfleet.runs.algorithms import ALGORITHMS
-from fedfleet.runs.build import build_run
-from fedfleet.runs.config import load_config
-from fedfleet.sim.cohort import SequentialExecutor, VectorisedExecutor
+from fedfleet.sim import SequentialExecutor, VectorisedExecutor
 
 SMALL = ["rounds=3", "data.num_clients=10", "strategy.clients_per_round=5"]
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedfleet.client.protocol import FitInstructions
+from fedfleet.client import FitInstructions
 from fedfleet.errors import ConfigError
 from fedfleet.strategies import ClientUpdate, FedAvg, cohort_size, sample_clients
 from fedfleet.transforms import chain, sgd

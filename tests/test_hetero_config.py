@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 
 from fedfleet.errors import ConfigError
-from fedfleet.runs.build import build_run
-from fedfleet.runs.config import load_config, validate_config
-from fedfleet.sim.deadline import DropLate, OverSelect, PartialWork
-from fedfleet.strategies.compensation import Compensation
-from fedfleet.strategies.selection import OortSelection
-from fedfleet.strategies.weighting import Reweighted
+from fedfleet.runs._build import build_run
+from fedfleet.runs._config import load_config, validate_config
+from fedfleet.sim import DropLate, OverSelect, PartialWork
+from fedfleet.strategies import Compensation, OortSelection, Reweighted
 
 HETERO = [
     "rounds=4",

@@ -16,9 +16,9 @@ import torch
 
 from fedfleet._threads import cores
 from fedfleet.errors import ConfigError
-from fedfleet.models.language import causal_transformer, char_lstm
-from fedfleet.runs.build import build_run
-from fedfleet.runs.config import load_config
+from fedfleet.models import causal_transformer, char_lstm
+from fedfleet.runs import load_config
+from fedfleet.runs._build import build_run
 from fedfleet.sim import TIMING_KEYS
 
 

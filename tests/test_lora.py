@@ -11,11 +11,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from fedfleet._codec.frame import to_frame
-from fedfleet._codec.messages import encode_results
-from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult
-from fedfleet.client.torch_trainer import TorchTrainer
-from fedfleet.data.base import ArrayDataset
+from fedfleet._codec import encode_results, to_frame
+from fedfleet.client import EvalResult, FitInstructions, FitResult, TorchTrainer
+from fedfleet.data import ArrayDataset
 from fedfleet.errors import ConfigError
 from fedfleet.models import (
     LoraSpec,
@@ -28,11 +26,11 @@ from fedfleet.models import (
     split_for_pretraining,
 )
 from fedfleet.params import Layout
-from fedfleet.runs.build import build_federation, build_run, build_strategy, load_task_for
-from fedfleet.runs.config import validate_config
-from fedfleet.runs.models import model_factory
-from fedfleet.sim.engine import Simulation
-from fedfleet.strategies.base import ClientResult
+from fedfleet.runs._build import build_federation, build_run, build_strategy, load_task_for
+from fedfleet.runs._config import validate_config
+from fedfleet.runs._models import model_factory
+from fedfleet.sim import Simulation
+from fedfleet.strategies import ClientResult
 
 peft = pytest.importorskip("peft")
 

@@ -11,10 +11,10 @@ import pytest
 from safetensors.numpy import load_file
 
 from fedfleet.models import pretrain_base, split_for_pretraining
-from fedfleet.runs.build import build_federation, build_run, load_task_for
-from fedfleet.runs.config import load_config, validate_config
-from fedfleet.runs.models import model_factory
-from fedfleet.runs.rundir import load_model_vector
+from fedfleet.runs import load_model_vector
+from fedfleet.runs._build import build_federation, build_run, load_task_for
+from fedfleet.runs._config import load_config, validate_config
+from fedfleet.runs._models import model_factory
 
 pytest.importorskip("peft")
 

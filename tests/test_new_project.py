@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from fedfleet.errors import ConfigError, DatasetError
-from fedfleet.runs.build import build_run
-from fedfleet.runs.config import load_config
+from fedfleet.runs import load_config
+from fedfleet.runs._build import build_run
 from fedfleet.scaffold import ProjectExists, new_project
 
 

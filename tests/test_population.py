@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from fedfleet.client import FitInstructions, NumpyLogisticRegression
-from fedfleet.data.synthetic import synthetic_device
+from fedfleet.data import synthetic_device
 from fedfleet.errors import ConfigError
-from fedfleet.sim import Simulation
-from fedfleet.sim.population import SyntheticPopulation
+from fedfleet.sim import Simulation, SyntheticPopulation
 from fedfleet.strategies import FedAvg
 
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from fedfleet.client import FitInstructions, TorchTrainer
-from fedfleet.data.text import VOCAB_SIZE, text_task
+from fedfleet.data._text import VOCAB_SIZE, text_task
 from fedfleet.errors import ConfigError
 from fedfleet.models import causal_transformer, char_lstm
-from fedfleet.runs.build import build_run
-from fedfleet.runs.config import load_config
+from fedfleet.runs import load_config
+from fedfleet.runs._build import build_run
 
 TEXT = {"ann": "the cat sat on the mat. " * 20, "bob": "a rat ran to the barn. " * 20}
 

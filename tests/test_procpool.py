@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from fedfleet.errors import FedfleetError
-from fedfleet.runs.build import build_run
-from fedfleet.runs.config import load_config
+from fedfleet.runs import load_config
+from fedfleet.runs._build import build_run
 from fedfleet.sim import TIMING_KEYS, VectorisedExecutor, client_seed
-from fedfleet.sim.procpool import ProcessExecutor, chunk_bounds
+from fedfleet.sim._procpool import ProcessExecutor, chunk_bounds
 
 SMALL = ["rounds=3", "data.num_clients=10", "strategy.clients_per_round=5"]
 
@@ -223,16 +223,16 @@ class _Shift:
         self.mu = mu
 
     def client_fit(self, trainer, vector, data, instructions, seed, state):
-        from fedfleet.client.protocol import FitResult
-        from fedfleet.strategies.base import ClientResult
+        from fedfleet.client import FitResult
+        from fedfleet.strategies import ClientResult
 
         return ClientResult(FitResult(vector + self.mu, 1, 1, {}), {}, None)
 
 
 def _shift_jobs(k: int):
-    from fedfleet.client.protocol import FitInstructions
-    from fedfleet.data.base import ArrayDataset
-    from fedfleet.sim.cohort import ClientJob
+    from fedfleet.client import FitInstructions
+    from fedfleet.data import ArrayDataset
+    from fedfleet.sim._cohort import ClientJob
 
     data = ArrayDataset(np.zeros((1, 2), np.float32), np.zeros(1, np.int64))
     return [ClientJob(c, data, FitInstructions(), c, None) for c in range(k)]

@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 
 from fedfleet.errors import FedfleetError
-from fedfleet.runs.build import build_run, worker_run
-from fedfleet.runs.config import dump_config, load_config
-from fedfleet.runs.rundir import load_model_vector
+from fedfleet.runs import dump_config, load_config, load_model_vector
+from fedfleet.runs._build import build_run, worker_run
 from fedfleet.sim import TIMING_KEYS
 
 needs_ray = pytest.mark.skipif(
@@ -153,8 +152,8 @@ def test_a_separate_driver_joins_the_cluster_at_ray_address(local_ray, tmp_path)
 @needs_ray
 def test_a_failing_task_names_its_clients(local_ray):
     from fedfleet.client import FitInstructions
-    from fedfleet.sim.cohort import ClientJob
-    from fedfleet.sim.ray_executor import RayExecutor
+    from fedfleet.sim import RayExecutor
+    from fedfleet.sim._cohort import ClientJob
 
     # the first test's config (its run is cached on the Ray workers already)
     cfg = load_config(
@@ -174,9 +173,9 @@ def test_fedfleet_imports_without_ray_and_names_the_extra():
     code = (
         "import sys; sys.modules['ray'] = None\n"
         "import fedfleet\n"
-        "from fedfleet.runs.build import worker_run\n"
-        "from fedfleet.runs.config import dump_config, load_config\n"
-        "from fedfleet.sim.ray_executor import RayExecutor\n"
+        "from fedfleet.runs._build import worker_run\n"
+        "from fedfleet.runs._config import dump_config, load_config\n"
+        "from fedfleet.sim._ray_executor import RayExecutor\n"
         "from fedfleet.errors import FedfleetError\n"
         "try:\n"  # refused when built, before a run starts, not at its first round
         "    RayExecutor(dump_config(load_config(None, [])), worker_run)\n"

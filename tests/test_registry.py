@@ -9,12 +9,12 @@ import pytest
 from pydantic import Field, ValidationError
 
 from fedfleet.errors import ConfigError
+from fedfleet.runs import dump_config, load_config
+from fedfleet.runs._datasets import DATASETS
+from fedfleet.runs._models import MODELS
+from fedfleet.runs._registry import Entry, Params, Registry
+from fedfleet.runs._resume import config_changes
 from fedfleet.runs.algorithms import ALGORITHMS, StrategyParams
-from fedfleet.runs.config import dump_config, load_config
-from fedfleet.runs.datasets import DATASETS
-from fedfleet.runs.models import MODELS
-from fedfleet.runs.registry import Entry, Params, Registry
-from fedfleet.runs.resume import config_changes
 
 
 class _Base(Params):

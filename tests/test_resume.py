@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from fedfleet.errors import ConfigError, FedfleetError
-from fedfleet.runs.build import build_run
-from fedfleet.runs.checkpoint import PAUSE_ENV, load_checkpoint, save_checkpoint
-from fedfleet.runs.config import dump_config, load_config
-from fedfleet.runs.resume import check_resumable, config_changes, load_snapshot, save_snapshot
+from fedfleet.runs import dump_config, load_config
+from fedfleet.runs._build import build_run
+from fedfleet.runs._checkpoint import PAUSE_ENV, load_checkpoint, save_checkpoint
+from fedfleet.runs._resume import check_resumable, config_changes, load_snapshot, save_snapshot
 from fedfleet.sim import TIMING_KEYS, Simulation
-from fedfleet.sim.engine import Snapshot
+from fedfleet.sim._engine import Snapshot
 
 WAIT_S = 300.0  # generous: the machine may be shared and slow
 

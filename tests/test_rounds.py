@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedfleet.client.protocol import EvalResult, FitInstructions
+from fedfleet.client import EvalResult, FitInstructions
 from fedfleet.errors import FedfleetError, UpdateRejected
 from fedfleet.rounds import (
     FitJob,
@@ -17,8 +17,7 @@ from fedfleet.rounds import (
     as_transport,
     client_seed,
 )
-from fedfleet.strategies import FedAvg
-from fedfleet.strategies.base import ClientUpdate
+from fedfleet.strategies import ClientUpdate, FedAvg
 
 
 def _replies(job: FitJob) -> FitReplies:

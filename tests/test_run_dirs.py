@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from fedfleet.errors import ConfigError
-from fedfleet.runs.checkpoint import load_checkpoint
-from fedfleet.runs.interrupt import WAIT_ENV, GracefulInterrupt
-from fedfleet.runs.rundir import check_new_run, new_run_dir
+from fedfleet.runs._checkpoint import load_checkpoint
+from fedfleet.runs._interrupt import WAIT_ENV, GracefulInterrupt
+from fedfleet.runs._rundir import check_new_run, new_run_dir
 from fedfleet.sim import TIMING_KEYS
 
 WAIT_S = 300.0  # generous: the machine may be shared and slow

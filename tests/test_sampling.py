@@ -9,9 +9,9 @@ import pytest
 from fedfleet.client import FitInstructions
 from fedfleet.errors import ConfigError
 from fedfleet.privacy import DpAccounting, PaillierKeyHolder
-from fedfleet.privacy.secagg.strategy import SecAggFedAvg
+from fedfleet.privacy.secagg._strategy import SecAggFedAvg
 from fedfleet.strategies import FedAvg, FedNova, HEFedAvg, QFedAvg, Scaffold, Stragglers
-from fedfleet.strategies.sampling import (
+from fedfleet.strategies._sampling import (
     AccountedSampling,
     PoissonSampling,
     Sampling,

@@ -18,9 +18,8 @@ import pytest
 import torch
 
 import fedfleet as ff
-from fedfleet.runs.build import build_run
-from fedfleet.runs.config import load_config
-from fedfleet.runs.rundir import load_model_vector
+from fedfleet.runs import load_config, load_model_vector
+from fedfleet.runs._build import build_run
 from fedfleet.sim import TIMING_KEYS, SequentialExecutor
 
 ROUNDS = 3

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from fedfleet.cli import app
 from fedfleet.errors import ConfigError
-from fedfleet.privacy.secagg.strategy import SecAggFedAvg
+from fedfleet.privacy.secagg._strategy import SecAggFedAvg
+from fedfleet.runs import load_config
+from fedfleet.runs._build import build_run
 from fedfleet.runs.algorithms import ALGORITHMS
-from fedfleet.runs.build import build_run
-from fedfleet.runs.config import load_config
 from fedfleet.scaffold import new_project
 from fedfleet.sim import FedBuffSimulation, Simulation
 from fedfleet.strategies import (
@@ -149,7 +149,7 @@ def test_dpfedavg_calibrates_noise_for_a_target_epsilon_and_reports_it():
 
 def test_local_dp_and_dp_sgd_from_the_config():
     from fedfleet.privacy import DPSGDTrainer, LocalDP
-    from fedfleet.sim.cohort import SequentialExecutor
+    from fedfleet.sim import SequentialExecutor
 
     local = build_run(load_config(None, ["privacy.local_noise_multiplier=0.1", "rounds=2"]))
     assert isinstance(local.simulation.strategy, LocalDP)

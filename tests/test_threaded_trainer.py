@@ -5,13 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from fedfleet.client import FitInstructions, TorchTrainer
+from fedfleet.client import FitInstructions, ThreadedTrainer, TorchTrainer
 from fedfleet.client._vmap_schedule import torch_threads
-from fedfleet.client.threaded_trainer import ThreadedTrainer
-from fedfleet.data.base import ArrayDataset
+from fedfleet.data import ArrayDataset
 from fedfleet.errors import ConfigError, DatasetError
-from fedfleet.runs.build import build_run
-from fedfleet.runs.config import load_config
+from fedfleet.runs import load_config
+from fedfleet.runs._build import build_run
 
 
 def _net() -> nn.Module:  # BatchNorm: running statistics are federated state too

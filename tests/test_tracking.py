@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedfleet.runs.build import build_run
-from fedfleet.runs.config import load_config
-from fedfleet.runs.interrupt import WAIT_ENV
+from fedfleet.runs import load_config
+from fedfleet.runs._build import build_run
+from fedfleet.runs._interrupt import WAIT_ENV
 from fedfleet.sim import TIMING_KEYS
 from fedfleet.tracking import MLflowTracker, TensorBoardTracker, Trackers
 

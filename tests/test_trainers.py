@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedfleet.client import FitInstructions, NumpyLogisticRegression, SklearnTrainer, TorchTrainer
-from fedfleet.data.base import ArrayDataset
+from fedfleet.data import ArrayDataset
 from fedfleet.errors import ConfigError
 
 

@@ -11,8 +11,8 @@ import pytest
 from fedfleet import _streams
 from fedfleet.errors import ConfigError
 from fedfleet.transforms import chain, sgd
-from fedfleet.transforms.base import apply_delta
-from fedfleet.transforms.dp import adaptive_clip, clip, gaussian_noise, noise_rng
+from fedfleet.transforms._base import apply_delta
+from fedfleet.transforms._dp import adaptive_clip, clip, gaussian_noise, noise_rng
 
 W = np.zeros(5)
 

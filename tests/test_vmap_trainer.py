@@ -10,9 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedfleet.client import FitInstructions, TorchTrainer
-from fedfleet.client.vmap_trainer import VmapTrainer
-from fedfleet.data.base import ArrayDataset
+from fedfleet.client import FitInstructions, TorchTrainer, VmapTrainer
+from fedfleet.data import ArrayDataset
 from fedfleet.errors import ConfigError, DatasetError
 
 ATOL = 1e-5
@@ -344,7 +343,7 @@ def test_mismatched_cohorts_are_refused_with_who_and_what():
 def test_batches_staged_a_window_at_a_time_give_the_same_bits(monkeypatch):
     """Clients with more steps than a staging window (a Synthetic(1,1) device can have 47,000)
     are staged window by window; the arithmetic is the same as staging every step at once."""
-    import fedfleet.client.vmap_trainer as vmap_module
+    import fedfleet.client._vmap_trainer as vmap_module
 
     sizes = [50, 37, 8, 21, 64, 13]
     instr = [FitInstructions(epochs=2, batch_size=4, lr=0.05)] * len(sizes)

@@ -42,8 +42,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         UpdateRejected,
     )
     from fedfleet.params import Layout, TensorSpec
-    from fedfleet.privacy.secagg.strategy import SecAggFedAvg
-    from fedfleet.runs.config import RunConfig, load_config
+    from fedfleet.privacy.secagg._strategy import SecAggFedAvg
+    from fedfleet.runs import RunConfig, load_config
     from fedfleet.sim import (
         ClientClock,
         FedBuffSimulation,
@@ -65,9 +65,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         fedadagrad,
         fedadam,
         fedavgm,
+        fedprox,  # the function, not its module
         fedyogi,
     )
-    from fedfleet.strategies.fedprox import fedprox  # the function, not its module
 
 _SUBMODULES = {"data", "models", "privacy", "transforms"}
 _HOMES = {
@@ -79,8 +79,8 @@ _HOMES = {
         "ConfigError", "DatasetError", "FedfleetError", "LayoutError", "UpdateRejected",
     ],
     "fedfleet.params": ["Layout", "TensorSpec"],
-    "fedfleet.privacy.secagg.strategy": ["SecAggFedAvg"],
-    "fedfleet.runs.config": ["RunConfig", "load_config"],
+    "fedfleet.privacy.secagg._strategy": ["SecAggFedAvg"],
+    "fedfleet.runs._config": ["RunConfig", "load_config"],
     "fedfleet.sim": [
         "ClientClock", "FedBuffSimulation", "Federation", "Simulation", "SimulationResult",
     ],

@@ -4,7 +4,7 @@
 ``fedfleet certs``); ``python -m fedfleet.net --help`` runs them alone. The module lives outside
 :mod:`fedfleet.net` so that ``fedfleet --help`` lists them without importing the deployment
 (gRPC, the ``deploy`` extra) or torch; each command imports what it needs when it runs.
-:mod:`fedfleet.net.cli` re-exports it.
+:mod:`fedfleet.net._cli` re-exports it.
 
 A config file is a run config (the same TOML ``fedfleet run`` reads: seed, data, model,
 strategy, client training) plus an optional ``[deploy]`` section with this process's network
@@ -23,7 +23,7 @@ import typer
 from fedfleet.errors import FedfleetError
 
 if TYPE_CHECKING:
-    from fedfleet.runs.config import RunConfig
+    from fedfleet.runs import RunConfig
 
 __all__ = ["CLIENT_KEYS", "SERVER_KEYS", "app", "certs", "client", "read_config", "server"]
 
@@ -46,7 +46,7 @@ def read_config(
     path: Path | None, valid: set[str] | None = None
 ) -> tuple[RunConfig, dict[str, Any]]:
     """The run config in ``path`` and its ``[deploy]`` section (checked against ``valid``)."""
-    from fedfleet.runs.config import validate_config
+    from fedfleet.runs._config import validate_config
 
     raw: dict[str, Any] = {}
     if path is not None:
@@ -109,9 +109,8 @@ def server(
     """Serve a federated run; clients connect with `client`."""
     _logging(verbose)
     try:
-        from fedfleet.net.server import FederatedServer, ServerSettings
-        from fedfleet.runs.config import dump_config
-        from fedfleet.runs.rundir import RunDir
+        from fedfleet.net import FederatedServer, ServerSettings
+        from fedfleet.runs import RunDir, dump_config
 
         run_dir = resume or out
         if config is None and resume is not None and (resume / "config.toml").exists():
@@ -197,8 +196,8 @@ def client(
     try:
         import torch
 
-        from fedfleet.net.certs import client_id_from_cn, read_pem
-        from fedfleet.net.client import ClientSettings, FederatedClient
+        from fedfleet.net import ClientSettings, FederatedClient
+        from fedfleet.net._certs import client_id_from_cn, read_pem
 
         cfg, deploy = read_config(config, CLIENT_KEYS)
         given = {
@@ -228,8 +227,8 @@ def client(
         torch.set_num_threads(cfg.threads)
         local = local_test = None
         if data is not None or test_data is not None:
-            from fedfleet.data.arrays import load_arrays
-            from fedfleet.runs.build import load_task_for
+            from fedfleet.data import load_arrays
+            from fedfleet.runs._build import load_task_for
 
             task = load_task_for(cfg)
             local = load_arrays(data, task) if data is not None else None
@@ -256,7 +255,7 @@ def certs(
 ) -> None:
     """Create a local CA, a server certificate (localhost, 127.0.0.1) and client certificates."""
     try:
-        from fedfleet.net.certs import create_test_federation, issue_certificate
+        from fedfleet.net._certs import create_test_federation, issue_certificate
 
         for name in party or []:
             if not name or name in ("ca", "server") or not name.replace("-", "").isalnum():

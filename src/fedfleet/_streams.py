@@ -19,8 +19,8 @@ keys under one root coincide. Add a stream here first, then use it.
                         (r, 1)      SecAgg's central DP noise in round r
                         (r,)        DPFedAvg's central DP noise in round r
                         (0, 2)      FedBuff clock speeds
-                        (0, 3, f)   client profile field f (fedfleet.sim.profiles)
-                        (r, 4)      who is online in round r (fedfleet.sim.profiles)
+                        (0, 3, f)   client profile field f (fedfleet.sim._profiles)
+                        (r, 4)      who is online in round r (fedfleet.sim._profiles)
                         (r, 5)      SecAgg's neighbour graph and dropouts in round r
                         (r, 6)      who evaluates after round r (configure_evaluate)
     client seed         ()          local training batches (and torch's initial seed)
@@ -89,7 +89,7 @@ def central_dp_noise(rnd: int) -> Key:
 
 
 def clock_speeds() -> Key:
-    """FedBuff's client compute speeds (:class:`fedfleet.sim.clock.ClientClock`)."""
+    """FedBuff's client compute speeds (:class:`fedfleet.sim.ClientClock`)."""
     return (0, 2)
 
 

@@ -40,7 +40,7 @@ def _fail(err: Exception) -> typer.Exit:
 
 def _write_run(out: Path | None, config: Path, protocol: str, summary: dict[str, Any]) -> Path:
     from fedfleet._atomic import atomic_write_bytes
-    from fedfleet.runs.rundir import new_run_dir
+    from fedfleet.runs._rundir import new_run_dir
 
     path = out if out is not None else new_run_dir("runs", f"vertical-{protocol}")
     path.mkdir(parents=True, exist_ok=True)
@@ -81,8 +81,8 @@ def relay(
 ) -> None:
     """Forward the parties' messages until every party is done."""
     try:
+        from fedfleet.vertical._net import Relay
         from fedfleet.vertical._task import VerticalTask
-        from fedfleet.vertical.net import Relay
 
         task = VerticalTask.from_toml(config)
         host, _, configured = task.relay.rpartition(":")
@@ -119,9 +119,9 @@ def party(
 ) -> None:
     """Take part as one party; the guest writes the run directory."""
     try:
+        from fedfleet.vertical._net import RelayChannel
         from fedfleet.vertical._registry import Deployable
         from fedfleet.vertical._task import VerticalTask, guest_metrics, party_tables
-        from fedfleet.vertical.net import RelayChannel
 
         task = VerticalTask.from_toml(config)
         (table,) = party_tables(task, only=party)

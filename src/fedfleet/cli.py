@@ -18,7 +18,7 @@ from fedfleet._extras import missing_extra
 from fedfleet.errors import ConfigError, FedfleetError
 
 if TYPE_CHECKING:
-    from fedfleet.runs.config import RunConfig
+    from fedfleet.runs import RunConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -89,14 +89,14 @@ def run(
     Each run gets its own directory (runs/<data>-<strategy>-<time>, or --out). Ctrl-C finishes
     the round in progress, keeps its checkpoint and prints the command that resumes the run
     (a second Ctrl-C abandons the round)."""
-    from fedfleet.runs.build import build_run
-    from fedfleet.runs.config import dump_config
-    from fedfleet.runs.interrupt import GracefulInterrupt, wait_for_test_interrupt
-    from fedfleet.runs.resume import load_snapshot, save_snapshot
-    from fedfleet.runs.rundir import RunDir, check_new_run, new_run_dir
-    from fedfleet.runs.track import check_tracking, open_trackers
-    from fedfleet.sim.engine import Simulation, Snapshot
-    from fedfleet.tracking.base import record_step
+    from fedfleet.runs import dump_config
+    from fedfleet.runs._build import build_run
+    from fedfleet.runs._interrupt import GracefulInterrupt, wait_for_test_interrupt
+    from fedfleet.runs._resume import load_snapshot, save_snapshot
+    from fedfleet.runs._rundir import RunDir, check_new_run, new_run_dir
+    from fedfleet.runs._track import check_tracking, open_trackers
+    from fedfleet.sim._engine import Simulation, Snapshot
+    from fedfleet.tracking._base import record_step
 
     overrides = [*(set_ or [])]
     overrides += ["track.tensorboard=true"] if tensorboard else []
@@ -193,7 +193,7 @@ def run(
                     on_snapshot=checkpoint,
                     on_evaluation=trackers.log_evaluation,
                 )
-            else:  # FedBuff: asynchronous, no checkpoints (fedfleet.runs.resume)
+            else:  # FedBuff: asynchronous, no checkpoints (fedfleet.runs._resume)
                 result = sim.run(cfg.rounds, on_round=on_round, on_client=on_client, until=stopping)
             if last_round < cfg.rounds and stop.requested:
                 raise KeyboardInterrupt
@@ -212,7 +212,7 @@ def run(
 
 
 def _resumable(cfg: RunConfig | None) -> bool:
-    from fedfleet.runs.resume import check_resumable
+    from fedfleet.runs._resume import check_resumable
 
     if cfg is None:
         return False
@@ -225,7 +225,7 @@ def _resumable(cfg: RunConfig | None) -> bool:
 
 def _interrupted(run_dir: Any, last_round: int, *, resumable: bool) -> None:
     """What Ctrl-C left behind and the command that continues the run."""
-    from fedfleet.runs.checkpoint import CHECKPOINT_NAME
+    from fedfleet.runs._checkpoint import CHECKPOINT_NAME
 
     if run_dir is not None and not resumable:
         console.print(
@@ -250,8 +250,8 @@ def _resumed_config(
 ) -> RunConfig:
     """The run's config: from ``--config``/``--set``, or, with ``--resume DIR``, from
     ``DIR/config.toml``, which ``--config``/``--set`` may repeat but not change."""
-    from fedfleet.runs.config import load_config
-    from fedfleet.runs.resume import check_resumable, config_changes
+    from fedfleet.runs import load_config
+    from fedfleet.runs._resume import check_resumable, config_changes
 
     if resume is None:
         return load_config(config, overrides)
@@ -307,7 +307,7 @@ def _summary(final: dict[str, Any], rounds: int, wall: float, out: Path, rejecte
 @app.command()
 def datasets() -> None:
     """List the datasets fedfleet can load and where each is read from."""
-    from fedfleet.data.registry import describe
+    from fedfleet.data._registry import describe
 
     table = Table(title="datasets")
     table.add_column("name", no_wrap=True)
@@ -315,7 +315,7 @@ def datasets() -> None:
     table.add_column("source")
     for row in describe():
         table.add_row(*row)
-    # lazily generated populations (fedfleet.sim.population), not loadable datasets
+    # lazily generated populations (fedfleet.sim._population), not loadable datasets
     table.add_row(
         "synthetic-population",
         "data.num_clients Synthetic(alpha, beta) devices made when sampled; tested on 50 "
@@ -372,7 +372,7 @@ _register_vertical()
 
 def _register_report() -> None:
     """``fedfleet report RUN [RUN...]`` (:mod:`fedfleet.report`)."""
-    from fedfleet.report.cli import report
+    from fedfleet.report._cli import report
 
     app.command()(report)
 

@@ -10,10 +10,10 @@ from collections.abc import Container
 
 import numpy as np
 
-from fedfleet.client.protocol import FitInstructions
+from fedfleet.client import FitInstructions
 from fedfleet.errors import UpdateRejected
 from fedfleet.params import Layout
-from fedfleet.strategies.base import ClientUpdate
+from fedfleet.strategies._base import ClientUpdate
 
 __all__ = ["validate_update"]
 

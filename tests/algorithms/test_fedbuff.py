@@ -10,9 +10,8 @@ from torch import nn
 
 from fedfleet.client import FitInstructions, TorchTrainer
 from fedfleet.errors import ConfigError
-from fedfleet.sim import TIMING_KEYS, Federation, client_seed
-from fedfleet.sim.clock import ClientClock
-from fedfleet.sim.fedbuff import FedBuffSimulation, buffered_mean, polynomial_staleness
+from fedfleet.sim import TIMING_KEYS, ClientClock, Federation, client_seed
+from fedfleet.sim._fedbuff import FedBuffSimulation, buffered_mean, polynomial_staleness
 from fedfleet.transforms import sgd
 
 LOCAL = FitInstructions(epochs=1, batch_size=20, lr=0.1)  # 100 samples -> 5 steps

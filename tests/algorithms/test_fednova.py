@@ -11,9 +11,7 @@ from torch import nn
 from fedfleet.client import FitInstructions, TorchTrainer
 from fedfleet.errors import ConfigError
 from fedfleet.sim import Federation, Simulation
-from fedfleet.strategies import ClientUpdate, FedAvg
-from fedfleet.strategies.fednova import FedNova
-from fedfleet.strategies.stragglers import Stragglers
+from fedfleet.strategies import ClientUpdate, FedAvg, FedNova, Stragglers
 from fedfleet.transforms import sgd
 
 

@@ -10,10 +10,16 @@ from torch import nn
 from fedfleet.client import FitInstructions, TorchTrainer
 from fedfleet.errors import ConfigError
 from fedfleet.sim import Federation, Simulation
-from fedfleet.strategies import ClientUpdate, FedAvg
-from fedfleet.strategies.fedopt import fedadagrad, fedadam, fedavgm, fedyogi
-from fedfleet.strategies.stragglers import Stragglers
-from fedfleet.transforms.fedopt import adagrad, adam, yogi
+from fedfleet.strategies import (
+    ClientUpdate,
+    FedAvg,
+    Stragglers,
+    fedadagrad,
+    fedadam,
+    fedavgm,
+    fedyogi,
+)
+from fedfleet.transforms import adagrad, adam, yogi
 
 TAU = 1e-3
 W0 = np.array([1.0, -1.0, 0.5], dtype=np.float32)

@@ -11,12 +11,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedfleet.client import FitInstructions, NumpyLogisticRegression, SklearnTrainer, TorchTrainer
-from fedfleet.data.base import ArrayDataset
+from fedfleet.data import ArrayDataset
 from fedfleet.errors import ConfigError, LayoutError
 from fedfleet.sim import TIMING_KEYS, Federation, Simulation
-from fedfleet.strategies import FedAvg
-from fedfleet.strategies.fedprox import fedprox
-from fedfleet.strategies.stragglers import Stragglers
+from fedfleet.strategies import FedAvg, Stragglers, fedprox
 
 
 def _factory():

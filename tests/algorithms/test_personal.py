@@ -14,7 +14,7 @@ from fedfleet.errors import ConfigError
 from fedfleet.models import mlp
 from fedfleet.sim import TIMING_KEYS, Federation, Simulation, client_seed
 from fedfleet.strategies import FedAvg, weighted_mean
-from fedfleet.strategies.personal import HEAD_STATE, FedPer, FedRep, head_mask
+from fedfleet.strategies._personal import HEAD_STATE, FedPer, FedRep, head_mask
 
 LOCAL = FitInstructions(epochs=1, batch_size=16, lr=0.1)
 

@@ -10,8 +10,7 @@ from torch import nn
 from fedfleet.client import FitInstructions, NumpyLogisticRegression, TorchTrainer
 from fedfleet.errors import ConfigError
 from fedfleet.sim import Federation, Simulation, client_seed
-from fedfleet.strategies import ClientUpdate, FedAvg
-from fedfleet.strategies.qfedavg import QFedAvg
+from fedfleet.strategies import ClientUpdate, FedAvg, QFedAvg
 
 
 def _update(cid, delta, loss, n=10):

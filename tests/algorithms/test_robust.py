@@ -10,13 +10,21 @@ import pytest
 
 import fedfleet as ff
 from fedfleet.errors import ConfigError
-from fedfleet.runs.build import build_run
-from fedfleet.runs.config import load_config
-from fedfleet.strategies import ClientUpdate, FedAvg, Krum, Median, RobustFedAvg, TrimmedMean
-from fedfleet.strategies.base import Strategy, StrategyState
-from fedfleet.strategies.robust import RobustAggregator
-from fedfleet.strategies.wrapper import Wrapper
-from fedfleet.transforms.base import sgd
+from fedfleet.runs import load_config
+from fedfleet.runs._build import build_run
+from fedfleet.strategies import (
+    ClientUpdate,
+    FedAvg,
+    Krum,
+    Median,
+    RobustFedAvg,
+    Strategy,
+    StrategyState,
+    TrimmedMean,
+)
+from fedfleet.strategies._robust import RobustAggregator
+from fedfleet.strategies._wrapper import Wrapper
+from fedfleet.transforms import sgd
 
 # 7 updates of 4 coordinates; rows 5 and 6 are Byzantine (huge, and of the wrong sign)
 DELTAS = np.array(

@@ -16,11 +16,10 @@ from fedfleet.client import (
     NumpyLogisticRegression,
     TorchTrainer,
 )
-from fedfleet.data.base import ArrayDataset, TaskData
+from fedfleet.data import ArrayDataset, TaskData
 from fedfleet.errors import ConfigError, FedfleetError
 from fedfleet.sim import TIMING_KEYS, Federation, Simulation
-from fedfleet.strategies import ClientUpdate, sample_clients
-from fedfleet.strategies.scaffold import Scaffold
+from fedfleet.strategies import ClientUpdate, Scaffold, sample_clients
 
 
 def _strip(history):

@@ -9,8 +9,7 @@ import pytest
 from fedfleet.client import FitInstructions, NumpyLogisticRegression
 from fedfleet.errors import ConfigError
 from fedfleet.sim import TIMING_KEYS, Federation, Simulation, client_seed
-from fedfleet.strategies import FedAvg, weighted_mean
-from fedfleet.strategies.stragglers import Stragglers
+from fedfleet.strategies import FedAvg, Stragglers, weighted_mean
 
 LOCAL = FitInstructions(epochs=5, batch_size=16, lr=0.1)
 

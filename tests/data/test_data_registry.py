@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedfleet.data.registry import DATASETS, default_path, describe, load_task
+from fedfleet.data._registry import DATASETS, default_path, describe, load_task
 from fedfleet.errors import DatasetError
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits as sklearn_digits
 
-from fedfleet.data.digits import load_digits
+from fedfleet.data import load_digits
 from fedfleet.errors import DatasetError
 
 

@@ -18,10 +18,10 @@ datasets = pytest.importorskip("datasets", reason="the hf extra (datasets) is no
 pd = pytest.importorskip("pandas", reason="pandas (a datasets dependency) is not installed")
 Image = pytest.importorskip("PIL.Image", reason="Pillow is not installed")
 
-from fedfleet.data.hf import infer_format, load_hf  # noqa: E402
+from fedfleet.data._hf import infer_format, load_hf  # noqa: E402
 from fedfleet.errors import ConfigError, DatasetError  # noqa: E402
-from fedfleet.runs.build import build_run  # noqa: E402
-from fedfleet.runs.config import load_config  # noqa: E402
+from fedfleet.runs import load_config  # noqa: E402
+from fedfleet.runs._build import build_run  # noqa: E402
 
 CLASSES, DIM = 4, 6
 RUN = ["rounds=6", "client.epochs=2", "client.lr=0.1", "strategy.clients_per_round=6"]
@@ -292,7 +292,7 @@ def test_the_natural_partition_needs_a_client_id_column_and_every_run_a_path():
 
 def test_importing_fedfleet_does_not_import_datasets():
     code = (
-        "import sys, fedfleet, fedfleet.cli, fedfleet.runs.build, fedfleet.data\n"
+        "import sys, fedfleet, fedfleet.cli, fedfleet.runs._build, fedfleet.data\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'datasets', 'pandas', 'pyarrow'}))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

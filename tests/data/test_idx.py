@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedfleet.data.idx import fashion_mnist, load_idx, mnist
+from fedfleet.data import fashion_mnist, load_idx, mnist
 from fedfleet.errors import DatasetError
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

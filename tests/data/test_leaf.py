@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedfleet.data.leaf import femnist, load_leaf
+from fedfleet.data import femnist, load_leaf
 from fedfleet.errors import DatasetError
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedfleet.data import ArrayDataset, TaskData
 from fedfleet.data import partition as P
-from fedfleet.data.base import ArrayDataset, TaskData
 from fedfleet.errors import DatasetError
 
 # 10 balanced classes of 120, shuffled so that label order is not sample order.

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 from torch import nn
 
-from fedfleet.client import FitInstructions
-from fedfleet.client.vmap_trainer import VmapTrainer
-from fedfleet.data.base import ArrayDataset, Subset
+from fedfleet.client import FitInstructions, VmapTrainer
+from fedfleet.data import ArrayDataset, Subset
 from fedfleet.sim import Federation
 
 
@@ -56,7 +55,7 @@ def test_a_federations_clients_train_the_same_from_subsets_as_from_copies():
 
 
 def _task(pool):
-    from fedfleet.data.base import TaskData
+    from fedfleet.data import TaskData
 
     return TaskData("pool", pool, pool, 3, (6,))
 

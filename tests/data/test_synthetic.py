@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedfleet.data.synthetic import synthetic, synthetic_device
+from fedfleet.data import synthetic, synthetic_device
 from fedfleet.errors import DatasetError
 
 

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedfleet.data.base import Subset, TaskData
-from fedfleet.data.registry import load_task
-from fedfleet.data.text import (
+from fedfleet.data import Subset, TaskData, TokenWindows, load_task
+from fedfleet.data._text import (
     OOV,
     VOCAB,
     VOCAB_SIZE,
@@ -21,9 +20,8 @@ from fedfleet.data.text import (
     parse_play,
     shakespeare,
 )
-from fedfleet.data.windows import TokenWindows
 from fedfleet.errors import DatasetError
-from fedfleet.sim.federation import Federation
+from fedfleet.sim import Federation
 
 SHAKESPEARE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "shakespeare"
 

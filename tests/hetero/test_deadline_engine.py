@@ -8,9 +8,8 @@ import pytest
 from conftest import blob_task
 from fedfleet.client import FitInstructions, NumpyLogisticRegression
 from fedfleet.errors import FedfleetError
-from fedfleet.sim import TIMING_KEYS, Federation, Simulation
-from fedfleet.sim.deadline import DropLate, OverSelect, PartialWork, RoundClock
-from fedfleet.sim.profiles import ClientProfiles, Lognormal, ProfileSpec
+from fedfleet.sim import TIMING_KEYS, ClientProfiles, Federation, Lognormal, ProfileSpec, Simulation
+from fedfleet.sim._deadline import DropLate, OverSelect, PartialWork, RoundClock
 from fedfleet.strategies import FedAvg, FedNova
 
 LOCAL = FitInstructions(epochs=1, batch_size=10, lr=0.1)  # 50 samples -> 5 steps

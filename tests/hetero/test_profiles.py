@@ -7,7 +7,7 @@ import pytest
 
 from fedfleet.client import FitInstructions
 from fedfleet.errors import ConfigError
-from fedfleet.sim.profiles import (
+from fedfleet.sim._profiles import (
     ClientProfiles,
     Lognormal,
     ProfileSpec,
@@ -123,7 +123,7 @@ def test_csv_round_trip_and_errors(tmp_path):
 
 
 def test_fedbuff_clock_converts_to_the_same_clients():
-    from fedfleet.sim.clock import ClientClock
+    from fedfleet.sim import ClientClock
 
     clock = ClientClock(time_per_step=0.1, speed_sigma=0.7, bandwidth=1e4)
     times, profiles = clock.sample(20, seed=4), clock.profiles(20, seed=4)

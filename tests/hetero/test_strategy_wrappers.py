@@ -8,19 +8,23 @@ import pytest
 from conftest import blob_task
 from fedfleet.client import FitInstructions, NumpyLogisticRegression
 from fedfleet.errors import ConfigError
-from fedfleet.sim import TIMING_KEYS, Federation, Simulation
-from fedfleet.sim.cohort import _is_plain
-from fedfleet.sim.profiles import ClientProfiles
-from fedfleet.strategies import FedAvg, weighted_mean
-from fedfleet.strategies.base import ClientUpdate
-from fedfleet.strategies.compensation import Compensation, MoreEpochs, ScaleLR
-from fedfleet.strategies.selection import (
+from fedfleet.sim import TIMING_KEYS, ClientProfiles, Federation, Simulation
+from fedfleet.sim._cohort import _is_plain
+from fedfleet.strategies import (
+    ClientUpdate,
+    Compensation,
+    FedAvg,
+    MoreEpochs,
+    ScaleLR,
+    weighted_mean,
+)
+from fedfleet.strategies._selection import (
     AvailableOnly,
     OortSelection,
     oort_penalty,
     oort_utility,
 )
-from fedfleet.strategies.weighting import (
+from fedfleet.strategies._weighting import (
     Reweighted,
     aggregation_weights,
     by_samples,

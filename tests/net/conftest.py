@@ -16,14 +16,13 @@ import pytest
 import torch
 
 from fedfleet._proto import fedfleet_pb2 as pb
-from fedfleet.net.certs import create_test_federation
-from fedfleet.net.cli import read_config
-from fedfleet.net.wire import instructions_from_header, receiver
-from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
-from fedfleet.runs.rundir import load_model_vector
-from fedfleet.sim.cohort import SequentialExecutor
-from fedfleet.sim.engine import Simulation, SimulationResult
-from fedfleet.strategies.base import Strategy
+from fedfleet.net import create_test_federation
+from fedfleet.net._cli import read_config
+from fedfleet.net._wire import instructions_from_header, receiver
+from fedfleet.runs import load_model_vector
+from fedfleet.runs._build import build_federation, build_strategy, build_trainer, load_task_for
+from fedfleet.sim import SequentialExecutor, Simulation, SimulationResult
+from fedfleet.strategies import Strategy
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "net_worker.py"

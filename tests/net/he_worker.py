@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedfleet.client.protocol import FitInstructions
-from fedfleet.net.cli import read_config
-from fedfleet.net.client import ClientSettings, FederatedClient
-from fedfleet.net.secure.he_keys import load_key_holder, load_public
-from fedfleet.net.server import FederatedServer, ServerSettings
-from fedfleet.strategies.he_fedavg import HEFedAvg
+from fedfleet.client import FitInstructions
+from fedfleet.net import ClientSettings, FederatedClient, FederatedServer, ServerSettings
+from fedfleet.net._cli import read_config
+from fedfleet.net.secure._he_keys import load_key_holder, load_public
+from fedfleet.strategies import HEFedAvg
 
 
 def he_strategy(cfg, public, key_holder=None) -> HEFedAvg:

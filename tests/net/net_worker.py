@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from fedfleet.net.cli import read_config
-from fedfleet.net.client import ClientSettings, FederatedClient
-from fedfleet.runs.build import build_trainer, load_task_for
+from fedfleet.net import ClientSettings, FederatedClient
+from fedfleet.net._cli import read_config
+from fedfleet.runs._build import build_trainer, load_task_for
 
 
 class _Slow:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from fedfleet.net.cli import read_config
-from fedfleet.net.client import ClientSettings, FederatedClient
-from fedfleet.net.secure import secagg_wire
-from fedfleet.net.secure.secagg_wire import masked_chunks
+from fedfleet.net import ClientSettings, FederatedClient
+from fedfleet.net._cli import read_config
+from fedfleet.net.secure import _secagg_wire as secagg_wire
+from fedfleet.net.secure._secagg_wire import masked_chunks
 
 
 def main() -> int:

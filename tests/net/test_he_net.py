@@ -10,14 +10,13 @@ from he_worker import he_strategy
 
 from conftest import HERE, wait_for
 from fedfleet.errors import FedfleetError
-from fedfleet.net.cli import read_config
+from fedfleet.net import FederatedServer, ServerSettings
+from fedfleet.net._cli import read_config
 from fedfleet.net.secure import write_he_keys
-from fedfleet.net.secure.he_keys import load_key_holder, load_public
-from fedfleet.net.server import FederatedServer, ServerSettings
-from fedfleet.privacy.he import PaillierKeyHolder, PaillierPublic
-from fedfleet.runs.build import build_federation, build_trainer, load_task_for
-from fedfleet.sim.cohort import SequentialExecutor
-from fedfleet.sim.he_run import run_he_fedavg
+from fedfleet.net.secure._he_keys import load_key_holder, load_public
+from fedfleet.privacy import PaillierKeyHolder, PaillierPublic
+from fedfleet.runs._build import build_federation, build_trainer, load_task_for
+from fedfleet.sim import SequentialExecutor, run_he_fedavg
 
 HE_TOML = """\
 seed = 11

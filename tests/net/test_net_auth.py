@@ -10,13 +10,13 @@ import pytest
 from conftest import start_server, wait_for, write_config
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
-from fedfleet.data.base import ArrayDataset
+from fedfleet.data import ArrayDataset
 from fedfleet.errors import FedfleetError
-from fedfleet.net.certs import create_test_federation, issue_certificate
-from fedfleet.net.cli import read_config
-from fedfleet.net.client import ClientRefused, ClientSettings, FederatedClient
-from fedfleet.net.server import ServerSettings
-from fedfleet.runs.build import build_strategy, build_trainer, load_task_for
+from fedfleet.net import ServerSettings
+from fedfleet.net._certs import create_test_federation, issue_certificate
+from fedfleet.net._cli import read_config
+from fedfleet.net._client import ClientRefused, ClientSettings, FederatedClient
+from fedfleet.runs._build import build_strategy, build_trainer, load_task_for
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Procs, free_port, start_server, wait_for, write_config
-from fedfleet.net.certs import create_test_federation
+from fedfleet.net import create_test_federation
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import final_vector, free_port, simulate_run, wait_for, write_config
 from fedfleet.errors import FedfleetError
-from fedfleet.net.checkpoint import load_checkpoint
-from fedfleet.net.client_state import ClientStateFile
+from fedfleet.net._checkpoint import load_checkpoint
+from fedfleet.net._client_state import ClientStateFile
 
 
 def test_state_file_is_two_phase_and_survives_a_restart(tmp_path):

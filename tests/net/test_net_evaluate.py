@@ -11,13 +11,13 @@ import numpy as np
 from conftest import read_task, write_config
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
-from fedfleet.client.protocol import FitResult
+from fedfleet.client import FitResult
 from fedfleet.evaluation import ClientEvaluation, fairness_stats
-from fedfleet.net.checkpoint import load_checkpoint
-from fedfleet.net.cli import read_config
-from fedfleet.net.server import FederatedServer, ServerSettings
-from fedfleet.net.wire import PROTOCOL_VERSION, chunk_messages, evaluation_to_pb, reply_to_header
-from fedfleet.strategies.base import ClientResult
+from fedfleet.net import FederatedServer, ServerSettings
+from fedfleet.net._checkpoint import load_checkpoint
+from fedfleet.net._cli import read_config
+from fedfleet.net._wire import PROTOCOL_VERSION, chunk_messages, evaluation_to_pb, reply_to_header
+from fedfleet.strategies import ClientResult
 
 SAMPLES, HELD_OUT = 50, 10
 

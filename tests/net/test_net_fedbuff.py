@@ -14,13 +14,13 @@ import fedfleet as ff
 from conftest import read_task, wait_for
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
-from fedfleet.net.cli import read_config
-from fedfleet.net.server import FederatedServer, RunSpec, ServerSettings
-from fedfleet.net.wire import PROTOCOL_VERSION
+from fedfleet.net import FederatedServer, RunSpec, ServerSettings
+from fedfleet.net._cli import read_config
+from fedfleet.net._wire import PROTOCOL_VERSION
 from fedfleet.rounds import TIMING_KEYS, Dispatch
-from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
+from fedfleet.runs._build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.sim import FedBuffSimulation
-from fedfleet.strategies.fedbuff import FedBuff
+from fedfleet.strategies._fedbuff import FedBuff
 
 FEDBUFF_TOML = """\
 seed = 5

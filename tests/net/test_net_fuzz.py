@@ -22,11 +22,11 @@ import numpy as np
 from conftest import read_task, write_config
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
-from fedfleet.client.protocol import FitResult
-from fedfleet.net.cli import read_config
-from fedfleet.net.server import FederatedServer, ServerSettings
-from fedfleet.net.wire import PROTOCOL_VERSION, chunk_messages, reply_to_header
-from fedfleet.strategies.base import ClientResult
+from fedfleet.client import FitResult
+from fedfleet.net import FederatedServer, ServerSettings
+from fedfleet.net._cli import read_config
+from fedfleet.net._wire import PROTOCOL_VERSION, chunk_messages, reply_to_header
+from fedfleet.strategies import ClientResult
 from fedfleet.validation import validate_update
 
 METHODS = ("Register", "GetTask", "SubmitUpdate", "SubmitEvaluation")

@@ -22,13 +22,13 @@ from conftest import wait_for, write_config
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.errors import UpdateRejected
-from fedfleet.net.checkpoint import CHECKPOINT_NAME
-from fedfleet.net.cli import read_config
-from fedfleet.net.client import ClientSettings, FederatedClient
-from fedfleet.net.server import FederatedServer, ServerSettings, grpc_options
-from fedfleet.net.wire import PROTOCOL_VERSION
+from fedfleet.net import ClientSettings, FederatedClient
+from fedfleet.net._checkpoint import CHECKPOINT_NAME
+from fedfleet.net._cli import read_config
+from fedfleet.net._server import FederatedServer, ServerSettings, grpc_options
+from fedfleet.net._wire import PROTOCOL_VERSION
 from fedfleet.params import Layout
-from fedfleet.strategies.base import ClientUpdate
+from fedfleet.strategies import ClientUpdate
 from fedfleet.validation import validate_update
 
 HOSTILE = 2

@@ -9,9 +9,9 @@ from safetensors.numpy import load_file
 
 from conftest import final_vector, simulate, start_server, write_config
 from fedfleet.models import save_base
-from fedfleet.net.cli import read_config
-from fedfleet.runs.build import load_task_for
-from fedfleet.runs.models import model_factory
+from fedfleet.net._cli import read_config
+from fedfleet.runs._build import load_task_for
+from fedfleet.runs._models import model_factory
 
 pytest.importorskip("peft")
 

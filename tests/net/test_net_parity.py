@@ -55,11 +55,11 @@ from conftest import (
 )
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
-from fedfleet.net.checkpoint import load_checkpoint
-from fedfleet.net.cli import read_config
-from fedfleet.net.server import FederatedServer, ServerSettings
-from fedfleet.net.wire import PROTOCOL_VERSION
-from fedfleet.sim.engine import TIMING_KEYS, _sampling_rng
+from fedfleet.net import FederatedServer, ServerSettings
+from fedfleet.net._checkpoint import load_checkpoint
+from fedfleet.net._cli import read_config
+from fedfleet.net._wire import PROTOCOL_VERSION
+from fedfleet.sim._engine import TIMING_KEYS, _sampling_rng
 
 
 def _config(tmp: Path, strategy: str, extra: str = "", rounds: int = 2) -> Path:

@@ -19,9 +19,9 @@ from conftest import write_config
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.net import ClientSettings, FederatedClient, FederatedServer, ServerSettings
-from fedfleet.net.cli import read_config
-from fedfleet.net.client import ClientRefused
-from fedfleet.net.wire import PROTOCOL_VERSION
+from fedfleet.net._cli import read_config
+from fedfleet.net._client import ClientRefused
+from fedfleet.net._wire import PROTOCOL_VERSION
 
 OLD_CLIENT = "client speaks protocol 1, server 2; upgrade fedfleet on the client"
 
@@ -83,8 +83,8 @@ def test_server_refuses_another_protocol_with_failed_precondition(server, caplog
 
 # a `fedfleet client` whose fedfleet speaks protocol 1 (the CLI, with the version turned back)
 OLD_CLI = (
-    "import sys, fedfleet.net.client as c; c.PROTOCOL_VERSION = 1; "
-    "from fedfleet.net.cli import app; sys.argv[0] = 'fedfleet-net'; app()"
+    "import sys, fedfleet.net._client as c; c.PROTOCOL_VERSION = 1; "
+    "from fedfleet.net._cli import app; sys.argv[0] = 'fedfleet-net'; app()"
 )
 
 

@@ -12,7 +12,7 @@ import torch
 import fedfleet as ff
 from fedfleet.data.partition import iid, train_test_split_clients
 from fedfleet.net import ClientSettings, FederatedClient, FederatedServer, RunSpec, ServerSettings
-from fedfleet.sim.engine import TIMING_KEYS
+from fedfleet.sim import TIMING_KEYS
 
 SEED, ROUNDS, CLIENTS = 5, 3, 3
 

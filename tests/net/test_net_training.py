@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import final_vector, free_port, simulate, start_server, wait_for, write_config
-from fedfleet.net.checkpoint import (
+from fedfleet.net._checkpoint import (
     CHECKPOINT_NAME,
     PAUSE_ENV,
     load_checkpoint,

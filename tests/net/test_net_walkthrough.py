@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedfleet.data.arrays import load_arrays, save_arrays
+from fedfleet.data import load_arrays, save_arrays
 from fedfleet.errors import DatasetError
-from fedfleet.net.cli import read_config
-from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
-from fedfleet.runs.rundir import load_model_vector
-from fedfleet.sim.cohort import SequentialExecutor
-from fedfleet.sim.engine import Simulation
+from fedfleet.net._cli import read_config
+from fedfleet.runs import load_model_vector
+from fedfleet.runs._build import build_federation, build_strategy, build_trainer, load_task_for
+from fedfleet.sim import SequentialExecutor, Simulation
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "deploy"
 

@@ -11,10 +11,10 @@ import pytest
 
 from fedfleet._codec import decode_evaluation, decode_header, decode_results
 from fedfleet._proto import fedfleet_pb2 as pb
-from fedfleet.client.protocol import FitInstructions, FitResult
+from fedfleet.client import FitInstructions, FitResult
 from fedfleet.evaluation import ClientEvaluation
-from fedfleet.net.server import ServerSettings
-from fedfleet.net.wire import (
+from fedfleet.net import ServerSettings
+from fedfleet.net._wire import (
     MAX_EXTRAS,
     WireError,
     chunk_messages,
@@ -24,7 +24,7 @@ from fedfleet.net.wire import (
     receiver,
     reply_to_header,
 )
-from fedfleet.strategies.base import ClientResult
+from fedfleet.strategies import ClientResult
 
 
 def _receive(raw: bytes, kind: str, size: int, chunks, out=None):

@@ -16,13 +16,13 @@ from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet._proto import secagg_pb2 as spb
 from fedfleet._proto import secagg_pb2_grpc as spb_grpc
-from fedfleet.net.certs import create_test_federation
-from fedfleet.net.cli import read_config
-from fedfleet.net.server import grpc_options
-from fedfleet.net.wire import PROTOCOL_VERSION
-from fedfleet.runs.build import build_federation, build_strategy, build_trainer, load_task_for
-from fedfleet.sim.engine import client_seed
-from fedfleet.strategies.base import ClientUpdate
+from fedfleet.net import create_test_federation
+from fedfleet.net._cli import read_config
+from fedfleet.net._server import grpc_options
+from fedfleet.net._wire import PROTOCOL_VERSION
+from fedfleet.runs._build import build_federation, build_strategy, build_trainer, load_task_for
+from fedfleet.sim import client_seed
+from fedfleet.strategies import ClientUpdate
 
 SECAGG_TOML = """\
 seed = 5
@@ -129,7 +129,7 @@ def test_killed_client_and_malformed_messages_leave_an_exact_sum(procs, certs5):
     its pairwise masks; 4 is this test, which sends a malformed message at every stage (each
     refused with its reason, the server unharmed) before the right one. The result must be
     exactly SecAggFedAvg's over 0, 1, 2 and 4 in simulation."""
-    from fedfleet.net.secure import secagg_wire as wire
+    from fedfleet.net.secure import _secagg_wire as wire
     from fedfleet.privacy.secagg import SecAggClient
 
     config = _config(procs.tmp / "run.toml", clients=5, rounds=1)

@@ -6,7 +6,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 
 from fedfleet.errors import ConfigError
 from fedfleet.privacy import DpAccounting, calibrate_noise_multiplier
-from fedfleet.privacy.accountant import pld_epsilon
+from fedfleet.privacy._accountant import pld_epsilon
 
 
 def _acc(q, z=1.0, kind="pld"):

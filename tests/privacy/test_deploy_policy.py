@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from fedfleet.errors import FedfleetError
-from fedfleet.runs import dump_config, load_config
-from fedfleet.runs.build import build_strategy, build_trainer, load_task_for
-from fedfleet.runs.deploy_policy import for_deployment
-from fedfleet.strategies.base import ClientUpdate
+from fedfleet.runs import dump_config, for_deployment, load_config
+from fedfleet.runs._build import build_strategy, build_trainer, load_task_for
+from fedfleet.strategies import ClientUpdate
 
 DP = ["strategy.name=dpfedavg", "privacy.noise_multiplier=1.0", "data.num_clients=4"]
 

@@ -8,8 +8,7 @@ from fedfleet.client import FitInstructions, TorchTrainer
 from fedfleet.errors import ConfigError
 from fedfleet.privacy import DpAccounting, clip_by_l2, gaussian, secure_normal
 from fedfleet.sim import TIMING_KEYS, Federation, Simulation
-from fedfleet.strategies import ClientUpdate
-from fedfleet.strategies.dpfedavg import AdaptiveClipping, DPFedAvg
+from fedfleet.strategies import AdaptiveClipping, ClientUpdate, DPFedAvg
 
 LOCAL = FitInstructions(epochs=1, batch_size=16, lr=0.1)
 

@@ -13,9 +13,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedfleet.client import FitInstructions
-from fedfleet.data.base import ArrayDataset
+from fedfleet.data import ArrayDataset
 from fedfleet.errors import ConfigError
-from fedfleet.privacy.dpsgd import DPSGDTrainer, _batches, dpsgd_epsilon
+from fedfleet.privacy._dpsgd import DPSGDTrainer, _batches, dpsgd_epsilon
 from fedfleet.sim import Federation, Simulation
 from fedfleet.strategies import FedAvg
 

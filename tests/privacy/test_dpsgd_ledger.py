@@ -8,11 +8,10 @@ from torch import nn
 
 from fedfleet.client import FitInstructions
 from fedfleet.errors import ConfigError
-from fedfleet.privacy.dpsgd import DPSGDTrainer, dpsgd_epsilon
-from fedfleet.privacy.dpsgd_ledger import DPSGDLedger, composed_dpsgd_epsilon
+from fedfleet.privacy import DPSGDTrainer, dpsgd_epsilon
+from fedfleet.privacy._dpsgd_ledger import DPSGDLedger, composed_dpsgd_epsilon
 from fedfleet.sim import Federation, Simulation
-from fedfleet.strategies import FedAvg
-from fedfleet.strategies.base import ClientUpdate
+from fedfleet.strategies import ClientUpdate, FedAvg
 
 
 def test_rows_at_one_rate_compose_like_their_total_steps():

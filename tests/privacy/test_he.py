@@ -8,9 +8,8 @@ import phe
 import pytest
 from torch import nn
 
-from fedfleet.client import TorchTrainer
-from fedfleet.client.protocol import FitInstructions
-from fedfleet.privacy.he import (
+from fedfleet.client import FitInstructions, TorchTrainer
+from fedfleet.privacy._he import (
     EncryptedVector,
     FixedPoint,
     HEError,
@@ -18,15 +17,13 @@ from fedfleet.privacy.he import (
     PaillierPublic,
     fixed_point_mean,
 )
-from fedfleet.privacy.he_ckks import (
+from fedfleet.privacy._he_ckks import (
     CKKS_TOLERANCE,
     CkksKeyHolder,
     CkksPublic,
 )
-from fedfleet.sim import Federation, Simulation
-from fedfleet.sim.he_run import run_he_fedavg
-from fedfleet.strategies import FedAvg, weighted_mean
-from fedfleet.strategies.he_fedavg import HEFedAvg, decrypt_aggregate
+from fedfleet.sim import Federation, Simulation, run_he_fedavg
+from fedfleet.strategies import FedAvg, HEFedAvg, decrypt_aggregate, weighted_mean
 
 LOCAL = FitInstructions(epochs=1, batch_size=16, lr=0.1)
 
@@ -220,8 +217,8 @@ def test_ckks_fedavg_runs_within_tolerance(blobs, ckks):
 
 
 def test_secret_key_files_round_trip_and_refuse_other_bytes(paillier, ckks):
-    from fedfleet.net.secure.he_keys import load_key_holder, load_public
-    from fedfleet.privacy.he import HEError
+    from fedfleet.net.secure._he_keys import load_key_holder, load_public
+    from fedfleet.privacy import HEError
 
     x = np.linspace(-1, 1, 300)
     for holder in (paillier, ckks):

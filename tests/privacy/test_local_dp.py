@@ -10,7 +10,7 @@ from torch import nn
 
 from fedfleet.client import FitInstructions, TorchTrainer
 from fedfleet.errors import ConfigError
-from fedfleet.privacy.local_dp import LocalDP, local_epsilon
+from fedfleet.privacy import LocalDP, local_epsilon
 from fedfleet.sim import TIMING_KEYS, Federation, Simulation
 from fedfleet.strategies import FedAvg
 

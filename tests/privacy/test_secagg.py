@@ -31,7 +31,7 @@ from fedfleet.privacy.secagg import (
     share_secret,
     to_signed,
 )
-from fedfleet.privacy.secagg.shamir import PRIME
+from fedfleet.privacy.secagg._shamir import PRIME
 
 CLIP, R, L = 2.0, 2**20, 48
 
@@ -310,7 +310,7 @@ def test_a_small_order_public_key_is_refused_and_cannot_break_key_agreement():
     with pytest.raises(SecAggProtocolError, match="client 0's mask_public is a small-order"):
         server.check_keys(hostile)
     server.check_keys(adverts[0])  # the genuine key passes
-    from fedfleet.privacy.secagg import crypto
+    from fedfleet.privacy.secagg import _crypto as crypto
 
     with pytest.raises(SecAggProtocolError, match="small-order"):
         crypto.agree(crypto.X25519PrivateKey.generate(), bytes(32), b"pairwise-mask", 1)

@@ -9,7 +9,7 @@ from torch import nn
 from fedfleet.client import FitInstructions, TorchTrainer
 from fedfleet.errors import ConfigError
 from fedfleet.privacy import DpAccounting
-from fedfleet.privacy.secagg.strategy import SecAggFedAvg
+from fedfleet.privacy.secagg._strategy import SecAggFedAvg
 from fedfleet.sim import TIMING_KEYS, Federation, Simulation
 from fedfleet.strategies import ClientUpdate
 

@@ -12,7 +12,7 @@ pytest.importorskip("grpc")
 
 from sklearn.datasets import load_breast_cancer
 
-from fedfleet.net.certs import create_test_federation, issue_certificate
+from fedfleet.net._certs import create_test_federation, issue_certificate
 from fedfleet.vertical import (
     LocalNetwork,
     Message,
@@ -21,7 +21,7 @@ from fedfleet.vertical import (
     run_parties,
     split_columns,
 )
-from fedfleet.vertical.net import Relay, RelayChannel
+from fedfleet.vertical._net import Relay, RelayChannel
 
 PARTIES = ["guest", "host-0", "host-1"]
 

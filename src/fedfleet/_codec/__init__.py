@@ -1,13 +1,13 @@
 """One codec for what crosses between the round loop and where clients run.
 
 The process pool's pipes, Ray tasks and the gRPC network all carry the same messages, encoded
-and decoded by the same functions (:mod:`fedfleet._codec.messages`): a round's jobs (the fit
+and decoded by the same functions (:mod:`fedfleet._codec._messages`): a round's jobs (the fit
 instructions with their payload vectors, the seed, a simulated client's state and data), a
 client's reply (trained vector, sample and step counts, metrics, extra uploads, new client
 state) and a federated-evaluation report. A message is a JSON header plus raw little-endian
-arrays (:mod:`fedfleet._codec.frame`); the process pool and Ray send it as one frame of bytes,
+arrays (:mod:`fedfleet._codec._frame`); the process pool and Ray send it as one frame of bytes,
 gRPC as a protobuf envelope holding the header followed by the arrays in chunks
-(:mod:`fedfleet.net.wire`). So a field added here travels everywhere.
+(:mod:`fedfleet.net._wire`). So a field added here travels everywhere.
 
 No pickle: a header can declare only numeric arrays, every declared size is checked before
 anything is allocated, and decoding refuses missing, unknown and mistyped fields with the
@@ -16,7 +16,7 @@ sender's name and the field's path.
 Below both ``fedfleet.sim`` and ``fedfleet.net``; it imports neither.
 """
 
-from fedfleet._codec.frame import (
+from fedfleet._codec._frame import (
     ArrayReceiver,
     ArraySpec,
     CodecError,
@@ -27,7 +27,7 @@ from fedfleet._codec.frame import (
     from_frame,
     to_frame,
 )
-from fedfleet._codec.messages import (
+from fedfleet._codec._messages import (
     Job,
     decode_evaluation,
     decode_jobs,

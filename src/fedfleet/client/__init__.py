@@ -1,7 +1,7 @@
 """Client-side training: the trainer protocol and its PyTorch and NumPy implementations."""
 
-from fedfleet.client.numpy_trainers import NumpyLogisticRegression, SklearnTrainer
-from fedfleet.client.protocol import (
+from fedfleet.client._numpy_trainers import NumpyLogisticRegression, SklearnTrainer
+from fedfleet.client._protocol import (
     GRAD_CORRECTION,
     PROX_MU,
     EvalResult,
@@ -10,15 +10,15 @@ from fedfleet.client.protocol import (
     Trainer,
     gradient_terms,
 )
-from fedfleet.client.state_store import (
+from fedfleet.client._state_store import (
     ClientState,
     ClientStateStore,
     DiskStateStore,
     MemoryStateStore,
 )
-from fedfleet.client.threaded_trainer import ThreadedTrainer
-from fedfleet.client.torch_trainer import TorchTrainer, optimizer_names, resolve_optimizer
-from fedfleet.client.vmap_trainer import VmapTrainer
+from fedfleet.client._threaded_trainer import ThreadedTrainer
+from fedfleet.client._torch_trainer import TorchTrainer, optimizer_names, resolve_optimizer
+from fedfleet.client._vmap_trainer import VmapTrainer
 
 __all__ = [
     "GRAD_CORRECTION",

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from fedfleet.client.protocol import EvalResult, FitInstructions, FitResult
-from fedfleet.client.torch_trainer import TorchTrainer
-from fedfleet.data.base import ArrayDataset
+from fedfleet.client._protocol import EvalResult, FitInstructions, FitResult
+from fedfleet.client._torch_trainer import TorchTrainer
+from fedfleet.data import ArrayDataset
 from fedfleet.errors import ConfigError, DatasetError
 from fedfleet.params import Layout
 

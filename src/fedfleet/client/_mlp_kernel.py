@@ -1,4 +1,4 @@
-"""The compiled loop of :class:`~fedfleet.client.compiled_trainer.CompiledTrainer`.
+"""The compiled loop of :class:`~fedfleet.client._compiled_trainer.CompiledTrainer`.
 
 One call trains one client: every SGD step of an ``nn.Sequential`` MLP (Linear layers, ReLU
 optional after each, cross-entropy on the last) from its batch table, in one function compiled

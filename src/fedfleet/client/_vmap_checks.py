@@ -1,4 +1,4 @@
-"""Which models :class:`~fedfleet.client.vmap_trainer.VmapTrainer` can train.
+"""Which models :class:`~fedfleet.client.VmapTrainer` can train.
 
 A stack of clients shares one module object, so the model must keep no state that changes in
 training (BatchNorm running statistics, other buffers), draw no random numbers (dropout) and tie

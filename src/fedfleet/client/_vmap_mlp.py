@@ -1,4 +1,4 @@
-"""The hand-written fast path of :class:`~fedfleet.client.vmap_trainer.VmapTrainer`.
+"""The hand-written fast path of :class:`~fedfleet.client.VmapTrainer`.
 
 For an ``nn.Sequential`` of ``Flatten``/``Linear``/``ReLU`` trained with cross-entropy: the
 numbers autograd computes, without autograd and, for plain SGD, with each weight update fused

@@ -1,4 +1,4 @@
-"""How :class:`~fedfleet.client.vmap_trainer.VmapTrainer` lays out a cohort.
+"""How :class:`~fedfleet.client.VmapTrainer` lays out a cohort.
 
 Each client's batch table (the sample indices of every step, drawn as :class:`TorchTrainer`
 draws them), the cohort's batch width per step, a chunk's per-client hyper-parameters, the
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from fedfleet._threads import torch_threads  # re-exported: the cohort trainers import it here
-from fedfleet.client.protocol import FitInstructions
-from fedfleet.data.base import ArrayDataset
+from fedfleet.client._protocol import FitInstructions
+from fedfleet.data import ArrayDataset
 
 __all__ = [
     "STAGE_STEPS",

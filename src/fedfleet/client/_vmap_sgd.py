@@ -1,4 +1,4 @@
-"""The per-step arithmetic of :class:`~fedfleet.client.vmap_trainer.VmapTrainer` outside its
+"""The per-step arithmetic of :class:`~fedfleet.client.VmapTrainer` outside its
 hand-written MLP path: every client's gradients from one ``vmap(grad(functional_call(...)))``,
 and ``torch.optim.SGD``'s update applied to ``[clients, ...]`` stacks of parameters.
 """

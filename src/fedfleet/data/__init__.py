@@ -6,16 +6,16 @@ has them); :mod:`fedfleet.data.partition` splits the train pool across clients; 
 """
 
 from fedfleet.data import partition
-from fedfleet.data.arrays import load_arrays, save_arrays
-from fedfleet.data.base import ArrayDataset, Subset, TaskData
-from fedfleet.data.digits import load_digits
-from fedfleet.data.hf import load_hf
-from fedfleet.data.idx import fashion_mnist, load_idx, mnist
-from fedfleet.data.leaf import femnist, load_leaf
-from fedfleet.data.registry import DATASETS, DatasetInfo, load_task
-from fedfleet.data.synthetic import SyntheticDevice, synthetic, synthetic_device
-from fedfleet.data.text import load_text_folder, shakespeare
-from fedfleet.data.windows import TokenWindows
+from fedfleet.data._arrays import load_arrays, save_arrays
+from fedfleet.data._base import ArrayDataset, Subset, TaskData
+from fedfleet.data._digits import load_digits
+from fedfleet.data._hf import load_hf
+from fedfleet.data._idx import fashion_mnist, load_idx, mnist
+from fedfleet.data._leaf import femnist, load_leaf
+from fedfleet.data._registry import DATASETS, DatasetInfo, load_task
+from fedfleet.data._synthetic import SyntheticDevice, synthetic, synthetic_device
+from fedfleet.data._text import load_text_folder, shakespeare
+from fedfleet.data._windows import TokenWindows
 
 __all__ = [
     "DATASETS",

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedfleet.data.base import TaskData
+from fedfleet.data._base import TaskData
 from fedfleet.errors import DatasetError
 
 __all__ = [

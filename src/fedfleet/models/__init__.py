@@ -1,7 +1,7 @@
 """Reference models from the FL papers, sized from the dataset; pretrained bases and LoRA."""
 
-from fedfleet.models.language import CausalTransformer, CharLSTM, causal_transformer, char_lstm
-from fedfleet.models.lora import (
+from fedfleet.models._language import CausalTransformer, CharLSTM, causal_transformer, char_lstm
+from fedfleet.models._lora import (
     LoraFactors,
     LoraSpec,
     adapter_factors,
@@ -9,14 +9,14 @@ from fedfleet.models.lora import (
     lora_factory,
     product_gap,
 )
-from fedfleet.models.pretrained import (
+from fedfleet.models._pretrained import (
     from_base,
     load_base,
     pretrain_base,
     save_base,
     split_for_pretraining,
 )
-from fedfleet.models.zoo import MODELS, build_model, cnn, logistic_regression, mlp
+from fedfleet.models._zoo import MODELS, build_model, cnn, logistic_regression, mlp
 
 __all__ = [
     "MODELS",

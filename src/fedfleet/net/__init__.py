@@ -1,11 +1,11 @@
 """Deployment over gRPC: a server process and client processes that reuse the simulation's
 strategies, trainers and validation; only broadcast and upload travel over the network.
 
-- :mod:`fedfleet.net.wire`: arrays <-> chunked protobuf messages (no pickle).
-- :mod:`fedfleet.net.server`: :class:`FederatedServer`, the round loop over live clients.
-- :mod:`fedfleet.net.client`: :class:`FederatedClient`, polls for tasks, trains, uploads.
-- :mod:`fedfleet.net.certs`: a local CA, server and per-client certificates for mutual TLS.
-- :mod:`fedfleet.net.checkpoint`: atomic per-round server checkpoints (safetensors + JSON).
+- :mod:`fedfleet.net._wire`: arrays <-> chunked protobuf messages (no pickle).
+- :mod:`fedfleet.net._server`: :class:`FederatedServer`, the round loop over live clients.
+- :mod:`fedfleet.net._client`: :class:`FederatedClient`, polls for tasks, trains, uploads.
+- :mod:`fedfleet.net._certs`: a local CA, server and per-client certificates for mutual TLS.
+- :mod:`fedfleet.net._checkpoint`: atomic per-round server checkpoints (safetensors + JSON).
 """
 
 from fedfleet._extras import require
@@ -16,9 +16,9 @@ for _module in ("grpc", "google.protobuf", "cryptography"):
 # SecAgg / HE register their round runners and uploads with the plain server and client
 # (fedfleet.net._hooks): importing any part of fedfleet.net fills the registry
 import fedfleet.net.secure  # noqa: E402, F401
-from fedfleet.net.certs import create_test_federation  # noqa: E402
-from fedfleet.net.client import ClientSettings, FederatedClient  # noqa: E402
-from fedfleet.net.server import FederatedServer, RunSpec, ServerSettings  # noqa: E402
+from fedfleet.net._certs import create_test_federation  # noqa: E402
+from fedfleet.net._client import ClientSettings, FederatedClient  # noqa: E402
+from fedfleet.net._server import FederatedServer, RunSpec, ServerSettings  # noqa: E402
 
 __all__ = [
     "ClientSettings",

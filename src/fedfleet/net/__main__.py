@@ -1,5 +1,5 @@
 """``python -m fedfleet.net server|client|certs``."""
 
-from fedfleet.net.cli import app
+from fedfleet.net._cli import app
 
 app()

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from fedfleet.net._settings import RunSpec
 from fedfleet.net._state import _Client, _ServerState
-from fedfleet.net.settings import RunSpec
 from fedfleet.rounds import LoopState
-from fedfleet.runs.checkpoint import Checkpoint, save_checkpoint
-from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
-from fedfleet.strategies.fedbuff import FedBuff
+from fedfleet.runs._checkpoint import Checkpoint, save_checkpoint
+from fedfleet.strategies import ClientUpdate, Strategy, StrategyState
+from fedfleet.strategies._fedbuff import FedBuff
 
 __all__ = ["_Bookkeeping"]
 

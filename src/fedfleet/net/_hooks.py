@@ -1,6 +1,6 @@
 """Where secure aggregation plugs into the plain server and client, without either importing it.
 
-:mod:`fedfleet.net.secure` sits above :mod:`fedfleet.net.server` and :mod:`fedfleet.net.client`
+:mod:`fedfleet.net.secure` sits above :mod:`fedfleet.net._server` and :mod:`fedfleet.net._client`
 (its round runners drive a ``FederatedServer``), so those two cannot import it. Instead it
 registers its factories here when it is imported, and ``fedfleet.net``'s ``__init__`` imports it,
 so the registry is full whenever any part of ``fedfleet.net`` is. The server asks

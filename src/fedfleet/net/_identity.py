@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 
 from fedfleet.errors import UpdateRejected, clip_text
+from fedfleet.net._certs import client_id_from_cn
 from fedfleet.net._state import _Refused, _ServerState
-from fedfleet.net.certs import client_id_from_cn
 
 __all__ = ["_Identity"]
 

@@ -13,10 +13,10 @@ import grpc
 
 from fedfleet._proto import fedfleet_pb2_grpc as pb_grpc
 from fedfleet.errors import FedfleetError
+from fedfleet.net._certs import read_pem
 from fedfleet.net._hooks import SecureRounds
 from fedfleet.net._registration import _Registration
-from fedfleet.net.certs import read_pem
-from fedfleet.net.settings import grpc_options
+from fedfleet.net._settings import grpc_options
 
 __all__ = ["_Lifecycle"]
 

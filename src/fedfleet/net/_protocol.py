@@ -19,7 +19,7 @@ PROTOCOL_VERSION = 2
 - 1: the envelopes held a task's instructions and a reply's counts and arrays themselves (up
   to 7b872bc); it sent no version, so an unset field (0) stands for 1.
 - 2: the envelopes carry the codec's messages (``TaskHeader.job``, ``UpdateHeader.reply``,
-  ``EvaluationResult.report``; :mod:`fedfleet.net.wire`).
+  ``EvaluationResult.report``; :mod:`fedfleet.net._wire`).
 """
 
 

@@ -21,7 +21,7 @@ from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet.evaluation import ClientEvaluation
 from fedfleet.net._registration import _Registration
 from fedfleet.net._state import EVALUATE, _Round, _Task
-from fedfleet.net.wire import chunk_messages
+from fedfleet.net._wire import chunk_messages
 from fedfleet.rounds import EvaluateJob, FitJob, FitReplies, client_seed
 
 __all__ = ["_Publishing"]

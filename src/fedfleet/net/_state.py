@@ -1,6 +1,6 @@
 """What the server's round loop and RPC handlers share: per-client records, tasks, the open
 round. (What a task, an upload and an evaluation report hold, and their checks, is the codec's:
-:mod:`fedfleet._codec`, through :mod:`fedfleet.net.wire`.)"""
+:mod:`fedfleet._codec`, through :mod:`fedfleet.net._wire`.)"""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ import grpc
 import numpy as np
 
 from fedfleet._proto import fedfleet_pb2 as pb
-from fedfleet.client.protocol import FitInstructions
+from fedfleet.client import FitInstructions
 from fedfleet.evaluation import ClientEvaluation
 from fedfleet.net._loop import ServerLoop, SharedCondition
 from fedfleet.net._rejections import RejectionLog
-from fedfleet.net.settings import ServerSettings
+from fedfleet.net._settings import ServerSettings
 from fedfleet.params import Layout
-from fedfleet.strategies.base import ClientUpdate
+from fedfleet.strategies import ClientUpdate
 
 TRAIN, EVALUATE = pb.TaskHeader.TRAIN, pb.TaskHeader.EVALUATE
 

@@ -21,7 +21,7 @@ import numpy as np
 from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet.net._registration import _Registration
 from fedfleet.net._state import _Call, _Client, _Round
-from fedfleet.net.wire import chunk_messages, instructions_to_header
+from fedfleet.net._wire import chunk_messages, instructions_to_header
 
 __all__ = ["_TaskStreams"]
 

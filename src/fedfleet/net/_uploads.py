@@ -25,8 +25,8 @@ from fedfleet._proto import fedfleet_pb2 as pb
 from fedfleet.errors import UpdateRejected, clip_text
 from fedfleet.net._registration import _Registration
 from fedfleet.net._state import EVALUATE, TRAIN, _Round, _Task
-from fedfleet.net.wire import WireError, receiver
-from fedfleet.strategies.base import ClientUpdate
+from fedfleet.net._wire import WireError, receiver
+from fedfleet.strategies import ClientUpdate
 from fedfleet.validation import validate_update
 
 __all__ = ["_Uploads"]

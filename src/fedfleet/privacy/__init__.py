@@ -2,21 +2,21 @@
 DP-SGD, homomorphic-encryption aggregation, and secure aggregation
 (:mod:`fedfleet.privacy.secagg`, SecAgg/SecAgg+)."""
 
-from fedfleet.privacy.accountant import DpAccounting, calibrate_noise_multiplier
-from fedfleet.privacy.dpsgd import DPSGDTrainer, dpsgd_epsilon
-from fedfleet.privacy.dpsgd_ledger import DPSGDLedger
-from fedfleet.privacy.he import (
+from fedfleet.privacy._accountant import DpAccounting, calibrate_noise_multiplier
+from fedfleet.privacy._dpsgd import DPSGDTrainer, dpsgd_epsilon
+from fedfleet.privacy._dpsgd_ledger import DPSGDLedger
+from fedfleet.privacy._he import (
     EncryptedVector,
     HEError,
     PaillierKeyHolder,
     PaillierPublic,
 )
-from fedfleet.privacy.he_ckks import (
+from fedfleet.privacy._he_ckks import (
     CkksKeyHolder,
     CkksPublic,
 )
-from fedfleet.privacy.local_dp import LocalDP, local_epsilon
-from fedfleet.transforms.dp import NoiseSource, clip_by_l2, gaussian, secure_normal
+from fedfleet.privacy._local_dp import LocalDP, local_epsilon
+from fedfleet.transforms._dp import NoiseSource, clip_by_l2, gaussian, secure_normal
 
 __all__ = [
     "CkksKeyHolder",

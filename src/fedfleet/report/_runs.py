@@ -1,6 +1,6 @@
 """Reading run directories back for a report: each run's resolved config and its round records.
 
-A run directory is what ``fedfleet run --out DIR`` writes (:mod:`fedfleet.runs.rundir`):
+A run directory is what ``fedfleet run --out DIR`` writes (:mod:`fedfleet.runs._rundir`):
 ``config.toml`` and ``metrics.jsonl``, one JSON object per round. Only those two files are read,
 so a run still going (or killed) can be reported on with the rounds it finished.
 """

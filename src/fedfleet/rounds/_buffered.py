@@ -27,13 +27,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedfleet.client.protocol import EvalResult, FitInstructions
+from fedfleet.client import EvalResult, FitInstructions
 from fedfleet.errors import FedfleetError, UpdateRejected
 from fedfleet.evaluation import test_metrics
 from fedfleet.rounds._loop import LoopState, upload_bytes, weighted_train_loss
 from fedfleet.rounds._transport import client_seed, sampling_rng
-from fedfleet.strategies.base import ClientUpdate
-from fedfleet.strategies.fedbuff import FedBuff
+from fedfleet.strategies._base import ClientUpdate
+from fedfleet.strategies._fedbuff import FedBuff
 
 __all__ = ["Arrival", "AsyncTransport", "BufferedLoop", "Dispatch"]
 

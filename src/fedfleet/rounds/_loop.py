@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedfleet.client.protocol import EvalResult
+from fedfleet.client import EvalResult
 from fedfleet.errors import FedfleetError, PrivacyBudgetExhausted, UpdateRejected
 from fedfleet.evaluation import ClientEvaluation, test_metrics
 from fedfleet.rounds._transport import (
@@ -47,7 +47,7 @@ from fedfleet.rounds._transport import (
     plan_metrics,
     sampling_rng,
 )
-from fedfleet.strategies.base import ClientUpdate, Strategy, StrategyState
+from fedfleet.strategies._base import ClientUpdate, Strategy, StrategyState
 
 __all__ = [
     "TIMING_KEYS",
@@ -86,7 +86,7 @@ class LoopState:
 
 
 class Pacer(Protocol):
-    """Simulated time for heterogeneous clients (:mod:`fedfleet.sim.profiles`)."""
+    """Simulated time for heterogeneous clients (:mod:`fedfleet.sim._profiles`)."""
 
     def schedule(self, plan: Plan, vector: np.ndarray) -> tuple[Plan, float]:
         """The plan a deadline policy keeps, and how long the server waits at least."""

@@ -32,10 +32,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 import fedfleet._streams as _streams
-from fedfleet.client.protocol import FitInstructions
+from fedfleet.client import FitInstructions
 from fedfleet.errors import UpdateRejected
 from fedfleet.evaluation import ClientEvaluation
-from fedfleet.strategies.base import ClientUpdate, StrategyState
+from fedfleet.strategies._base import ClientUpdate, StrategyState
 
 __all__ = [
     "Aggregate",
@@ -118,7 +118,7 @@ class FitReplies:
 class EvaluateJob:
     """Federated evaluation of ``vector`` after round ``round`` on the held-out splits of
     ``clients`` (the strategy's ``configure_evaluate`` chose them, in ascending id order by
-    default); a :class:`~fedfleet.strategies.base.Personalized` strategy's clients evaluate
+    default); a :class:`~fedfleet.strategies._base.Personalized` strategy's clients evaluate
     their own model too."""
 
     round: int
@@ -171,6 +171,6 @@ def as_transport(transport: Transport | Callable[[FitJob], FitReplies | None]) -
 
 
 def plan_metrics(plan: Plan) -> Mapping[str, Any]:
-    """The counts a plan carries (a :class:`~fedfleet.strategies.stragglers.RoundPlan`'s
+    """The counts a plan carries (a :class:`~fedfleet.strategies._stragglers.RoundPlan`'s
     ``metrics``); a plain list carries none."""
     return getattr(plan, "metrics", {})

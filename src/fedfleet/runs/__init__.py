@@ -1,8 +1,8 @@
 """Runs: configuration, assembling a run from it, and the run directory it writes."""
 
-from fedfleet.runs.config import RunConfig, dump_config, load_config
-from fedfleet.runs.deploy_policy import for_deployment
-from fedfleet.runs.rundir import RunDir, load_model_vector, save_model
+from fedfleet.runs._config import RunConfig, dump_config, load_config
+from fedfleet.runs._deploy_policy import for_deployment
+from fedfleet.runs._rundir import RunDir, load_model_vector, save_model
 
 __all__ = [
     "RunConfig",

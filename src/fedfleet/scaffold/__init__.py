@@ -2,7 +2,7 @@
 
 The folder holds a model (``model.py``: ``build(input_shape, num_classes) -> nn.Module``), a
 data loader (``data.py``: ``load(seed) -> TaskData``), a run config (``fedfleet.toml``) that names
-both (``model.name = "custom"``, ``data.name = "custom"``: :mod:`fedfleet.runs.user_code`), a
+both (``model.name = "custom"``, ``data.name = "custom"``: :mod:`fedfleet.runs._user_code`), a
 pytest test and a README. ``fedfleet run --config NAME/fedfleet.toml`` then trains the project's
 own model on its own data.
 

@@ -126,7 +126,7 @@ import model
 import torch
 
 from fedfleet.runs import load_config
-from fedfleet.runs.build import build_run
+from fedfleet.runs._build import build_run
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,17 +1,17 @@
 """Simulation engines: the synchronous round loop and FedBuff's asynchronous one, and the
 cohort executors that train a round's clients in-process, over forked processes, or on Ray."""
 
-from fedfleet.sim.clock import ClientClock, ClientTimes
-from fedfleet.sim.cohort import SequentialExecutor, VectorisedExecutor
-from fedfleet.sim.deadline import DropLate, OverSelect, PartialWork
-from fedfleet.sim.engine import TIMING_KEYS, Simulation, SimulationResult, client_seed
-from fedfleet.sim.fedbuff import FedBuffSimulation, polynomial_staleness
-from fedfleet.sim.federation import Federation
-from fedfleet.sim.he_run import run_he_fedavg
-from fedfleet.sim.population import SyntheticPopulation
-from fedfleet.sim.procpool import ProcessExecutor
-from fedfleet.sim.profiles import ClientProfiles, Lognormal, ProfileSpec, load_profiles_csv
-from fedfleet.sim.ray_executor import RayExecutor
+from fedfleet.sim._clock import ClientClock, ClientTimes
+from fedfleet.sim._cohort import SequentialExecutor, VectorisedExecutor
+from fedfleet.sim._deadline import DropLate, OverSelect, PartialWork
+from fedfleet.sim._engine import TIMING_KEYS, Simulation, SimulationResult, client_seed
+from fedfleet.sim._fedbuff import FedBuffSimulation, polynomial_staleness
+from fedfleet.sim._federation import Federation
+from fedfleet.sim._he_run import run_he_fedavg
+from fedfleet.sim._population import SyntheticPopulation
+from fedfleet.sim._procpool import ProcessExecutor
+from fedfleet.sim._profiles import ClientProfiles, Lognormal, ProfileSpec, load_profiles_csv
+from fedfleet.sim._ray_executor import RayExecutor
 
 __all__ = [
     "TIMING_KEYS",

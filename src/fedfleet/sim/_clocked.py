@@ -3,7 +3,7 @@
 
 A client dispatched at simulated time t comes back at ``t + profiles.duration`` (download,
 ``E * ceil(n_k / B)`` local steps capped at ``max_steps``, upload; the one client model of
-:class:`~fedfleet.sim.profiles.ClientProfiles`). Arrivals sit in a heap keyed by (time, client
+:class:`~fedfleet.sim.ClientProfiles`). Arrivals sit in a heap keyed by (time, client
 id), so simultaneous arrivals come back in ascending id order. A client trains when it arrives
 (from the vector it downloaded), so work still in flight when the run ends costs nothing.
 """
@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedfleet.client.protocol import FitInstructions, Trainer
+from fedfleet.client import FitInstructions, Trainer
 from fedfleet.errors import UpdateRejected
 from fedfleet.rounds import Arrival, Dispatch
-from fedfleet.sim.federation import Federation
-from fedfleet.sim.profiles import ClientProfiles
-from fedfleet.strategies.base import ClientUpdate
-from fedfleet.strategies.fedbuff import FedBuff
+from fedfleet.sim._federation import Federation
+from fedfleet.sim._profiles import ClientProfiles
+from fedfleet.strategies._base import ClientUpdate
+from fedfleet.strategies._fedbuff import FedBuff
 from fedfleet.validation import validate_update
 
 __all__ = ["ClockedTransport", "nominal_steps"]

@@ -22,15 +22,14 @@ import numpy as np
 
 from fedfleet._rows import rows_of
 from fedfleet._threads import cores, map_items
-from fedfleet.client.protocol import Trainer
-from fedfleet.client.state_store import ClientStateStore
+from fedfleet.client import ClientStateStore, Trainer
 from fedfleet.errors import UpdateRejected
 from fedfleet.evaluation import ClientEvaluation
 from fedfleet.rounds import EvaluateJob, FitJob, FitReplies, client_seed
+from fedfleet.sim._cohort import ClientJob, CohortExecutor
+from fedfleet.sim._federation import ClientPopulation
 from fedfleet.sim._secure import summed_replies
-from fedfleet.sim.cohort import ClientJob, CohortExecutor
-from fedfleet.sim.federation import ClientPopulation
-from fedfleet.strategies.base import ClientUpdate, Personalized, Strategy
+from fedfleet.strategies._base import ClientUpdate, Personalized, Strategy
 from fedfleet.validation import validate_update
 
 __all__ = ["InProcessTransport"]
@@ -48,7 +47,7 @@ class InProcessTransport:
         trainer: local training and evaluation.
         federation: the clients' data.
         strategy: whose ``client_fit`` runs on each client.
-        executor: how the cohort is trained (:mod:`fedfleet.sim.cohort`, the process pool, Ray).
+        executor: how the cohort is trained (:mod:`fedfleet.sim._cohort`, the process pool, Ray).
         client_states: per-client state between rounds; a client's new state is kept only
             when its update is accepted.
         max_update_norm: refuse deltas with a larger L2 norm (None: no bound).
@@ -170,7 +169,7 @@ class InProcessTransport:
         """The held-out split of each of ``job.clients`` evaluated, in that order (a client
         without one is skipped).
 
-        A :class:`~fedfleet.strategies.base.Personalized` strategy (FedPer, FedRep) gives each
+        A :class:`~fedfleet.strategies._base.Personalized` strategy (FedPer, FedRep) gives each
         client its own model, built from the global vector and the client's stored state (None
         if it has none yet); each report then holds the personalised model's numbers and the
         global model's as ``global_*``."""

@@ -25,13 +25,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedfleet.errors import FedfleetError, UpdateRejected
-from fedfleet.privacy.he import HEError
-from fedfleet.privacy.secagg.errors import SecAggAborted
-from fedfleet.privacy.secagg.simulate import draw_dropouts, run_secagg
-from fedfleet.privacy.secagg.strategy import SecAggFedAvg
+from fedfleet.privacy._he import HEError
+from fedfleet.privacy.secagg import SecAggAborted, draw_dropouts, run_secagg
+from fedfleet.privacy.secagg._strategy import SecAggFedAvg
 from fedfleet.rounds import Aggregate, FitJob, FitReplies
-from fedfleet.strategies.base import ClientResult, ClientUpdate, Strategy, StrategyState
-from fedfleet.strategies.he_fedavg import HEFedAvg, decrypt_aggregate
+from fedfleet.strategies._base import ClientResult, ClientUpdate, Strategy, StrategyState
+from fedfleet.strategies._he_fedavg import HEFedAvg, decrypt_aggregate
 
 __all__ = ["summed_replies"]
 

@@ -3,17 +3,17 @@
 FedAvg and its server-optimizer variants (FedAvgM, FedAdam, FedYogi, FedAdagrad) and FedProx are
 configured ``FedAvg`` instances; SCAFFOLD, FedNova, q-FedAvg, DP-FedAvg, Byzantine-robust FedAvg
 (median, trimmed mean, Krum) and the personalising wrappers FedPer/FedRep are their own small
-strategies. FedBuff (asynchronous) is :class:`~fedfleet.strategies.fedbuff.FedBuff`, run by the
+strategies. FedBuff (asynchronous) is :class:`~fedfleet.strategies._fedbuff.FedBuff`, run by the
 round loop's asynchronous mode (:class:`fedfleet.rounds.BufferedLoop`).
 
-Each is composed of shared pieces: a sampler (:mod:`~fedfleet.strategies.sampling`), a client
+Each is composed of shared pieces: a sampler (:mod:`~fedfleet.strategies._sampling`), a client
 program (plain training, or training then a client-side transform such as clipping), an
-aggregator (:mod:`~fedfleet.strategies.aggregators`) and server transforms
+aggregator (:mod:`~fedfleet.strategies._aggregators`) and server transforms
 (:mod:`fedfleet.transforms`: DP noise and adaptive clipping, the server optimizer).
 """
 
-from fedfleet.strategies.aggregators import weighted_mean
-from fedfleet.strategies.base import (
+from fedfleet.strategies._aggregators import weighted_mean
+from fedfleet.strategies._base import (
     ClientResult,
     ClientUpdate,
     EvaluateAll,
@@ -21,21 +21,21 @@ from fedfleet.strategies.base import (
     StrategyState,
     plain_client_fit,
 )
-from fedfleet.strategies.compensation import Compensation, MoreEpochs, ScaleLR
-from fedfleet.strategies.dpfedavg import AdaptiveClipping, DPFedAvg
-from fedfleet.strategies.fedavg import FedAvg
-from fedfleet.strategies.fednova import FedNova
-from fedfleet.strategies.fedopt import fedadagrad, fedadam, fedavgm, fedyogi
-from fedfleet.strategies.fedprox import fedprox
-from fedfleet.strategies.he_fedavg import HEFedAvg, decrypt_aggregate
-from fedfleet.strategies.personal import FedPer, FedRep, head_mask
-from fedfleet.strategies.qfedavg import QFedAvg
-from fedfleet.strategies.robust import Krum, Median, RobustFedAvg, TrimmedMean
-from fedfleet.strategies.sampling import cohort_size, sample_clients
-from fedfleet.strategies.scaffold import Scaffold
-from fedfleet.strategies.selection import AvailableOnly, OortSelection
-from fedfleet.strategies.stragglers import Stragglers
-from fedfleet.strategies.weighting import Reweighted, by_samples, by_steps, uniform
+from fedfleet.strategies._compensation import Compensation, MoreEpochs, ScaleLR
+from fedfleet.strategies._dpfedavg import AdaptiveClipping, DPFedAvg
+from fedfleet.strategies._fedavg import FedAvg
+from fedfleet.strategies._fednova import FedNova
+from fedfleet.strategies._fedopt import fedadagrad, fedadam, fedavgm, fedyogi
+from fedfleet.strategies._fedprox import fedprox
+from fedfleet.strategies._he_fedavg import HEFedAvg, decrypt_aggregate
+from fedfleet.strategies._personal import FedPer, FedRep, head_mask
+from fedfleet.strategies._qfedavg import QFedAvg
+from fedfleet.strategies._robust import Krum, Median, RobustFedAvg, TrimmedMean
+from fedfleet.strategies._sampling import cohort_size, sample_clients
+from fedfleet.strategies._scaffold import Scaffold
+from fedfleet.strategies._selection import AvailableOnly, OortSelection
+from fedfleet.strategies._stragglers import Stragglers
+from fedfleet.strategies._weighting import Reweighted, by_samples, by_steps, uniform
 
 __all__ = [
     "AdaptiveClipping",

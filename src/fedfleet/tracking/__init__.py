@@ -14,9 +14,9 @@ The libraries are imported only when a tracker is made, never by ``import fedfle
 
 from __future__ import annotations
 
-from fedfleet.tracking.base import Tracker, Trackers, flatten_params, round_metrics
-from fedfleet.tracking.mlflow import MLflowTracker
-from fedfleet.tracking.tensorboard import TensorBoardTracker
+from fedfleet.tracking._base import Tracker, Trackers, flatten_params, round_metrics
+from fedfleet.tracking._mlflow import MLflowTracker
+from fedfleet.tracking._tensorboard import TensorBoardTracker
 
 __all__ = [
     "MLflowTracker",

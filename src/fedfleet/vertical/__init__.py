@@ -2,10 +2,10 @@
 
 Each protocol is one program per party over a :class:`Channel`; :class:`LocalNetwork` runs the
 parties in one process (every message encoded as it would travel, and logged), the gRPC relay
-(:mod:`fedfleet.vertical.net`) across machines with mutual TLS.
+(:mod:`fedfleet.vertical._net`) across machines with mutual TLS.
 """
 
-from fedfleet._codec.frame import Message
+from fedfleet._codec import Message
 from fedfleet.vertical._boost import BoostSettings, PlainTree, fit_plain, predict_plain
 from fedfleet.vertical._channel import (
     Channel,

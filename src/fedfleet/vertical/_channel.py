@@ -5,13 +5,13 @@ program per party, written against :class:`Channel`: ``send(to, message)`` and
 ``recv(sender, kind)``. Where the parties run is the channel's business:
 
 - :class:`LocalNetwork`: every party a thread of this process. Each message is encoded into the
-  codec's frame (:func:`fedfleet._codec.frame.to_frame`: a JSON header and raw numeric arrays,
+  codec's frame (:func:`fedfleet._codec.to_frame`: a JSON header and raw numeric arrays,
   nothing else) and decoded by the receiver, so what a simulated party gets is byte for byte
   what would travel; the network keeps a log of every delivery for tests that check what each
   party sees.
-- over gRPC with mutual TLS (:mod:`fedfleet.vertical.net`), the same frames through a relay.
+- over gRPC with mutual TLS (:mod:`fedfleet.vertical._net`), the same frames through a relay.
 
-Messages are :class:`fedfleet._codec.frame.Message`: a ``kind``, a JSON ``body`` and numeric
+Messages are :class:`fedfleet._codec.Message`: a ``kind``, a JSON ``body`` and numeric
 arrays. Big integers (Paillier ciphertexts) travel as fixed-width little-endian ``uint8`` rows
 (:func:`ints_to_array`, :func:`array_to_ints`).
 """
@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedfleet._codec.frame import Message, from_frame, to_frame
+from fedfleet._codec import Message, from_frame, to_frame
 from fedfleet.errors import FedfleetError
 
 __all__ = [

@@ -3,7 +3,7 @@
 In vertical FL the parties hold *different columns* of the *same people*: the guest holds the
 labels (and maybe some features), each host holds more features; an arbiter, where a protocol
 needs one, holds keys and no data. Record ids identify people across parties; they never travel
-in the clear (private set intersection aligns them, :mod:`fedfleet.vertical.psi`).
+in the clear (private set intersection aligns them, :mod:`fedfleet.vertical._psi`).
 
 A protocol is a dataclass of its settings (like a strategy) whose :meth:`VerticalProtocol.
 programs` gives one program per party; :func:`fedfleet.vertical.run_parties` runs them over a

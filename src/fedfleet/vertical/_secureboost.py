@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from fedfleet._codec.frame import Message
+from fedfleet._codec import Message
 from fedfleet._extras import require
 from fedfleet.errors import ConfigError, DatasetError
 from fedfleet.vertical._boost import (

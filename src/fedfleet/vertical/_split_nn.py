@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedfleet._codec.frame import Message
+from fedfleet._codec import Message
 from fedfleet._streams import SPLIT_NN_ENTROPY, split_nn_stream
 from fedfleet.errors import ConfigError, DatasetError
 from fedfleet.vertical._channel import Channel, PartyError

@@ -1,10 +1,10 @@
 """Secure aggregation over the network transport.
 
-- :mod:`fedfleet.net.secure.secagg_server`: :class:`SecAggRounds`, the SecAgg/SecAgg+ stages as a
+- :mod:`fedfleet.net.secure._secagg_server`: :class:`SecAggRounds`, the SecAgg/SecAgg+ stages as a
   gRPC service next to ``FedFleet`` and the round runner a ``SecAggFedAvg`` run uses.
-- :mod:`fedfleet.net.secure.secagg_client`: :func:`run_secagg_client`, a client's side of a round.
-- :mod:`fedfleet.net.secure.secagg_wire`: the protocol's messages as protobuf (``secagg.proto``).
-- :mod:`fedfleet.net.secure.he_server` / ``he_client``: :class:`HERounds`, HE aggregation
+- :mod:`fedfleet.net.secure._secagg_client`: :func:`run_secagg_client`, a client's side of a round.
+- :mod:`fedfleet.net.secure._secagg_wire`: the protocol's messages as protobuf (``secagg.proto``).
+- :mod:`fedfleet.net.secure._he_server` / ``he_client``: :class:`HERounds`, HE aggregation
   (``HEFedAvg``) over ``he.proto``: encrypted uploads, the server's ciphertext sum, a client key
   holder's decryption of the aggregate only; ``he_keys``: :func:`write_he_keys`, the key files.
 
@@ -17,13 +17,13 @@ from collections.abc import Callable
 from typing import Any
 
 import fedfleet.net._hooks as _hooks
-from fedfleet.net.secure.he_client import he_upload
-from fedfleet.net.secure.he_keys import write_he_keys
-from fedfleet.net.secure.he_server import HERounds
-from fedfleet.net.secure.secagg_client import SecAggRoundAborted, run_secagg_client, secagg_upload
-from fedfleet.net.secure.secagg_server import SecAggRounds
-from fedfleet.privacy.secagg.strategy import SecAggFedAvg
-from fedfleet.strategies.he_fedavg import HEFedAvg
+from fedfleet.net.secure._he_client import he_upload
+from fedfleet.net.secure._he_keys import write_he_keys
+from fedfleet.net.secure._he_server import HERounds
+from fedfleet.net.secure._secagg_client import SecAggRoundAborted, run_secagg_client, secagg_upload
+from fedfleet.net.secure._secagg_server import SecAggRounds
+from fedfleet.privacy.secagg._strategy import SecAggFedAvg
+from fedfleet.strategies import HEFedAvg
 
 __all__ = [
     "HERounds",

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-import fedfleet.net.server as net_server
+import fedfleet.net._server as net_server
 from fedfleet.errors import UpdateRejected
 from fedfleet.evaluation import ClientEvaluation
 from fedfleet.net._state import _Round, _Task

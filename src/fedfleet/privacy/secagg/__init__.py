@@ -16,9 +16,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from fedfleet.privacy.secagg.config import SecAggConfig, harary_graph, secagg_plus_degree
-from fedfleet.privacy.secagg.errors import STAGE_NAMES, SecAggAborted, SecAggProtocolError
-from fedfleet.privacy.secagg.messages import (
+from fedfleet.privacy.secagg._config import SecAggConfig, harary_graph, secagg_plus_degree
+from fedfleet.privacy.secagg._errors import STAGE_NAMES, SecAggAborted, SecAggProtocolError
+from fedfleet.privacy.secagg._messages import (
     AdvertiseKeys,
     ForwardedShares,
     MaskedInput,
@@ -28,18 +28,18 @@ from fedfleet.privacy.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedfleet.privacy.secagg.quantize import dequantize, modulus_bits, quantize, to_signed
-from fedfleet.privacy.secagg.shamir import reconstruct, share_secret
-from fedfleet.privacy.secagg.simulate import SecAggRun, draw_dropouts, run_secagg, secure_sum
+from fedfleet.privacy.secagg._quantize import dequantize, modulus_bits, quantize, to_signed
+from fedfleet.privacy.secagg._shamir import reconstruct, share_secret
+from fedfleet.privacy.secagg._simulate import SecAggRun, draw_dropouts, run_secagg, secure_sum
 
 if TYPE_CHECKING:
-    from fedfleet.privacy.secagg.client import SecAggClient
-    from fedfleet.privacy.secagg.server import SecAggResult, SecAggServer
+    from fedfleet.privacy.secagg._client import SecAggClient
+    from fedfleet.privacy.secagg._server import SecAggResult, SecAggServer
 
 _LAZY = {
-    "SecAggClient": "fedfleet.privacy.secagg.client",
-    "SecAggResult": "fedfleet.privacy.secagg.server",
-    "SecAggServer": "fedfleet.privacy.secagg.server",
+    "SecAggClient": "fedfleet.privacy.secagg._client",
+    "SecAggResult": "fedfleet.privacy.secagg._server",
+    "SecAggServer": "fedfleet.privacy.secagg._server",
 }
 
 

@@ -10,15 +10,13 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from fedfleet.client.protocol import FitInstructions, Trainer
-from fedfleet.runs.registry import Entry, Params, Registry
-from fedfleet.runs.sections import ClientConfig, ClockConfig, PrivacyConfig
-from fedfleet.sim.fedbuff import FedBuffSimulation
-from fedfleet.sim.federation import Federation
-from fedfleet.strategies.base import Strategy
-from fedfleet.strategies.fedbuff import FedBuff
-from fedfleet.strategies.stragglers import Stragglers
-from fedfleet.transforms.base import ServerTransform, sgd
+from fedfleet.client import FitInstructions, Trainer
+from fedfleet.runs._registry import Entry, Params, Registry
+from fedfleet.runs._sections import ClientConfig, ClockConfig, PrivacyConfig
+from fedfleet.sim import FedBuffSimulation, Federation
+from fedfleet.strategies import Stragglers, Strategy
+from fedfleet.strategies._fedbuff import FedBuff
+from fedfleet.transforms import ServerTransform, sgd
 
 __all__ = [
     "ALGORITHMS",

@@ -18,12 +18,16 @@ from fedfleet.runs.algorithms._base import (
     WeightedParams,
     with_prox,
 )
-from fedfleet.strategies.base import Strategy
-from fedfleet.strategies.fedavg import FedAvg
-from fedfleet.strategies.fednova import FedNova
-from fedfleet.strategies.fedopt import fedadagrad, fedadam, fedyogi
-from fedfleet.strategies.qfedavg import QFedAvg
-from fedfleet.strategies.scaffold import Scaffold
+from fedfleet.strategies import (
+    FedAvg,
+    FedNova,
+    QFedAvg,
+    Scaffold,
+    Strategy,
+    fedadagrad,
+    fedadam,
+    fedyogi,
+)
 
 
 class FedAvgParams(WeightedParams, ServerSgdParams, StragglerParams):

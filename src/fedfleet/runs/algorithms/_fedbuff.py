@@ -8,10 +8,8 @@ from typing import Literal
 from pydantic import Field
 
 from fedfleet.runs.algorithms._base import Algorithm, BuildContext, StrategyParams
-from fedfleet.sim.clock import ClientClock
-from fedfleet.sim.fedbuff import FedBuffSimulation, polynomial_staleness
-from fedfleet.sim.federation import Federation
-from fedfleet.strategies.fedbuff import FedBuff
+from fedfleet.sim import ClientClock, FedBuffSimulation, Federation, polynomial_staleness
+from fedfleet.strategies._fedbuff import FedBuff
 
 
 class FedBuffParams(StrategyParams):

@@ -14,9 +14,7 @@ from fedfleet.runs.algorithms._base import (
     StragglerParams,
     WeightedParams,
 )
-from fedfleet.strategies.base import Strategy
-from fedfleet.strategies.fedavg import FedAvg
-from fedfleet.strategies.personal import FedPer, FedRep
+from fedfleet.strategies import FedAvg, FedPer, FedRep, Strategy
 
 
 class _PersonalParams(WeightedParams, ServerSgdParams, StragglerParams):

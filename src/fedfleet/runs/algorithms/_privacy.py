@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from fedfleet.privacy.accountant import DpAccounting, calibrate_noise_multiplier
-from fedfleet.privacy.secagg.strategy import SecAggFedAvg
+from fedfleet.privacy import DpAccounting, calibrate_noise_multiplier
+from fedfleet.privacy.secagg._strategy import SecAggFedAvg
 from fedfleet.runs.algorithms._base import Algorithm, BuildContext, CohortParams
-from fedfleet.strategies.base import Strategy
-from fedfleet.strategies.dpfedavg import AdaptiveClipping, DPFedAvg
+from fedfleet.strategies import AdaptiveClipping, DPFedAvg, Strategy
 
 
 class DPFedAvgParams(CohortParams):

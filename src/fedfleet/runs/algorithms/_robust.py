@@ -1,5 +1,5 @@
 """Byzantine-robust aggregation: median, trimmed mean and (multi-)Krum around FedAvg's rounds
-(:mod:`fedfleet.strategies.robust`)."""
+(:mod:`fedfleet.strategies._robust`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fedfleet.runs.algorithms._base import Algorithm, BuildContext, ServerSgdParams, StragglerParams
-from fedfleet.strategies.base import Strategy
-from fedfleet.strategies.robust import Krum, Median, RobustFedAvg, RobustRule, TrimmedMean
+from fedfleet.strategies import Strategy
+from fedfleet.strategies._robust import Krum, Median, RobustFedAvg, RobustRule, TrimmedMean
 
 
 class _RobustParams(ServerSgdParams, StragglerParams):
