@@ -87,7 +87,7 @@ def test_the_sender_is_the_certificate_not_a_claim(certs: Path) -> None:
         with pytest.raises(PartyError, match="sent nothing"):
             guest.recv("host-0", "hello", timeout=1.0)
         # host-1's key cannot be used with host-0's certificate: the handshake fails
-        wrong_key = _channel(address, certs, "host-0", key=certs / "host-1.key", timeout_s=5.0)
+        wrong_key = _channel(address, certs, "host-0", key=certs / "host-1.key", timeout_s=3.0)
         with pytest.raises(PartyError, match="host-0"):
             wrong_key.send("guest", Message("hello", {}))
         wrong_key.close()  # (an open channel would retry its handshake for the whole session)

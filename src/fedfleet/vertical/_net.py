@@ -331,7 +331,8 @@ class RelayChannel:
     def close(self, failure: str | None = None) -> None:
         """Tell the relay this party is done (or failed, and why), then disconnect."""
         try:
-            self._done_rpc((failure or "").encode(), timeout=30.0, wait_for_ready=True)
+            wait = min(30.0, self.timeout_s)  # a channel that never connected waits no longer
+            self._done_rpc((failure or "").encode(), timeout=wait, wait_for_ready=True)
         except grpc.RpcError as err:
             log.warning("%s could not tell the relay it is done: %s", self._party, err.code())
         finally:
