@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,20 @@ import torch
 from fedfleet.data import ArrayDataset, TaskData
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One data cache for the whole session (the controller makes it; xdist workers and every
+    subprocess inherit the variable), instead of the user's ``~/.cache/fedfleet``."""
+    if "FEDFLEET_CACHE_DIR" not in os.environ:
+        os.environ["FEDFLEET_CACHE_DIR"] = tempfile.mkdtemp(prefix="fedfleet-test-cache-")
+        config._fedfleet_cache = os.environ["FEDFLEET_CACHE_DIR"]  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    made = getattr(config, "_fedfleet_cache", None)
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

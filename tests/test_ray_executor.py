@@ -138,7 +138,7 @@ def test_a_separate_driver_joins_the_cluster_at_ray_address(local_ray, tmp_path)
     # running Ray cluster (here the module's local instance) by address
     address = local_ray.get_runtime_context().gcs_address
     sets = [*SMALL, "rounds=2", "executor=ray", "worker_executor=sequential"]
-    proc = _fedfleet_run(tmp_path, [*sets, f"ray_address={address}"], timeout=300)
+    proc = _fedfleet_run(tmp_path, [*sets, f"ray_address={address}"], timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert f"ray (2 tasks a round on {address}, sequential in each)" in " ".join(
         proc.stderr.split()

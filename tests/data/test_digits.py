@@ -42,3 +42,35 @@ def test_split_is_stratified_and_seeded() -> None:
 def test_bad_fraction() -> None:
     with pytest.raises(DatasetError, match=r"test_fraction must be in \(0, 1\), got 1.0"):
         load_digits(test_fraction=1.0)
+
+
+def test_a_cached_split_is_the_computed_one_and_a_torn_entry_is_computed_again(
+    tmp_path, monkeypatch
+) -> None:
+    """The first load fills the cache; the next reads it, bit for bit the same; a torn file (a
+    crash while writing) or a file of other arrays is computed again and replaced; an empty
+    FEDFLEET_CACHE_DIR turns the cache off."""
+    monkeypatch.setenv("FEDFLEET_CACHE_DIR", str(tmp_path))
+    first = load_digits(test_fraction=0.25, seed=7)
+    (entry,) = tmp_path.glob("digits-*.npz")
+    again = load_digits(test_fraction=0.25, seed=7)
+    for a, b in [(first.train, again.train), (first.test, again.test)]:
+        assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
+        assert a.x.dtype == b.x.dtype and a.y.dtype == b.y.dtype
+
+    whole = entry.read_bytes()
+    entry.write_bytes(whole[: len(whole) // 2])
+    torn = load_digits(test_fraction=0.25, seed=7)
+    assert np.array_equal(torn.test.x, first.test.x)
+    assert entry.read_bytes() == whole  # replaced by a whole entry
+
+    np.savez(entry, other=np.zeros(3))
+    assert np.array_equal(load_digits(test_fraction=0.25, seed=7).train.y, first.train.y)
+    assert entry.read_bytes() == whole
+
+    off = tmp_path / "off"
+    monkeypatch.setenv("FEDFLEET_CACHE_DIR", "")
+    monkeypatch.chdir(tmp_path)
+    off.mkdir()
+    assert np.array_equal(load_digits(test_fraction=0.25, seed=7).train.x, first.train.x)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [entry.name, "off"]

@@ -20,7 +20,6 @@ from fedfleet.net._wire import PROTOCOL_VERSION
 from fedfleet.rounds import TIMING_KEYS, Dispatch
 from fedfleet.runs._build import build_federation, build_strategy, build_trainer, load_task_for
 from fedfleet.sim import FedBuffSimulation
-from fedfleet.strategies._fedbuff import FedBuff
 
 FEDBUFF_TOML = """\
 seed = 5
@@ -128,7 +127,7 @@ def test_a_client_dispatched_again_before_its_old_task_stream_ended_gets_that_st
     reads that stream to its end before it polls again, so the stream must end (it is no
     longer the client's task) rather than wait for an answer to the new task."""
     trainer = ff.NumpyLogisticRegression((4,), 2)
-    strategy = FedBuff(buffer_size=1, concurrency=1)
+    strategy = ff.FedBuff(buffer_size=1, concurrency=1)
     settings = ServerSettings(insecure=True, min_clients=1, poll_wait_s=0.2)
     server = FederatedServer(trainer, strategy, settings)
     server.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedfleet.data._base import ArrayDataset, TaskData
+from fedfleet.data._cache import cached_arrays
 from fedfleet.errors import DatasetError
 
 __all__ = ["load_digits"]
@@ -32,9 +33,25 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> TaskData:
     """
     if not 0.0 < test_fraction < 1.0:
         raise DatasetError(f"digits: test_fraction must be in (0, 1), got {test_fraction}")
-    # imported here, not at module level: scikit-learn (and the SciPy it pulls in) is ~1.4 s of
-    # every process's start-up (CLI, network clients, process and Ray workers) that only a
-    # digits run needs
+    split = cached_arrays(
+        f"digits-v1-{test_fraction!r}-{seed}",
+        lambda: _split(test_fraction, seed),
+        ("x_train", "y_train", "x_test", "y_test"),
+    )
+    return TaskData(
+        name="digits",
+        train=ArrayDataset(split["x_train"], split["y_train"]),
+        test=ArrayDataset(split["x_test"], split["y_test"]),
+        num_classes=10,
+        input_shape=(1, 8, 8),
+    )
+
+
+def _split(test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """The digits and their stratified split, from scikit-learn (kept in the data cache: see
+    :mod:`fedfleet.data._cache`)."""
+    # imported here, not at module level: scikit-learn (and the SciPy and pandas it pulls in)
+    # is ~2 s of a process's start-up that only a first digits load needs
     from sklearn.datasets import load_digits as _sklearn_digits
     from sklearn.model_selection import train_test_split
 
@@ -45,10 +62,9 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> TaskData:
         np.arange(len(y)), test_size=test_fraction, random_state=seed, stratify=y
     )
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
-    return TaskData(
-        name="digits",
-        train=ArrayDataset(x[train_idx], y[train_idx]),
-        test=ArrayDataset(x[test_idx], y[test_idx]),
-        num_classes=10,
-        input_shape=(1, 8, 8),
-    )
+    return {
+        "x_train": x[train_idx],
+        "y_train": y[train_idx],
+        "x_test": x[test_idx],
+        "y_test": y[test_idx],
+    }

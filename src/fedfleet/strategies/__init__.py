@@ -3,7 +3,7 @@
 FedAvg and its server-optimizer variants (FedAvgM, FedAdam, FedYogi, FedAdagrad) and FedProx are
 configured ``FedAvg`` instances; SCAFFOLD, FedNova, q-FedAvg, DP-FedAvg, Byzantine-robust FedAvg
 (median, trimmed mean, Krum) and the personalising wrappers FedPer/FedRep are their own small
-strategies. FedBuff (asynchronous) is :class:`~fedfleet.strategies._fedbuff.FedBuff`, run by the
+strategies. FedBuff (asynchronous) is :class:`FedBuff`, run by the
 round loop's asynchronous mode (:class:`fedfleet.rounds.BufferedLoop`).
 
 Each is composed of shared pieces: a sampler (:mod:`~fedfleet.strategies._sampling`), a client
@@ -24,6 +24,7 @@ from fedfleet.strategies._base import (
 from fedfleet.strategies._compensation import Compensation, MoreEpochs, ScaleLR
 from fedfleet.strategies._dpfedavg import AdaptiveClipping, DPFedAvg
 from fedfleet.strategies._fedavg import FedAvg
+from fedfleet.strategies._fedbuff import FedBuff
 from fedfleet.strategies._fednova import FedNova
 from fedfleet.strategies._fedopt import fedadagrad, fedadam, fedavgm, fedyogi
 from fedfleet.strategies._fedprox import fedprox
@@ -46,6 +47,7 @@ __all__ = [
     "DPFedAvg",
     "EvaluateAll",
     "FedAvg",
+    "FedBuff",
     "FedNova",
     "FedPer",
     "FedRep",
