@@ -16,16 +16,20 @@ seconds and bytes in all, against a plaintext join of the same ids (a set inters
 
 Datasets: breast cancer (455 train / 114 test rows, 30 columns) and a generated 100,000-row
 table (``make_classification``, 30 columns); Paillier on all 100,000 rows would take hours on
-this machine, so it trains on a subsample of ``--rows`` rows and the full-epoch time is
-extrapolated linearly (every cost is per row). Writes ``bench/out/vertical_lr.jsonl``.
+this machine, so it trains on a subsample of ``--rows`` rows (up to all 80,000 training rows)
+and the full-epoch time is extrapolated linearly (every cost is per row). Appends to
+``bench/results/vertical_lr.jsonl`` (with the time and the load average).
 
     python bench/vertical_lr.py [--key-bits 1024 2048] [--rows 2000] [--psi-rows 100000]
+        [--datasets breast generated]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -44,7 +48,7 @@ from fedfleet.vertical import (
     split_columns,
 )
 
-OUT = Path(__file__).resolve().parent / "out"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def central(x: np.ndarray, y: np.ndarray, proto: HeteroLR) -> np.ndarray:
@@ -164,8 +168,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2000, help="subsample of the 100k table")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--psi-rows", type=int, default=100_000)
+    ap.add_argument("--datasets", nargs="*", default=["breast", "generated"])
+    ap.add_argument("--out", type=Path, default=RESULTS / "vertical_lr.jsonl")
     args = ap.parse_args()
-    OUT.mkdir(exist_ok=True)
+    if not 0 < args.rows <= 80_000:
+        raise SystemExit("--rows must be in 1..80000 (the generated table's training rows)")
     rows = [psi(args.psi_rows)] if args.psi_rows else []
 
     x, y = load_breast_cancer(return_X_y=True)
@@ -185,13 +192,22 @@ def main() -> None:
         proto = HeteroLR(epochs=epochs, batch_size=64, lr=0.3, key_bits=bits, seed=0)
         split2 = [list(range(10)), list(range(10, 30))]
         split3 = [list(range(6)), list(range(6, 18)), list(range(18, 30))]
-        rows.append(run("breast_cancer", *cancer, split2, proto, 455))
-        rows.append(run("breast_cancer", *cancer, split3, proto, 455))
-        gen = (xg[sub], yg[sub], xg[test], yg[test])
-        rows.append(run("generated_100k", *gen, split2, proto, 80_000))
-    with open(OUT / "vertical_lr.jsonl", "w") as f:
+        if "breast" in args.datasets:
+            rows.append(run("breast_cancer", *cancer, split2, proto, 455))
+            rows.append(run("breast_cancer", *cancer, split3, proto, 455))
+        if "generated" in args.datasets:
+            gen = (xg[sub], yg[sub], xg[test], yg[test])
+            rows.append(run("generated_100k", *gen, split2, proto, 80_000))
+    stamp = {
+        "time": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "load_avg_1m": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as f:
         for r in rows:
-            f.write(json.dumps(r) + "\n")
+            f.write(json.dumps(r | stamp) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,21 +8,25 @@ Cases (rows split column-wise; guest first; 75/25 train/test split, seed 0):
     breast-3party   breast cancer, guest / host-0 / host-1 with 10 columns each, 5 trees, lr 0.3
     generated       make_classification, 100,000 rows x 30 columns (guest 10, 2 hosts x 10):
                     plaintext on all rows; SecureBoost on a --fed-rows subsample (plaintext again
-                    on that subsample for the ratios), 2 trees
+                    on that subsample for the ratios; ``--fed-rows 75000``: all training rows),
+                    ``--generated-trees`` trees (2)
 
 Per case: seconds and bytes per tree (SecureBoost: wall time of run_parties over LocalNetwork,
 every message encoded as it would travel; bytes of all frames), the same for fit_plain, their
 ratio, test AUC of both (equal: the trees are identical) and of scikit-learn's
 HistGradientBoostingClassifier with the same depth, rate, trees and bins. 32 bins, lambda 1,
-1024-bit Paillier keys. Writes ``bench/out/vertical_secureboost.jsonl``.
+1024-bit Paillier keys. Appends to ``bench/results/vertical_secureboost.jsonl`` (with the time
+and the load average).
 
-    python bench/vertical_secureboost.py [--fed-rows 5000] [--cases breast-3party ...]
+    python bench/vertical_secureboost.py [--fed-rows 5000] [--generated-trees 2]
+        [--cases breast-3party ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -43,7 +47,7 @@ from fedfleet.vertical import (
     split_columns,
 )
 
-OUT = Path(__file__).resolve().parent / "out"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _split(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -157,7 +161,9 @@ def primitives(key_bits: int = 1024, count: int = 400) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fed-rows", type=int, default=5000)
+    ap.add_argument("--generated-trees", type=int, default=2)
     ap.add_argument("--cases", nargs="*", default=["breast-3party", "breast-fate", "generated"])
+    ap.add_argument("--out", type=Path, default=RESULTS / "vertical_secureboost.jsonl")
     args = ap.parse_args()
     x, y = load_breast_cancer(return_X_y=True)
     common = dict(bins=32, max_depth=3, key_bits=1024)
@@ -175,14 +181,20 @@ def main() -> None:
             gx, gy = make_classification(
                 100_000, 30, n_informative=15, n_redundant=5, flip_y=0.05, random_state=0
             )
-            s = SecureBoost(trees=2, learning_rate=0.3, **common)
+            s = SecureBoost(trees=args.generated_trees, learning_rate=0.3, **common)
             cols = [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
             rows.append(run_case(case, gx, gy, cols, s, fed_rows=args.fed_rows))
         print(json.dumps(rows[-1]), flush=True)
-    OUT.mkdir(exist_ok=True)
-    with open(OUT / "vertical_secureboost.jsonl", "a") as f:
+    stamp = {
+        "time": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "load_avg_1m": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as f:
         for r in rows:
-            f.write(json.dumps(r | {"python": platform.python_version()}) + "\n")
+            f.write(json.dumps(r | stamp) + "\n")
     print(
         "| case | fed rows | trees | s/tree fed | s/tree plain | ratio | MB/tree "
         "| AUC fed = plain | sklearn AUC |"
