@@ -51,7 +51,7 @@ def _write_run(out: Path | None, config: Path, protocol: str, summary: dict[str,
 
 def _print_summary(summary: dict[str, Any], path: Path) -> None:
     m = summary["metrics"]
-    shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("accuracy", "auc") if k in m)
+    shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("accuracy", "auc", "rmse", "r2") if k in m)
     typer.echo(f"{summary['protocol']}: {shown or 'no metrics'} ({summary.get('rows', '?')} rows)")
     for party, n in summary["bytes_sent"].items():
         typer.echo(f"  {party} sent {n:,} bytes")

@@ -16,7 +16,7 @@ from fedfleet.vertical._channel import (
     ints_to_array,
     run_parties,
 )
-from fedfleet.vertical._hetero_lr import HeteroLR, HeteroPredict, PartyWeights
+from fedfleet.vertical._hetero_lr import HeteroLinear, HeteroLR, HeteroPredict, PartyWeights
 from fedfleet.vertical._party import PartyData, VerticalProtocol, align, split_columns
 from fedfleet.vertical._psi import Psi, psi_hash
 from fedfleet.vertical._secureboost import (
@@ -32,6 +32,7 @@ __all__ = [
     "Channel",
     "Delivery",
     "HeteroLR",
+    "HeteroLinear",
     "HeteroPredict",
     "LocalNetwork",
     "Message",

@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal
 
@@ -59,9 +59,16 @@ import numpy as np
 from fedfleet._extras import require
 from fedfleet.errors import ConfigError
 from fedfleet.vertical._channel import Channel, Message, PartyError, array_to_ints, ints_to_array
+from fedfleet.vertical._holdout import (
+    classification_metrics,
+    regression_metrics,
+    standardized,
+    subset,
+    train_test,
+)
 from fedfleet.vertical._party import PartyData
 
-__all__ = ["HeteroLR", "HeteroPredict", "PartyWeights"]
+__all__ = ["HeteroLR", "HeteroLinear", "HeteroPredict", "PartyWeights"]
 
 Loss = Literal["logistic", "squared"]
 
@@ -75,6 +82,9 @@ class PartyWeights:
     """One weight per column the party holds."""
     intercept: float = 0.0
     """The guest's intercept b (0 at hosts)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """The guest's ``train_rows``, ``test_rows`` and, on the test rows, ``accuracy`` and
+    ``auc`` (logistic) or ``rmse`` and ``r2`` (squared); empty at hosts."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +92,10 @@ class HeteroLR:
     """Vertical logistic (``loss="logistic"``) or linear (``loss="squared"``) regression.
 
     Each data party's program returns its :class:`PartyWeights`; the arbiter's returns None.
+    With ``test_fraction`` > 0 the parties train on the other rows, then score the held-out
+    ones as :class:`HeteroPredict` does and the guest's weights carry the metrics. The arbiter
+    is a party of its own (:attr:`roles`), so a deployment runs it as a process with its own
+    certificate (``fedfleet vertical party --party arbiter``).
 
     Example::
 
@@ -103,6 +117,11 @@ class HeteroLR:
     frac_bits: int = 24
     """Fixed-point fraction bits f: values travel as round(v 2^f)."""
     fit_intercept: bool = True
+    test_fraction: float = 0.0
+    """Share of the aligned rows held out for evaluation (the same rows at every party, from
+    ``seed``); 0: train on every row, no metrics."""
+    standardize: bool = False
+    """Each party scales its own columns to zero mean, unit variance on the training rows."""
     guest: str = "guest"
     arbiter: str = "arbiter"
 
@@ -116,6 +135,13 @@ class HeteroLR:
             raise ConfigError(f"HeteroLR key_bits must be >= 1024, got {self.key_bits}")
         if not (self.lr > 0 and self.l2 >= 0):
             raise ConfigError(f"HeteroLR needs lr > 0 and l2 >= 0, got {self.lr}, {self.l2}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ConfigError(f"HeteroLR test_fraction must be in [0, 1), got {self.test_fraction}")
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The parties without data this protocol adds to the roster: its arbiter."""
+        return (self.arbiter,)
 
     def batches(self, rows: int) -> Iterator[np.ndarray]:
         """The rows of each mini-batch, epoch after epoch: a fresh permutation per epoch from
@@ -139,15 +165,63 @@ class HeteroLR:
                     f"{h} has {len(parties[h].ids)} rows, the guest {len(guest.ids)}: align "
                     "the parties (Psi, align) first"
                 )
-        if self.loss == "logistic" and not np.isin(guest.y, (0, 1)).all():
-            raise PartyError("HeteroLR(loss='logistic') needs guest labels in {0, 1}")
-        out: dict[str, Callable[[Channel], Any]] = {
-            self.guest: partial(self._guest, data=guest, hosts=hosts),
-            self.arbiter: partial(self._arbiter, parties=[self.guest, *hosts]),
-        }
-        for h in hosts:
-            out[h] = partial(self._host, data=parties[h])
-        return out
+        roster = [self.guest, *hosts, self.arbiter]
+        tables = {**parties, self.arbiter: PartyData.dataless(self.arbiter)}
+        return {name: self.program(tables[name], roster) for name in roster}
+
+    def program(self, data: PartyData, roster: Sequence[str]) -> Callable[[Channel], Any]:
+        """The program of the party holding ``data`` (the arbiter: :meth:`PartyData.dataless`),
+        knowing the roster's names: the guest first, the arbiter among them, the rest hosts."""
+        if self.arbiter not in roster:
+            raise PartyError(
+                f"HeteroLR needs its arbiter {self.arbiter!r} (the Paillier key holder, no data) "
+                f"among the parties, got {list(roster)}"
+            )
+        if roster[0] != self.guest:
+            raise PartyError(
+                f"HeteroLR's guest is {self.guest!r}, but the roster starts with {roster[0]!r}"
+            )
+        if data.name not in roster:
+            raise PartyError(f"party {data.name!r} is not in the roster {list(roster)}")
+        hosts = [p for p in roster if p not in (self.guest, self.arbiter)]
+        if data.name == self.arbiter:
+            if len(data.ids) or data.x.size:
+                raise PartyError(f"the arbiter {self.arbiter!r} holds no data; rename that party")
+            return partial(self._arbiter, parties=[self.guest, *hosts])
+        if data.name == self.guest:
+            if data.y is None:
+                raise PartyError(f"HeteroLR needs the guest {self.guest!r} with labels")
+            if self.loss == "logistic" and not np.isin(data.y, (0, 1)).all():
+                raise PartyError("HeteroLR(loss='logistic') needs guest labels in {0, 1}")
+            return partial(self._evaluated_guest, data=data, hosts=hosts)
+        return partial(self._evaluated_host, data=data)
+
+    def _split(self, data: PartyData) -> tuple[PartyData, PartyData]:
+        train, test = train_test(self.seed, len(data.ids), self.test_fraction)
+        parts = subset(data, train), subset(data, test)
+        return standardized(*parts) if self.standardize else parts
+
+    def _evaluated_guest(self, ch: Channel, data: PartyData, hosts: Sequence[str]) -> PartyWeights:
+        train, test = self._split(data)
+        model = self._guest(ch, train, hosts)
+        metrics: dict[str, Any] = {"train_rows": len(train.ids), "test_rows": len(test.ids)}
+        if len(test.ids):
+            assert test.y is not None
+            score = self._predictor(ch.party, model)._guest(ch, test, hosts)
+            scored = classification_metrics if self.loss == "logistic" else regression_metrics
+            metrics.update(scored(test.y, score))
+        return replace(model, metrics=metrics)
+
+    def _evaluated_host(self, ch: Channel, data: PartyData) -> PartyWeights:
+        train, test = self._split(data)
+        model = self._host(ch, train)
+        if len(test.ids):
+            self._predictor(ch.party, model)._host(ch, test)
+        return model
+
+    def _predictor(self, party: str, model: PartyWeights) -> HeteroPredict:
+        """The prediction exchange of the held-out rows, as ``party`` with its ``model``."""
+        return HeteroPredict(models={party: model}, loss=self.loss, guest=self.guest)
 
     # -- the parties ---------------------------------------------------------------------------
 
@@ -234,6 +308,22 @@ class HeteroLR:
         if not penalise_last:
             penalty[-1] = 0.0
         return w - self.lr * (grad + penalty)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeteroLinear(HeteroLR):
+    """:class:`HeteroLR` with the squared loss: vertical linear regression (``hetero-linear``
+    in configs), the metrics RMSE and R^2."""
+
+    loss: Loss = "squared"
+
+    def __post_init__(self) -> None:
+        if self.loss != "squared":
+            raise ConfigError(
+                f"hetero-linear is HeteroLR with loss='squared', got loss={self.loss!r}; use "
+                "hetero-lr for the logistic loss"
+            )
+        super().__post_init__()
 
 
 @dataclass(frozen=True, kw_only=True)

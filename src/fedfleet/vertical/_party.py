@@ -54,6 +54,12 @@ class PartyData:
         if len(set(self.ids.tolist())) != len(self.ids):
             raise DatasetError(f"party {self.name}: record ids must be unique")
 
+    @classmethod
+    def dataless(cls, name: str) -> PartyData:
+        """The empty table of a party that holds no data (an arbiter, a key holder): its
+        program still takes a :class:`PartyData`, so every party is started the same way."""
+        return cls(name, np.array([], dtype=str), np.zeros((0, 0)))
+
     def rows(self, ids: Sequence[str]) -> PartyData:
         """The rows of ``ids``, in that order (after alignment)."""
         index = {v: i for i, v in enumerate(self.ids.tolist())}

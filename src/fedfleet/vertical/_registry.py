@@ -3,7 +3,10 @@
 A protocol is a frozen dataclass of its settings with ``programs(parties)`` (simulation:
 :class:`~fedfleet.vertical.VerticalProtocol`); one that also has ``program(data, roster)``
 (:class:`Deployable`: the program of the one party holding ``data``, knowing only the roster's
-names, guest first) runs deployed, each party a process of its own.
+names, guest first) runs deployed, each party a process of its own. Parties without data
+that a protocol adds (HeteroLR's arbiter) are its ``roles``, a tuple of names on the built
+protocol: they join the roster after the hosts, get certificates like any party, and their
+program gets :meth:`PartyData.dataless <fedfleet.vertical.PartyData.dataless>`.
 
 To add a protocol, register its class here with one line::
 
@@ -22,13 +25,18 @@ from typing import Any, Protocol, runtime_checkable
 
 from fedfleet.errors import ConfigError
 from fedfleet.vertical._channel import Channel
+from fedfleet.vertical._hetero_lr import HeteroLinear, HeteroLR
 from fedfleet.vertical._party import PartyData
+from fedfleet.vertical._secureboost import SecureBoost
 from fedfleet.vertical._split_nn import SplitNN
 
 __all__ = ["PROTOCOLS", "Deployable", "build_protocol"]
 
 PROTOCOLS: dict[str, type] = {
     "split-nn": SplitNN,
+    "hetero-lr": HeteroLR,
+    "hetero-linear": HeteroLinear,
+    "secureboost": SecureBoost,
 }
 """Protocol name -> its settings dataclass."""
 
@@ -47,7 +55,8 @@ def build_protocol(name: str, settings: Mapping[str, Any]) -> Any:
             f"unknown vertical protocol {name!r}; known: {', '.join(sorted(PROTOCOLS))}"
         )
     cls = PROTOCOLS[name]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    # fields a config cannot express (SecureBoost's key objects) are left out: repr=False
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.repr}
     unknown = sorted(set(settings) - set(fields))
     if unknown:
         raise ConfigError(

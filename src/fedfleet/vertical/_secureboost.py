@@ -41,8 +41,8 @@ Threat model: honest-but-curious parties, with the guest holding the Paillier se
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -64,6 +64,12 @@ from fedfleet.vertical._boost import (
     to_bins,
 )
 from fedfleet.vertical._channel import Channel, PartyError, array_to_ints, ints_to_array
+from fedfleet.vertical._holdout import (
+    classification_metrics,
+    regression_metrics,
+    subset,
+    train_test,
+)
 from fedfleet.vertical._party import PartyData
 
 __all__ = [
@@ -85,6 +91,10 @@ class SecureBoost(BoostSettings):
         key_bits: the Paillier modulus size (2048 for deployments; 1024 keeps tests fast).
         keys: a ``(public, private)`` phe key pair to use instead of a fresh one (tests, or a
             key the guest keeps across runs); never leaves the guest.
+        test_fraction: share of the aligned rows held out (the same rows at every party, from
+            ``seed``): the parties train on the rest, then score them with the prediction
+            exchange, and the guest's model carries the metrics (0: every row trains).
+        seed: draws the held-out rows.
 
     Example::
 
@@ -97,6 +107,8 @@ class SecureBoost(BoostSettings):
     guest: str = "guest"
     key_bits: int = 2048
     keys: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
+    test_fraction: float = 0.0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.trees < 1 or self.max_depth < 1 or self.bins < 2:
@@ -106,13 +118,17 @@ class SecureBoost(BoostSettings):
             )
         if self.key_bits < 512:
             raise ConfigError(f"SecureBoost key_bits={self.key_bits} is too small; use >= 1024")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ConfigError(
+                f"SecureBoost test_fraction must be in [0, 1), got {self.test_fraction}"
+            )
 
     def programs(self, parties: Mapping[str, PartyData]) -> dict[str, Program]:
         """The guest's program (returns :class:`SecureBoostModel`) and each host's (returns
         its :class:`SecureBoostHostModel`)."""
         if self.guest not in parties or parties[self.guest].y is None:
             raise DatasetError(f"SecureBoost needs the guest {self.guest!r} with labels")
-        hosts = sorted(p for p in parties if p != self.guest)
+        hosts = [p for p in parties if p != self.guest]  # in order, as a deployed roster
         n = len(parties[self.guest].ids)
         for h in hosts:
             if len(parties[h].ids) != n:
@@ -121,12 +137,25 @@ class SecureBoost(BoostSettings):
                 )
             if parties[h].y is not None:
                 raise DatasetError(f"host {h} holds labels; only the guest may")
-        programs: dict[str, Program] = {
-            self.guest: partial(_guest, self, parties[self.guest], hosts)
-        }
-        for h in hosts:
-            programs[h] = partial(_host, self, parties[h])
-        return programs
+        roster = [self.guest, *hosts]
+        return {name: self.program(parties[name], roster) for name in roster}
+
+    def program(self, data: PartyData, roster: Sequence[str]) -> Program:
+        """The program of the party holding ``data``, knowing the roster's names (the guest
+        first, then the hosts in the order the guest numbers them)."""
+        if roster[0] != self.guest:
+            raise PartyError(
+                f"SecureBoost's guest is {self.guest!r}, but the roster starts with {roster[0]!r}"
+            )
+        if data.name not in roster:
+            raise PartyError(f"party {data.name!r} is not in the roster {list(roster)}")
+        if data.name == self.guest:
+            if data.y is None:
+                raise DatasetError(f"SecureBoost needs the guest {self.guest!r} with labels")
+            return partial(_evaluated_guest, self, data, list(roster[1:]))
+        if data.y is not None:
+            raise DatasetError(f"host {data.name} holds labels; only the guest may")
+        return partial(_evaluated_host, self, data)
 
 
 @dataclass(frozen=True)
@@ -141,6 +170,9 @@ class SecureBoostModel:
     base: float
     objective: str
     train_score: np.ndarray
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """``train_rows``, ``test_rows`` and, on the held-out rows, ``accuracy`` and ``auc``
+    (binary) or ``rmse`` and ``r2`` (regression)."""
 
 
 @dataclass(frozen=True)
@@ -251,6 +283,36 @@ def _guest(s: SecureBoost, data: PartyData, hosts: list[str], ch: Channel) -> Se
         score = score + leaf
         trees.append(tree)
     return SecureBoostModel(tuple(trees), tuple(hosts), tuple(edges), base, s.objective, score)
+
+
+def _evaluated_guest(
+    s: SecureBoost, data: PartyData, hosts: list[str], ch: Channel
+) -> SecureBoostModel:
+    """Train on the training rows; with held-out rows, tell the hosts how deep the trees go,
+    score the held-out rows with them and compute the metrics."""
+    train, test = (subset(data, r) for r in train_test(s.seed, len(data.ids), s.test_fraction))
+    model = _guest(s, train, hosts, ch)
+    metrics: dict[str, Any] = {"train_rows": len(train.ids), "test_rows": len(test.ids)}
+    if len(test.ids):
+        assert test.y is not None
+        depth = max((_depth(t) for t in model.trees), default=0)
+        for h in hosts:
+            ch.send(h, Message("sb-predict", {"depth": depth}))
+        score = _guest_predict(model, test, depth, ch)
+        if s.objective == "binary":
+            metrics.update(classification_metrics(test.y, 1.0 / (1.0 + np.exp(-score))))
+        else:
+            metrics.update(regression_metrics(test.y, score))
+    return replace(model, metrics=metrics)
+
+
+def _evaluated_host(s: SecureBoost, data: PartyData, ch: Channel) -> SecureBoostHostModel:
+    train, test = (subset(data, r) for r in train_test(s.seed, len(data.ids), s.test_fraction))
+    model = _host(s, train, ch)
+    if len(test.ids):
+        depth = int(ch.recv(s.guest, "sb-predict").body["depth"])
+        _host_predict(model, test, depth, s.guest, ch)
+    return model
 
 
 def _encrypt(public: Any, private: Any, plaintexts: list[int]) -> list[int]:

@@ -12,8 +12,9 @@ The ``[vertical]`` section of a TOML config::
     [vertical.settings]          # the protocol's own keys (its dataclass's fields)
     epochs = 10
 
-Parties are named ``guest``, ``host-0``, ``host-1``, ...: in deployment each name is the CN of
-the party's certificate (``fedfleet certs --party guest --party host-0 ...``).
+Parties are named ``guest``, ``host-0``, ``host-1``, ... and, after them, the parties without
+data the protocol adds (its ``roles``: ``arbiter`` for hetero-lr): in deployment each name is the
+CN of the party's certificate (``fedfleet certs --party guest --party host-0 ...``).
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ class VerticalTask:
 
     @property
     def names(self) -> list[str]:
-        """The parties' names, guest first."""
-        return ["guest"] + [f"host-{k}" for k in range(self.parties - 1)]
+        """The parties' names, guest first, the protocol's parties without data last."""
+        roles = list(getattr(self.build(), "roles", ()))
+        return ["guest"] + [f"host-{k}" for k in range(self.parties - 1)] + roles
 
     def build(self) -> Any:
         """The protocol, with its settings."""
@@ -141,6 +143,8 @@ def party_tables(task: VerticalTask, only: str | None = None) -> list[PartyData]
     and drops the rest as soon as the shared file is read)."""
     if only is not None and only not in task.names:
         raise ConfigError(f"party {only!r} is not one of this task's parties {task.names}")
+    if only is not None and only in getattr(task.build(), "roles", ()):
+        return [PartyData.dataless(only)]  # an arbiter: no columns, no rows
     x, y, names = _table(task)
     tables = split_columns(x, y, _columns(task, x.shape[1]), feature_names=names)
     return [t for t in tables if only is None or t.name == only]
