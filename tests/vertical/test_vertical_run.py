@@ -1,15 +1,24 @@
-"""A vertical task run in process: alignment settings, the run directory, resuming checks."""
+"""A vertical task run in process: alignment settings, the run directory, resuming (split-nn
+through the task, hetero-lr killed mid-run in process)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedfleet.errors import ConfigError, FedfleetError
-from fedfleet.vertical import simulate
-from fedfleet.vertical._progress import common_epoch, saved_epochs
+from fedfleet.vertical import (
+    HeteroLR,
+    LocalNetwork,
+    PartyError,
+    run_parties,
+    simulate,
+    split_columns,
+)
+from fedfleet.vertical._progress import RunProgress, common_epoch, saved_epochs
 from fedfleet.vertical._task import VerticalTask
 
 SETTINGS = {"epochs": 3, "batch_size": 32, "bottom_widths": [4], "top_widths": [4]}
@@ -49,3 +58,45 @@ def test_a_run_directory_holds_every_partys_checkpoints_and_the_guests_metrics(
         simulate(_task(overlap=0.7), tmp_path, resume=True)
     # resuming a finished run trains nothing more and ends with the same numbers
     assert simulate(_task(), tmp_path, resume=True)["metrics"] == m
+
+
+class _Killed(RunProgress):
+    """The guest dies at the end of epoch ``at``, before its checkpoint is written."""
+
+    def __init__(self, *args, at: int, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.at = at
+
+    def epoch_done(self, epoch, state, metrics) -> None:
+        if self.party == "guest" and epoch == self.at:
+            raise RuntimeError(f"killed after epoch {epoch}")
+        super().epoch_done(epoch, state, metrics)
+
+
+def _hetero_lr_run(
+    run_dir: Path, proto: HeteroLR, parties: dict, *, kill_at: int = 0
+) -> tuple[dict, LocalNetwork]:
+    start = common_epoch(run_dir, list(parties))
+    progress = {p: _Killed(run_dir, p, "lr", resume_from=start, at=kill_at) for p in parties}
+    net = LocalNetwork([*parties, "arbiter"], timeout_s=300)
+    return run_parties(net, proto.programs(parties, progress)), net
+
+
+def test_hetero_lr_killed_mid_run_resumes_bit_identical(tmp_path: Path) -> None:
+    pytest.importorskip("phe")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((90, 4))
+    y = (x @ np.array([1.0, -2.0, 0.5, 1.5]) > 0).astype(np.int64)
+    parties = {p.name: p for p in split_columns(x, y, [[0, 1], [2, 3]])}
+    proto = HeteroLR(epochs=3, batch_size=30, lr=0.3, key_bits=1024, seed=4)
+    whole, _ = _hetero_lr_run(tmp_path / "whole", proto, parties)
+    with pytest.raises(PartyError, match="killed after epoch 2"):
+        _hetero_lr_run(tmp_path / "cut", proto, parties, kill_at=2)
+    assert common_epoch(tmp_path / "cut", list(parties)) == 1
+    resumed, net = _hetero_lr_run(tmp_path / "cut", proto, parties)  # a fresh arbiter key
+    # it trained epochs 2 and 3 only: 3 batches each
+    assert sum(d.kind == "hlr-residuals" for d in net.log) == 2 * 3
+    for p in parties:
+        np.testing.assert_array_equal(resumed[p].weights, whole[p].weights)
+        assert resumed[p].intercept == whole[p].intercept
+    assert saved_epochs(tmp_path / "cut", "guest") == [2, 3]

@@ -22,7 +22,7 @@ import numpy as np
 from fedfleet.errors import ConfigError, FedfleetError
 from fedfleet.vertical._alignment import own_records, psi_align, psi_align_party
 from fedfleet.vertical._channel import Channel, LocalNetwork, run_parties
-from fedfleet.vertical._hetero_lr import PartyWeights
+from fedfleet.vertical._hetero_lr import HeteroLR, PartyWeights
 from fedfleet.vertical._party import PartyData
 from fedfleet.vertical._progress import (
     PartyProgress,
@@ -37,8 +37,10 @@ from fedfleet.vertical._task import VerticalTask, guest_metrics, party_tables
 
 __all__ = ["RECORDED", "held_tables", "model_arrays", "run_party", "simulate"]
 
-RECORDED: tuple[type, ...] = (SplitNN,)
-"""Protocols whose ``program(data, roster, progress)`` checkpoints every epoch (resumable)."""
+RECORDED: tuple[type, ...] = (SplitNN, HeteroLR)
+"""Protocols whose ``programs(parties, progress)`` checkpoint every epoch (resumable)."""
+RECORDED_DEPLOYED: tuple[type, ...] = (SplitNN,)
+"""Those whose deployed ``program(data, roster, progress)`` does too."""
 
 
 class Recorded(Protocol):
@@ -46,13 +48,19 @@ class Recorded(Protocol):
 
     epochs: int
 
+    def programs(
+        self,
+        parties: Mapping[str, PartyData],
+        progress: Mapping[str, PartyProgress] | None = None,
+    ) -> dict[str, Callable[[Channel], Any]]: ...
+
+
+class RecordedDeployed(Recorded, Protocol):
+    """A protocol of :data:`RECORDED_DEPLOYED`."""
+
     def program(
         self, data: PartyData, roster: Sequence[str], progress: PartyProgress | None = None
     ) -> Callable[[Channel], Any]: ...
-
-
-def _recorded(protocol: Any) -> Recorded | None:
-    return cast(Recorded, protocol) if isinstance(protocol, RECORDED) else None
 
 
 def held_tables(task: VerticalTask, only: str | None = None) -> list[PartyData]:
@@ -126,15 +134,11 @@ def simulate(
     roster = [t.name for t in tables]
     fingerprint = _fingerprint(task, protocol, len(tables[0].ids))
     programs: Mapping[str, Callable[[Channel], Any]]
-    recorded = _recorded(protocol)
-    if out is not None and recorded is not None:
+    if out is not None and isinstance(protocol, RECORDED):
+        recorded = cast(Recorded, protocol)
         start = common_epoch(out, roster) if resume else 0
-        programs = {
-            t.name: recorded.program(
-                t, roster, _progress(task, recorded, out, t.name, fingerprint, start)
-            )
-            for t in tables
-        }
+        progress = {t: _progress(task, recorded, out, t, fingerprint, start) for t in roster}
+        programs = recorded.programs({t.name: t for t in tables}, progress)
     else:
         if resume:
             raise ConfigError(
@@ -183,8 +187,8 @@ def run_party(
         table = psi_align_party(channel, table, task.names)
         log.info("%s: PSI aligned %d of its %d records", party, len(table.ids), own_rows)
     fingerprint = _fingerprint(task, protocol, len(table.ids))
-    recorded = _recorded(protocol)
-    if out is not None and recorded is not None:
+    if out is not None and isinstance(protocol, RECORDED_DEPLOYED):
+        recorded = cast(RecordedDeployed, protocol)
         progress = _progress(task, recorded, out, party, fingerprint, 0)
         result = recorded.program(table, task.names, progress)(channel)
     else:

@@ -197,9 +197,13 @@ class SplitNN:
 
     # --- the programs ---------------------------------------------------------------------
 
-    def programs(self, parties: Mapping[str, PartyData]) -> dict[str, Callable[[Channel], Any]]:
+    def programs(
+        self,
+        parties: Mapping[str, PartyData],
+        progress: Mapping[str, PartyProgress] | None = None,
+    ) -> dict[str, Callable[[Channel], Any]]:
         """One program per party; the guest is the one party holding labels, the hosts follow
-        in the mapping's order."""
+        in the mapping's order; ``progress``: each party's (see :meth:`program`)."""
         guests = [p for p in parties.values() if p.y is not None]
         if len(guests) != 1:
             raise DatasetError(
@@ -207,7 +211,8 @@ class SplitNN:
                 f"{[p.name for p in guests]}"
             )
         roster = [guests[0].name] + [n for n, p in parties.items() if p.y is None]
-        return {name: self.program(parties[name], roster) for name in roster}
+        at = dict(progress or {})
+        return {name: self.program(parties[name], roster, at.get(name)) for name in roster}
 
     def program(
         self, data: PartyData, roster: Sequence[str], progress: PartyProgress | None = None
