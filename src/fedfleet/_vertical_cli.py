@@ -153,11 +153,15 @@ def relay(
 
 @app.command()
 def party(
-    config: Config,
     party: Annotated[str, typer.Option(help="This party's name (its certificate's CN).")],
     certs_dir: Annotated[Path, typer.Option(help="ca.pem and <party>.pem/.key.")],
+    config: Annotated[Path | None, typer.Option(help="TOML with a [vertical] section.")] = None,
     relay: Annotated[str | None, typer.Option(help="host:port (default [vertical] relay).")] = None,
     out: Out = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue this party's run in this directory (every party resumes)."),
+    ] = None,
 ) -> None:
     """Take part as one party: PSI with the other parties, then the protocol; each party
     writes its own piece of the model and its checkpoints to its run directory, the guest the
@@ -168,16 +172,22 @@ def party(
         from fedfleet.vertical._net import RelayChannel
         from fedfleet.vertical._task import VerticalTask
 
-        task = VerticalTask.from_toml(config)
+        if (config is None) == (resume is None):
+            raise FedfleetError("give either --config (a new run) or --resume DIR")
+        task = VerticalTask.from_toml(config or (resume or Path()) / "config.toml")
         if party not in task.names:
             raise FedfleetError(f"party {party!r} is not one of this task's parties {task.names}")
-        path = _new_run(out, config, f"vertical-{task.protocol}-{party}")
+        if resume is not None:
+            path = resume
+        else:
+            assert config is not None
+            path = _new_run(out, config, f"vertical-{task.protocol}-{party}")
         channel = RelayChannel(
             relay or task.relay, party=party, parties=task.names, certs_dir=certs_dir
         )
         start = time.perf_counter()
         try:
-            _, summary = run_party(task, party, channel, path)
+            _, summary = run_party(task, party, channel, path, resume=resume is not None)
         except BaseException as err:
             channel.close(failure=f"{type(err).__name__}: {err}")
             raise

@@ -4,6 +4,7 @@ through the task, hetero-lr killed mid-run in process)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from fedfleet.vertical import (
     LocalNetwork,
     PartyError,
     run_parties,
+    run_party,
     simulate,
     split_columns,
 )
@@ -100,3 +102,37 @@ def test_hetero_lr_killed_mid_run_resumes_bit_identical(tmp_path: Path) -> None:
         np.testing.assert_array_equal(resumed[p].weights, whole[p].weights)
         assert resumed[p].intercept == whole[p].intercept
     assert saved_epochs(tmp_path / "cut", "guest") == [2, 3]
+
+
+def test_deployed_parties_agree_on_the_epoch_to_resume_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # each party as deployed (run_party: PSI, then its program, its own run directory), here
+    # over a LocalNetwork; the guest's last checkpoint is lost (killed between the hosts'
+    # and its own write of epoch 3): the parties agree on epoch 2 and end as the whole run
+    task = _task()
+    names = task.names
+
+    def deployed(root: Path, resume: bool = False) -> dict:
+        net = LocalNetwork(names, timeout_s=300)
+        programs = {
+            p: (lambda ch, p=p: run_party(task, p, ch, root / p, resume=resume)) for p in names
+        }
+        return run_parties(net, programs)
+
+    whole = deployed(tmp_path / "whole")
+    deployed(tmp_path / "cut")
+    (tmp_path / "cut" / "guest" / "checkpoints" / "guest-e00003.safetensors").unlink()
+    with caplog.at_level(logging.INFO, logger="fedfleet.vertical"):
+        resumed = deployed(tmp_path / "cut", resume=True)
+    for p in names:
+        assert f"{p} resumes after epoch 2" in caplog.text
+    assert resumed["guest"][1]["metrics"] == whole["guest"][1]["metrics"]
+    for p in names:
+        for part in ("bottom", "top"):
+            mine, theirs = getattr(resumed[p][0], part), getattr(whole[p][0], part)
+            assert (mine is None) == (theirs is None)
+            for k in mine or {}:
+                np.testing.assert_array_equal(mine[k], theirs[k])
+    metrics = [(tmp_path / d / "guest" / "metrics.jsonl").read_text() for d in ("whole", "cut")]
+    assert metrics[0] == metrics[1] and len(metrics[0].splitlines()) == 3

@@ -42,6 +42,7 @@ __all__ = [
     "common_epoch",
     "party_logger",
     "save_party_model",
+    "saved_epochs",
 ]
 
 _META = "fedfleet.vertical.checkpoint"

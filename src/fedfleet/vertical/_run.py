@@ -21,7 +21,7 @@ import numpy as np
 
 from fedfleet.errors import ConfigError, FedfleetError
 from fedfleet.vertical._alignment import own_records, psi_align, psi_align_party
-from fedfleet.vertical._channel import Channel, LocalNetwork, run_parties
+from fedfleet.vertical._channel import Channel, LocalNetwork, Message, run_parties
 from fedfleet.vertical._hetero_lr import HeteroLR, PartyWeights
 from fedfleet.vertical._party import PartyData
 from fedfleet.vertical._progress import (
@@ -30,6 +30,7 @@ from fedfleet.vertical._progress import (
     common_epoch,
     party_logger,
     save_party_model,
+    saved_epochs,
 )
 from fedfleet.vertical._registry import Deployable
 from fedfleet.vertical._split_nn import SplitNN, SplitNNResult
@@ -164,14 +165,33 @@ def simulate(
     }
 
 
+def _agreed_start(channel: Channel, party: str, data_parties: list[str], mine: int) -> int:
+    """The epoch every data party resumes after: each tells the guest the last epoch it has a
+    checkpoint of; the guest answers with the smallest (the last one all completed)."""
+    guest, hosts = data_parties[0], data_parties[1:]
+    if party != guest:
+        channel.send(guest, Message("resume-epoch", {"epoch": mine}))
+        return int(channel.recv(guest, "resume-from").body["epoch"])
+    start = min([mine] + [int(channel.recv(h, "resume-epoch").body["epoch"]) for h in hosts])
+    for h in hosts:
+        channel.send(h, Message("resume-from", {"epoch": start}))
+    return start
+
+
 def run_party(
-    task: VerticalTask, party: str, channel: Channel, run_dir: str | Path | None = None
+    task: VerticalTask,
+    party: str,
+    channel: Channel,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
 ) -> tuple[Any, dict[str, Any] | None]:
     """One deployed party over ``channel``: PSI with the other data parties
     (``align = "psi"``), then its program of the protocol. Returns its result and, at the
     guest, the run's summary (as :func:`simulate`'s, bytes this party sent only). With
     ``run_dir`` the party checkpoints and saves its own piece there; the guest writes the
-    metrics too."""
+    metrics too. ``resume`` (every data party must be given it): the data parties agree over
+    the channel on the last epoch all of them completed and go on from there."""
     out = Path(run_dir) if run_dir is not None else None
     log = party_logger(party)
     start_time = time.perf_counter()
@@ -181,15 +201,29 @@ def run_party(
             f"protocol {task.protocol!r} runs in simulation only (it has no "
             "program(data, roster)); use fedfleet vertical run"
         )
-    (table,) = held_tables(task, only=party)
+    if resume and not (out is not None and isinstance(protocol, RECORDED_DEPLOYED)):
+        raise ConfigError(
+            f"a deployed {task.protocol!r} party keeps no per-epoch checkpoints, so it cannot "
+            "be resumed; start the run again without --resume"
+        )
+    tables = held_tables(task)
+    data_parties = [t.name for t in tables]
+    if party in data_parties:
+        (table,) = [t for t in tables if t.name == party]
+    else:  # a party the protocol adds without data (an arbiter): no records to align
+        (table,) = party_tables(task, only=party)
     own_rows = len(table.ids)
-    if task.align == "psi":
-        table = psi_align_party(channel, table, task.names)
+    if task.align == "psi" and party in data_parties:
+        table = psi_align_party(channel, table, data_parties)
         log.info("%s: PSI aligned %d of its %d records", party, len(table.ids), own_rows)
     fingerprint = _fingerprint(task, protocol, len(table.ids))
     if out is not None and isinstance(protocol, RECORDED_DEPLOYED):
         recorded = cast(RecordedDeployed, protocol)
-        progress = _progress(task, recorded, out, party, fingerprint, 0)
+        start = 0
+        if resume and party in data_parties:
+            mine = max(saved_epochs(out, party), default=0)
+            start = _agreed_start(channel, party, data_parties, mine)
+        progress = _progress(task, recorded, out, party, fingerprint, start)
         result = recorded.program(table, task.names, progress)(channel)
     else:
         result = protocol.program(table, task.names)(channel)
