@@ -22,16 +22,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedfleet._streams import vertical_party_records, vertical_table_stream
 from fedfleet.errors import ConfigError, DatasetError
 from fedfleet.vertical._channel import Channel, LocalNetwork, run_parties
 from fedfleet.vertical._party import PartyData
 from fedfleet.vertical._psi import Psi
 
 __all__ = ["own_records", "psi_align", "psi_align_party"]
-
-_TABLE_ENTROPY = 0x564552
-"""'VER': the root of a vertical task's table streams (``fedfleet.vertical._task``'s synthetic
-table draws key ``()``); party k's share of the people is key ``(1, k)``."""
 
 
 def own_records(tables: Sequence[PartyData], *, overlap: float, seed: int) -> list[PartyData]:
@@ -44,7 +41,7 @@ def own_records(tables: Sequence[PartyData], *, overlap: float, seed: int) -> li
     for k, t in enumerate(tables):
         rows = len(t.ids)
         keep = round(overlap * rows)
-        stream = np.random.SeedSequence([_TABLE_ENTROPY, seed], spawn_key=(1, k))
+        stream = vertical_table_stream(seed, vertical_party_records(k))
         take = np.random.default_rng(stream).permutation(rows)[:keep]
         ids = np.array([f"person-{i}" for i in take])
         y = None if t.y is None else np.asarray(t.y)[take]
