@@ -192,7 +192,6 @@ KNOWN_PRIVATE_IMPORTS: frozenset[tuple[str, str]] = frozenset(
         ("fedfleet._deploy_cli", "fedfleet.runs._config"),
         ("fedfleet._vertical_cli", "fedfleet.runs._rundir"),
         ("fedfleet._vertical_cli", "fedfleet.vertical._net"),
-        ("fedfleet._vertical_cli", "fedfleet.vertical._registry"),
         ("fedfleet._vertical_cli", "fedfleet.vertical._task"),
         ("fedfleet.cli", "fedfleet.data._registry"),
         ("fedfleet.cli", "fedfleet.report._cli"),

@@ -29,6 +29,7 @@ keys under one root coincide. Add a stream here first, then use it.
                         (3,)        FedRep's head-phase training seed
     synthetic           (0, k)      device k;  (1,): the IID variant's shared model
     secagg entropy      (c,)        client c's secrets
+    vertical table      (1, k)      which people vertical party k holds, in its order
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "REGISTRY",
     "SYNTHETIC_ENTROPY",
     "TRAINING",
+    "VERTICAL_TABLE_ENTROPY",
     "availability",
     "central_dp_noise",
     "client_training",
@@ -59,10 +61,12 @@ __all__ = [
     "secagg_round",
     "synthetic_device",
     "synthetic_shared",
+    "vertical_party_records",
+    "vertical_table_stream",
 ]
 
 Key = tuple[int, ...]
-Root = Literal["run", "client", "synthetic", "secagg_entropy", "split_nn"]
+Root = Literal["run", "client", "synthetic", "secagg_entropy", "split_nn", "vertical_table"]
 
 
 # --- under the run seed -------------------------------------------------------------------
@@ -159,6 +163,22 @@ def split_nn_stream(seed: int, *key: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([SPLIT_NN_ENTROPY, seed], spawn_key=split_nn(*key))
 
 
+VERTICAL_TABLE_ENTROPY = 0x564552
+"""'VER': a vertical task's table root is ``[VERTICAL_TABLE_ENTROPY, seed]``: key ``()`` the
+synthetic table (:mod:`fedfleet.vertical._task`), ``(1, k)`` which people party k holds and in
+what order (:func:`vertical_party_records`)."""
+
+
+def vertical_party_records(k: int) -> Key:
+    """Party ``k``'s share of the people of a vertical task, and its row order."""
+    return (1, k)
+
+
+def vertical_table_stream(seed: int, key: Key) -> np.random.SeedSequence:
+    """A vertical task table's stream ``key`` under the task's ``seed``."""
+    return np.random.SeedSequence([VERTICAL_TABLE_ENTROPY, seed], spawn_key=key)
+
+
 def secagg_client_entropy(cid: int) -> Key:
     """Client ``cid``'s secrets in a seeded (simulation-only) SecAgg run."""
     return (cid,)
@@ -197,5 +217,6 @@ REGISTRY: dict[str, tuple[Root, KeyFn]] = {
     "synthetic_shared": ("synthetic", synthetic_shared),
     "secagg_client_entropy": ("secagg_entropy", secagg_client_entropy),
     "split_nn": ("split_nn", split_nn),
+    "vertical_party_records": ("vertical_table", vertical_party_records),
 }
 """Every stream: name -> (root, key function of the stream's indices: round, client, ...)."""

@@ -1,6 +1,7 @@
 """``fedfleet vertical``: run a vertical task in simulation, or deployed (a relay + parties).
 
     fedfleet vertical run --config task.toml                     all parties in this process
+    fedfleet vertical run --resume runs/vertical-split-nn-...      continue a killed run
     fedfleet vertical relay --config task.toml --certs-dir certs   the relay (mutual TLS)
     fedfleet vertical party --config task.toml --party guest --certs-dir certs
 
@@ -11,6 +12,7 @@ typer is imported here, so ``fedfleet --help`` stays light; each command imports
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,35 +40,75 @@ def _fail(err: Exception) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _write_run(out: Path | None, config: Path, protocol: str, summary: dict[str, Any]) -> Path:
-    from fedfleet._atomic import atomic_write_bytes
-    from fedfleet.runs._rundir import new_run_dir
+def _logging() -> None:
+    """One line per record on stderr, INFO and up (each party's epochs, PSI, files), as the
+    horizontal server and clients log; ``force``: ``fedfleet``'s main installed a WARNING
+    handler first."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
 
-    path = out if out is not None else new_run_dir("runs", f"vertical-{protocol}")
+
+def _new_run(out: Path | None, config: Path, name: str) -> Path:
+    """The run directory (``--out``, or a new ``runs/<name>-<time>``) with the config copied."""
+    from fedfleet._atomic import atomic_write_bytes
+    from fedfleet.runs._rundir import check_new_run, new_run_dir
+
+    if out is not None:
+        check_new_run(out)
+    path = out if out is not None else new_run_dir("runs", name)
     path.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path / "config.toml", config.read_bytes())
-    atomic_write_bytes(path / "metrics.json", (json.dumps(summary, indent=1) + "\n").encode())
+    (path / "metrics.jsonl").touch()
     return path
+
+
+def _write_summary(path: Path, summary: dict[str, Any]) -> None:
+    from fedfleet._atomic import atomic_write_bytes
+
+    atomic_write_bytes(path / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
 
 
 def _print_summary(summary: dict[str, Any], path: Path) -> None:
     m = summary["metrics"]
     shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("accuracy", "auc", "rmse", "r2") if k in m)
-    typer.echo(f"{summary['protocol']}: {shown or 'no metrics'} ({summary.get('rows', '?')} rows)")
+    rows = f"{summary.get('rows', '?')} rows"
+    if summary.get("align") == "psi":
+        rows += f" aligned by PSI, of the guest's {summary['own_rows']}"
+    typer.echo(f"{summary['protocol']}: {shown or 'no metrics'} ({rows})")
     for party, n in summary["bytes_sent"].items():
         typer.echo(f"  {party} sent {n:,} bytes")
     typer.echo(f"run directory {path}")
 
 
 @app.command()
-def run(config: Config, out: Out = None) -> None:
+def run(
+    config: Annotated[Path | None, typer.Option(help="TOML with a [vertical] section.")] = None,
+    out: Out = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this directory (its config.toml, checkpoints)."),
+    ] = None,
+) -> None:
     """Simulate: every party in this process, messages encoded as they would travel."""
+    _logging()
     try:
-        from fedfleet.vertical._task import VerticalTask, simulate
+        from fedfleet.vertical import simulate
+        from fedfleet.vertical._task import VerticalTask
 
-        task = VerticalTask.from_toml(config)
-        summary = simulate(task)
-        path = _write_run(out, config, task.protocol, summary)
+        if (config is None) == (resume is None):
+            raise FedfleetError("give either --config (a new run) or --resume DIR")
+        if resume is not None:
+            path = resume
+            task = VerticalTask.from_toml(resume / "config.toml")
+        else:
+            assert config is not None
+            task = VerticalTask.from_toml(config)
+            path = _new_run(out, config, f"vertical-{task.protocol}")
+        summary = simulate(task, path, resume=resume is not None)
+        _write_summary(path, summary)
     except FedfleetError as e:
         raise _fail(e) from None
     _print_summary(summary, path)
@@ -111,33 +153,41 @@ def relay(
 
 @app.command()
 def party(
-    config: Config,
     party: Annotated[str, typer.Option(help="This party's name (its certificate's CN).")],
     certs_dir: Annotated[Path, typer.Option(help="ca.pem and <party>.pem/.key.")],
+    config: Annotated[Path | None, typer.Option(help="TOML with a [vertical] section.")] = None,
     relay: Annotated[str | None, typer.Option(help="host:port (default [vertical] relay).")] = None,
     out: Out = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue this party's run in this directory (every party resumes)."),
+    ] = None,
 ) -> None:
-    """Take part as one party; the guest writes the run directory."""
+    """Take part as one party: PSI with the other parties, then the protocol; each party
+    writes its own piece of the model and its checkpoints to its run directory, the guest the
+    metrics and summary too."""
+    _logging()
     try:
+        from fedfleet.vertical import run_party
         from fedfleet.vertical._net import RelayChannel
-        from fedfleet.vertical._registry import Deployable
-        from fedfleet.vertical._task import VerticalTask, guest_metrics, party_tables
+        from fedfleet.vertical._task import VerticalTask
 
-        task = VerticalTask.from_toml(config)
-        (table,) = party_tables(task, only=party)
-        protocol = task.build()
-        if not isinstance(protocol, Deployable):
-            raise FedfleetError(
-                f"protocol {task.protocol!r} runs in simulation only (it has no "
-                "program(data, roster)); use fedfleet vertical run"
-            )
-        program = protocol.program(table, task.names)
+        if (config is None) == (resume is None):
+            raise FedfleetError("give either --config (a new run) or --resume DIR")
+        task = VerticalTask.from_toml(config or (resume or Path()) / "config.toml")
+        if party not in task.names:
+            raise FedfleetError(f"party {party!r} is not one of this task's parties {task.names}")
+        if resume is not None:
+            path = resume
+        else:
+            assert config is not None
+            path = _new_run(out, config, f"vertical-{task.protocol}-{party}")
         channel = RelayChannel(
             relay or task.relay, party=party, parties=task.names, certs_dir=certs_dir
         )
         start = time.perf_counter()
         try:
-            result = program(channel)
+            _, summary = run_party(task, party, channel, path, resume=resume is not None)
         except BaseException as err:
             channel.close(failure=f"{type(err).__name__}: {err}")
             raise
@@ -146,13 +196,6 @@ def party(
     except FedfleetError as e:
         raise _fail(e) from None
     typer.echo(f"{party} done: sent {channel.bytes_sent:,} bytes in {wall:.1f} s")
-    if party == task.names[0]:
-        summary = {
-            "protocol": task.protocol,
-            "dataset": task.dataset,
-            "rows": len(table.ids),
-            "metrics": guest_metrics(result),
-            "bytes_sent": {party: channel.bytes_sent},
-            "wall_s": wall,
-        }
-        _print_summary(summary, _write_run(out, config, task.protocol, summary))
+    if summary is not None:
+        _write_summary(path, summary)
+        _print_summary(summary, path)

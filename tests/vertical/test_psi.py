@@ -6,7 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedfleet.vertical import LocalNetwork, PartyData, PartyError, Psi, align, psi_hash, run_parties
+from fedfleet.vertical import (
+    LocalNetwork,
+    PartyData,
+    PartyError,
+    Psi,
+    align,
+    psi_hash,
+    run_parties,
+    split_columns,
+)
+from fedfleet.vertical._alignment import own_records, psi_align
 
 
 def _party(name: str, ids: list[str], labels: bool = False) -> PartyData:
@@ -98,3 +108,31 @@ def test_a_protocol_without_a_host_or_guest_is_refused() -> None:
         Psi().programs({"guest": guest})
     with pytest.raises(PartyError, match="needs the guest 'boss'"):
         Psi(guest="boss").programs({"guest": guest})
+
+
+def test_a_tasks_alignment_lines_up_the_same_people_and_sends_no_raw_id() -> None:
+    # column 0 of the centralised table is the row number: after alignment every party's row
+    # k must come from the same original row, whatever share and order each party held
+    n = 90
+    x = np.column_stack([np.arange(n, dtype=np.float64), np.arange(n) * 2.0, np.arange(n) * 3.0])
+    y = np.arange(n) % 2
+    tables = split_columns(x, y, [[0], [1], [2]])
+    held = own_records(tables, overlap=0.8, seed=5)
+    assert [len(t.ids) for t in held] == [72, 72, 72]
+    assert held[0].ids.tolist() != held[1].ids.tolist()  # each its own people and order
+    aligned, net = psi_align(held, seed=5)
+    common = set.intersection(*(set(t.ids.tolist()) for t in held))
+    assert len(aligned[0].ids) == len(common) > 0
+    rows = [t.x[:, 0] / (k + 1) for k, t in enumerate(aligned)]
+    np.testing.assert_array_equal(rows[0], rows[1])
+    np.testing.assert_array_equal(rows[0], rows[2])
+    np.testing.assert_array_equal(aligned[0].y, rows[0].astype(np.int64) % 2)
+    for d in net.log:  # PSI's messages: no party's ids, in any form a receiver could read
+        assert d.kind.startswith("psi-")
+        for i in {i for t in held for i in t.ids.tolist()}:
+            assert i.encode() not in d.frame, (d.sender, d.receiver, d.kind, i)
+    # a deployment's PSI (OS randomness, another shuffled order) aligns the same rows
+    again, _ = psi_align(held, seed=None)
+    for a, b in zip(aligned, again, strict=True):
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.x, b.x)

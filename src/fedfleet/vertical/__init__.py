@@ -19,6 +19,7 @@ from fedfleet.vertical._channel import (
 from fedfleet.vertical._hetero_lr import HeteroLinear, HeteroLR, HeteroPredict, PartyWeights
 from fedfleet.vertical._party import PartyData, VerticalProtocol, align, split_columns
 from fedfleet.vertical._psi import Psi, psi_hash
+from fedfleet.vertical._run import run_party, simulate
 from fedfleet.vertical._secureboost import (
     SecureBoost,
     SecureBoostHostModel,
@@ -55,5 +56,7 @@ __all__ = [
     "prediction_programs",
     "psi_hash",
     "run_parties",
+    "run_party",
+    "simulate",
     "split_columns",
 ]

@@ -67,6 +67,7 @@ from fedfleet.vertical._holdout import (
     train_test,
 )
 from fedfleet.vertical._party import PartyData
+from fedfleet.vertical._progress import PartyProgress
 
 __all__ = ["HeteroLR", "HeteroLinear", "HeteroPredict", "PartyWeights"]
 
@@ -146,13 +147,30 @@ class HeteroLR:
     def batches(self, rows: int) -> Iterator[np.ndarray]:
         """The rows of each mini-batch, epoch after epoch: a fresh permutation per epoch from
         ``seed``, cut into ``batch_size`` slices (the last one shorter)."""
-        rng = np.random.default_rng(self.seed)
-        for _ in range(self.epochs):
-            order = rng.permutation(rows)
-            for start in range(0, rows, self.batch_size):
-                yield order[start : start + self.batch_size]
+        for _, batches in self.epoch_batches(rows):
+            yield from batches
 
-    def programs(self, parties: Mapping[str, PartyData]) -> dict[str, Callable[[Channel], Any]]:
+    def epoch_batches(self, rows: int, start: int = 0) -> Iterator[tuple[int, list[np.ndarray]]]:
+        """``(epoch, its mini-batches)`` from epoch ``start`` on (the permutations of the
+        epochs before it are drawn and skipped, so a resumed run gets the same batches)."""
+        rng = np.random.default_rng(self.seed)
+        for epoch in range(self.epochs):
+            order = rng.permutation(rows)
+            if epoch >= start:
+                yield (
+                    epoch,
+                    [order[i : i + self.batch_size] for i in range(0, rows, self.batch_size)],
+                )
+
+    def programs(
+        self,
+        parties: Mapping[str, PartyData],
+        progress: Mapping[str, PartyProgress] | None = None,
+    ) -> dict[str, Callable[[Channel], Any]]:
+        """One program per party (and the arbiter); ``progress``: where each data party
+        checkpoints its weights every epoch and learns where a resumed run starts (the same
+        epoch at every party; the arbiter draws a fresh key, which changes no bit of the
+        weights)."""
         guest = parties.get(self.guest)
         if guest is None or guest.y is None:
             raise PartyError(f"HeteroLR needs the guest {self.guest!r} with labels")
@@ -167,11 +185,17 @@ class HeteroLR:
                 )
         roster = [self.guest, *hosts, self.arbiter]
         tables = {**parties, self.arbiter: PartyData.dataless(self.arbiter)}
-        return {name: self.program(tables[name], roster) for name in roster}
+        if self.loss == "logistic" and not np.isin(guest.y, (0, 1)).all():
+            raise PartyError("HeteroLR(loss='logistic') needs guest labels in {0, 1}")
+        at = dict(progress or {})
+        return {name: self.program(tables[name], roster, at.get(name)) for name in roster}
 
-    def program(self, data: PartyData, roster: Sequence[str]) -> Callable[[Channel], Any]:
+    def program(
+        self, data: PartyData, roster: Sequence[str], progress: PartyProgress | None = None
+    ) -> Callable[[Channel], Any]:
         """The program of the party holding ``data`` (the arbiter: :meth:`PartyData.dataless`),
-        knowing the roster's names: the guest first, the arbiter among them, the rest hosts."""
+        knowing the roster's names: the guest first, the arbiter among them, the rest hosts;
+        ``progress``: where a data party checkpoints every epoch (see :meth:`programs`)."""
         if self.arbiter not in roster:
             raise PartyError(
                 f"HeteroLR needs its arbiter {self.arbiter!r} (the Paillier key holder, no data) "
@@ -193,17 +217,23 @@ class HeteroLR:
                 raise PartyError(f"HeteroLR needs the guest {self.guest!r} with labels")
             if self.loss == "logistic" and not np.isin(data.y, (0, 1)).all():
                 raise PartyError("HeteroLR(loss='logistic') needs guest labels in {0, 1}")
-            return partial(self._evaluated_guest, data=data, hosts=hosts)
-        return partial(self._evaluated_host, data=data)
+            return partial(self._evaluated_guest, data=data, hosts=hosts, progress=progress)
+        return partial(self._evaluated_host, data=data, progress=progress)
 
     def _split(self, data: PartyData) -> tuple[PartyData, PartyData]:
         train, test = train_test(self.seed, len(data.ids), self.test_fraction)
         parts = subset(data, train), subset(data, test)
         return standardized(*parts) if self.standardize else parts
 
-    def _evaluated_guest(self, ch: Channel, data: PartyData, hosts: Sequence[str]) -> PartyWeights:
+    def _evaluated_guest(
+        self,
+        ch: Channel,
+        data: PartyData,
+        hosts: Sequence[str],
+        progress: PartyProgress | None = None,
+    ) -> PartyWeights:
         train, test = self._split(data)
-        model = self._guest(ch, train, hosts)
+        model = self._guest(ch, train, hosts, progress=progress)
         metrics: dict[str, Any] = {"train_rows": len(train.ids), "test_rows": len(test.ids)}
         if len(test.ids):
             assert test.y is not None
@@ -212,9 +242,11 @@ class HeteroLR:
             metrics.update(scored(test.y, score))
         return replace(model, metrics=metrics)
 
-    def _evaluated_host(self, ch: Channel, data: PartyData) -> PartyWeights:
+    def _evaluated_host(
+        self, ch: Channel, data: PartyData, progress: PartyProgress | None = None
+    ) -> PartyWeights:
         train, test = self._split(data)
-        model = self._host(ch, train)
+        model = self._host(ch, train, progress=progress)
         if len(test.ids):
             self._predictor(ch.party, model)._host(ch, test)
         return model
@@ -238,47 +270,77 @@ class HeteroLR:
                 width = (public.n.bit_length() + 7) // 8
                 ch.send(p, Message("hlr-unmasked", {}, [ints_to_array(plain, width)], ["g + r"]))
 
-    def _guest(self, ch: Channel, data: PartyData, hosts: Sequence[str]) -> PartyWeights:
+    def _guest(
+        self,
+        ch: Channel,
+        data: PartyData,
+        hosts: Sequence[str],
+        progress: PartyProgress | None = None,
+    ) -> PartyWeights:
         assert data.y is not None
         public = _public_key(ch.recv(self.arbiter, "hlr-public-key"))
         rows = len(data.ids)
-        steps = self.epochs * math.ceil(rows / self.batch_size)
-        ch.send(self.arbiter, Message("hlr-plan", {"steps": steps}))
         x = _with_intercept(data.x, self.fit_intercept)
+        start, w = _start(progress, x.shape[1])
+        steps = (self.epochs - start) * math.ceil(rows / self.batch_size)
+        ch.send(self.arbiter, Message("hlr-plan", {"steps": steps}))
         y = np.asarray(data.y, dtype=np.float64)
         # target t such that the residual, in units of 2^-f, is q(z) - q(t): d = c (z - t)
         target = 2.0 * y - 1.0 if self.loss == "logistic" else y
         q_target = _encode(target * (2.0 if self.loss == "logistic" else 1.0), self.frac_bits)
-        w = np.zeros(x.shape[1])
-        for idx in self.batches(rows):
-            enc = [0] * len(idx)
-            q_u = _encode(x[idx] @ w, self.frac_bits)
-            for k in range(len(idx)):
-                enc[k] = public.raw_encrypt((q_u[k] - q_target[idx[k]]) % public.n)
-            for h in hosts:
-                theirs = array_to_ints(ch.recv(h, "hlr-host-scores").arrays[0])
-                if len(theirs) != len(idx):
-                    raise PartyError(f"{h} sent {len(theirs)} scores for a batch of {len(idx)}")
-                enc = [a * b % public.nsquare for a, b in zip(enc, theirs, strict=True)]
-            residuals = ints_to_array(enc, _width(public))
-            for h in hosts:
-                ch.send(h, Message("hlr-residuals", {}, [residuals], ["encrypted residuals"]))
-            w = self._step(ch, public, enc, x[idx], w, penalise_last=not self.fit_intercept)
+        for epoch, batches in self.epoch_batches(rows, start):
+            for idx in batches:
+                w = self._guest_step(ch, public, hosts, x, q_target, idx, w)
+            if progress is not None:
+                progress.epoch_done(epoch + 1, {"w": w}, {})
         weights = w[:-1] if self.fit_intercept else w
         return PartyWeights(ch.party, weights, float(w[-1]) if self.fit_intercept else 0.0)
 
-    def _host(self, ch: Channel, data: PartyData) -> PartyWeights:
+    def _guest_step(
+        self,
+        ch: Channel,
+        public: Any,
+        hosts: Sequence[str],
+        x: np.ndarray,
+        q_target: np.ndarray,
+        idx: np.ndarray,
+        w: np.ndarray,
+    ) -> np.ndarray:
+        """One mini-batch at the guest: its encrypted residuals from its scores and the
+        hosts', sent to every host, then its own gradient step."""
+        enc = [0] * len(idx)
+        q_u = _encode(x[idx] @ w, self.frac_bits)
+        for k in range(len(idx)):
+            enc[k] = public.raw_encrypt((q_u[k] - q_target[idx[k]]) % public.n)
+        for h in hosts:
+            theirs = array_to_ints(ch.recv(h, "hlr-host-scores").arrays[0])
+            if len(theirs) != len(idx):
+                raise PartyError(f"{h} sent {len(theirs)} scores for a batch of {len(idx)}")
+            enc = [a * b % public.nsquare for a, b in zip(enc, theirs, strict=True)]
+        residuals = ints_to_array(enc, _width(public))
+        for h in hosts:
+            ch.send(h, Message("hlr-residuals", {}, [residuals], ["encrypted residuals"]))
+        return self._step(ch, public, enc, x[idx], w, penalise_last=not self.fit_intercept)
+
+    def _host(
+        self, ch: Channel, data: PartyData, progress: PartyProgress | None = None
+    ) -> PartyWeights:
         public = _public_key(ch.recv(self.arbiter, "hlr-public-key"))
-        w = np.zeros(data.x.shape[1])
-        for idx in self.batches(len(data.ids)):
-            q_u = _encode(data.x[idx] @ w, self.frac_bits)
-            enc = [public.raw_encrypt(v % public.n) for v in q_u]
-            scores = ints_to_array(enc, _width(public))
-            ch.send(self.guest, Message("hlr-host-scores", {}, [scores], ["encrypted scores"]))
-            residuals = array_to_ints(ch.recv(self.guest, "hlr-residuals").arrays[0])
-            if len(residuals) != len(idx):
-                raise PartyError(f"the guest sent {len(residuals)} residuals for {len(idx)} rows")
-            w = self._step(ch, public, residuals, data.x[idx], w, penalise_last=True)
+        start, w = _start(progress, data.x.shape[1])
+        for epoch, batches in self.epoch_batches(len(data.ids), start):
+            for idx in batches:
+                q_u = _encode(data.x[idx] @ w, self.frac_bits)
+                enc = [public.raw_encrypt(v % public.n) for v in q_u]
+                scores = ints_to_array(enc, _width(public))
+                ch.send(self.guest, Message("hlr-host-scores", {}, [scores], ["encrypted scores"]))
+                residuals = array_to_ints(ch.recv(self.guest, "hlr-residuals").arrays[0])
+                if len(residuals) != len(idx):
+                    raise PartyError(
+                        f"the guest sent {len(residuals)} residuals for {len(idx)} rows"
+                    )
+                w = self._step(ch, public, residuals, data.x[idx], w, penalise_last=True)
+            if progress is not None:
+                progress.epoch_done(epoch + 1, {"w": w}, {})
         return PartyWeights(ch.party, w)
 
     def _step(
@@ -366,6 +428,15 @@ class HeteroPredict:
         model = self.models[ch.party]
         scores = data.x @ model.weights
         ch.send(self.guest, Message("hlr-test-scores", {}, [scores], ["partial scores x_h w_h"]))
+
+
+def _start(progress: PartyProgress | None, width: int) -> tuple[int, np.ndarray]:
+    """The epoch a party starts at and its weights then (zeros for a fresh run)."""
+    start, saved = progress.start() if progress is not None else (0, {})
+    w = np.array(saved["w"], dtype=np.float64) if saved else np.zeros(width)
+    if w.shape != (width,):
+        raise PartyError(f"a checkpoint holds {w.shape} weights for {width} columns")
+    return start, w
 
 
 def _public_key(message: Message) -> Any:

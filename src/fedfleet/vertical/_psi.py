@@ -105,6 +105,21 @@ class Psi:
             out[h] = partial(self._host, data=parties[h])
         return out
 
+    def program(self, data: PartyData, roster: Sequence[str]) -> Callable[[Channel], Any]:
+        """The program of the one party holding ``data`` (deployed: it knows its own table and
+        the roster of the parties taking part in the intersection, nothing else)."""
+        if self.guest not in roster or data.name not in roster:
+            raise PartyError(
+                f"PSI: party {data.name!r} and the guest {self.guest!r} must both be in the "
+                f"roster {list(roster)}"
+            )
+        hosts = [p for p in roster if p != self.guest]
+        if not hosts:
+            raise PartyError("PSI needs at least one host besides the guest")
+        if data.name == self.guest:
+            return partial(self._guest, data=data, hosts=hosts)
+        return partial(self._host, data=data)
+
     def _rng(self, party: str) -> np.random.Generator:
         if self.seed is None:
             return np.random.default_rng()

@@ -39,6 +39,7 @@ from fedfleet._streams import SPLIT_NN_ENTROPY, split_nn_stream
 from fedfleet.errors import ConfigError, DatasetError
 from fedfleet.vertical._channel import Channel, PartyError
 from fedfleet.vertical._party import PartyData
+from fedfleet.vertical._progress import PartyProgress
 
 __all__ = ["SPLIT_NN_ENTROPY", "SplitNN", "SplitNNResult"]
 
@@ -71,6 +72,35 @@ def _mlp(widths: Sequence[int], g: torch.Generator, *, relu_last: bool) -> nn.Se
 
 def _state(model: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def _saved(
+    models: Mapping[str, nn.Module | None], generators: Mapping[str, torch.Generator]
+) -> dict[str, np.ndarray]:
+    """A party's whole state as named arrays: its models' weights (plain SGD keeps no
+    optimizer state) and its noise generators' states."""
+    out: dict[str, np.ndarray] = {}
+    for name, model in models.items():
+        if model is not None:
+            out.update({f"{name}/{k}": v for k, v in _state(model).items()})
+    for name, g in generators.items():
+        out[f"noise/{name}"] = g.get_state().numpy().copy()
+    return out
+
+
+def _restore(
+    state: Mapping[str, np.ndarray],
+    models: Mapping[str, nn.Module | None],
+    generators: Mapping[str, torch.Generator],
+) -> None:
+    """Load what :func:`_saved` saved back into the models and generators, in place."""
+    for name, model in models.items():
+        if model is not None:
+            prefix = f"{name}/"
+            weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+    for name, g in generators.items():
+        g.set_state(torch.from_numpy(np.array(state[f"noise/{name}"])))
 
 
 @dataclass(frozen=True)
@@ -167,9 +197,13 @@ class SplitNN:
 
     # --- the programs ---------------------------------------------------------------------
 
-    def programs(self, parties: Mapping[str, PartyData]) -> dict[str, Callable[[Channel], Any]]:
+    def programs(
+        self,
+        parties: Mapping[str, PartyData],
+        progress: Mapping[str, PartyProgress] | None = None,
+    ) -> dict[str, Callable[[Channel], Any]]:
         """One program per party; the guest is the one party holding labels, the hosts follow
-        in the mapping's order."""
+        in the mapping's order; ``progress``: each party's (see :meth:`program`)."""
         guests = [p for p in parties.values() if p.y is not None]
         if len(guests) != 1:
             raise DatasetError(
@@ -177,18 +211,23 @@ class SplitNN:
                 f"{[p.name for p in guests]}"
             )
         roster = [guests[0].name] + [n for n, p in parties.items() if p.y is None]
-        return {name: self.program(parties[name], roster) for name in roster}
+        at = dict(progress or {})
+        return {name: self.program(parties[name], roster, at.get(name)) for name in roster}
 
-    def program(self, data: PartyData, roster: Sequence[str]) -> Callable[[Channel], Any]:
+    def program(
+        self, data: PartyData, roster: Sequence[str], progress: PartyProgress | None = None
+    ) -> Callable[[Channel], Any]:
         """The program of the party holding ``data``; ``roster`` names every party, guest
-        first (a deployed party knows its own table and the roster, nothing else)."""
+        first (a deployed party knows its own table and the roster, nothing else).
+        ``progress``: where the party checkpoints each epoch and learns where to start (a
+        resumed run starts every party after the same epoch)."""
         if data.name not in roster:
             raise PartyError(f"party {data.name!r} is not in the roster {list(roster)}")
         if data.name == roster[0]:
             if data.y is None:
                 raise DatasetError(f"split-nn: the guest {data.name!r} holds no labels")
-            return lambda ch: self._guest(ch, data, list(roster))
-        return lambda ch: self._host(ch, data, list(roster))
+            return lambda ch: self._guest(ch, data, list(roster), progress)
+        return lambda ch: self._host(ch, data, list(roster), progress)
 
     def _features(self, data: PartyData, train: np.ndarray) -> torch.Tensor:
         x = np.asarray(data.x, dtype=np.float64)
@@ -204,7 +243,9 @@ class SplitNN:
             out = out + self.dp_noise * torch.randn(out.shape, generator=g, dtype=out.dtype)
         return np.ascontiguousarray(out.numpy(), dtype=np.float32)
 
-    def _host(self, ch: Channel, data: PartyData, roster: list[str]) -> SplitNNResult:
+    def _host(
+        self, ch: Channel, data: PartyData, roster: list[str], progress: PartyProgress | None
+    ) -> SplitNNResult:
         index = roster.index(data.name)
         guest = roster[0]
         train, test = self.train_test(len(data.ids))
@@ -212,8 +253,11 @@ class SplitNN:
         bottom = self.bottom_model(x.shape[1], index)
         opt = torch.optim.SGD(bottom.parameters(), lr=self.lr)
         noise = _torch_generator(self.seed, 4, index)
-        steps = 0
-        for epoch in range(self.epochs):
+        start, saved = progress.start() if progress is not None else (0, {})
+        if saved:
+            _restore(saved, {"bottom": bottom}, {"activations": noise})
+        steps = sum(len(self.batches(e, train)) for e in range(start))
+        for epoch in range(start, self.epochs):
             for b, batch in enumerate(self.batches(epoch, train)):
                 h = bottom(x[torch.from_numpy(batch)])
                 tag = {"epoch": epoch, "batch": b}
@@ -228,13 +272,19 @@ class SplitNN:
                 h.backward(torch.from_numpy(np.asarray(grad, dtype=np.float32)))
                 opt.step()
                 steps += 1
+            if progress is not None:
+                progress.epoch_done(
+                    epoch + 1, _saved({"bottom": bottom}, {"activations": noise}), {}
+                )
         if len(test):
             with torch.no_grad():
                 h = bottom(x[torch.from_numpy(test)])
             ch.send(guest, Message("test-activations", {}, [self._noisy(h, noise)], ["h"]))
         return SplitNNResult(data.name, _state(bottom), metrics={"batches": steps})
 
-    def _guest(self, ch: Channel, data: PartyData, roster: list[str]) -> SplitNNResult:
+    def _guest(
+        self, ch: Channel, data: PartyData, roster: list[str], progress: PartyProgress | None
+    ) -> SplitNNResult:
         hosts = roster[1:]
         assert data.y is not None
         classes, y_all = np.unique(np.asarray(data.y), return_inverse=True)
@@ -250,7 +300,12 @@ class SplitNN:
         opt = torch.optim.SGD(params, lr=self.lr)
         noise = {h: _torch_generator(self.seed, 5, i + 1) for i, h in enumerate(hosts)}
         losses: list[float] = []
-        for epoch in range(self.epochs):
+        models = {"bottom": bottom, "top": top}
+        start, saved = progress.start() if progress is not None else (0, {})
+        if saved:
+            _restore(saved, models, noise)
+            losses = [float(v) for v in saved["losses"]]
+        for epoch in range(start, self.epochs):
             total = 0.0
             for b, batch in enumerate(self.batches(epoch, train)):
                 received = [self._activations(ch, h, "activations", len(batch)) for h in hosts]
@@ -269,6 +324,9 @@ class SplitNN:
                 opt.step()
                 total += float(loss.detach()) * len(batch)
             losses.append(total / max(len(train), 1))
+            if progress is not None:
+                state = _saved(models, noise) | {"losses": np.array(losses, dtype=np.float64)}
+                progress.epoch_done(epoch + 1, state, {"loss": losses[-1]})
         metrics: dict[str, Any] = {"loss": losses, "train_rows": len(train), "test_rows": len(test)}
         if len(test):
             received = [self._activations(ch, h, "test-activations", len(test)) for h in hosts]

@@ -1,0 +1,138 @@
+"""A vertical task run in process: alignment settings, the run directory, resuming (split-nn
+through the task, hetero-lr killed mid-run in process)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedfleet.errors import ConfigError, FedfleetError
+from fedfleet.vertical import (
+    HeteroLR,
+    LocalNetwork,
+    PartyError,
+    run_parties,
+    run_party,
+    simulate,
+    split_columns,
+)
+from fedfleet.vertical._progress import RunProgress, common_epoch, saved_epochs
+from fedfleet.vertical._task import VerticalTask
+
+SETTINGS = {"epochs": 3, "batch_size": 32, "bottom_widths": [4], "top_widths": [4]}
+
+
+def _task(**kw) -> VerticalTask:
+    settings = kw.pop("settings", SETTINGS)
+    base = {"dataset": "synthetic", "rows": 200, "features": 6, "overlap": 0.8}
+    return VerticalTask(**(base | kw), settings=settings)
+
+
+def test_alignment_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="align must be 'psi' or 'none', got 'fuzzy'"):
+        _task(align="fuzzy")
+    with pytest.raises(ConfigError, match=r"overlap must be in \(0, 1\], got 0"):
+        _task(overlap=0)
+    with pytest.raises(ConfigError, match=r"overlap = 0\.8 needs align = 'psi'"):
+        _task(align="none")
+
+
+def test_a_run_directory_holds_every_partys_checkpoints_and_the_guests_metrics(
+    tmp_path: Path,
+) -> None:
+    summary = simulate(_task(), tmp_path)
+    assert summary["own_rows"] == 160 and 0 < summary["rows"] < 160
+    m = summary["metrics"]
+    assert m["train_rows"] + m["test_rows"] == summary["rows"]
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in lines] == m["loss"]
+    for party in ("guest", "host-0", "host-1"):
+        assert saved_epochs(tmp_path, party) == [2, 3]  # the last two, for a kill between
+    assert common_epoch(tmp_path, ["guest", "host-0", "host-1"]) == 3
+    # the checkpoints are of this run: another learning rate, or rows, is refused by name
+    with pytest.raises(FedfleetError, match=r"checkpoint .* is of another run"):
+        simulate(_task(settings=SETTINGS | {"lr": 0.05}), tmp_path, resume=True)
+    with pytest.raises(FedfleetError, match="of another run"):
+        simulate(_task(overlap=0.7), tmp_path, resume=True)
+    # resuming a finished run trains nothing more and ends with the same numbers
+    assert simulate(_task(), tmp_path, resume=True)["metrics"] == m
+
+
+class _Killed(RunProgress):
+    """The guest dies at the end of epoch ``at``, before its checkpoint is written."""
+
+    def __init__(self, *args, at: int, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.at = at
+
+    def epoch_done(self, epoch, state, metrics) -> None:
+        if self.party == "guest" and epoch == self.at:
+            raise RuntimeError(f"killed after epoch {epoch}")
+        super().epoch_done(epoch, state, metrics)
+
+
+def _hetero_lr_run(
+    run_dir: Path, proto: HeteroLR, parties: dict, *, kill_at: int = 0
+) -> tuple[dict, LocalNetwork]:
+    start = common_epoch(run_dir, list(parties))
+    progress = {p: _Killed(run_dir, p, "lr", resume_from=start, at=kill_at) for p in parties}
+    net = LocalNetwork([*parties, "arbiter"], timeout_s=300)
+    return run_parties(net, proto.programs(parties, progress)), net
+
+
+def test_hetero_lr_killed_mid_run_resumes_bit_identical(tmp_path: Path) -> None:
+    pytest.importorskip("phe")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((90, 4))
+    y = (x @ np.array([1.0, -2.0, 0.5, 1.5]) > 0).astype(np.int64)
+    parties = {p.name: p for p in split_columns(x, y, [[0, 1], [2, 3]])}
+    proto = HeteroLR(epochs=3, batch_size=30, lr=0.3, key_bits=1024, seed=4)
+    whole, _ = _hetero_lr_run(tmp_path / "whole", proto, parties)
+    with pytest.raises(PartyError, match="killed after epoch 2"):
+        _hetero_lr_run(tmp_path / "cut", proto, parties, kill_at=2)
+    assert common_epoch(tmp_path / "cut", list(parties)) == 1
+    resumed, net = _hetero_lr_run(tmp_path / "cut", proto, parties)  # a fresh arbiter key
+    # it trained epochs 2 and 3 only: 3 batches each
+    assert sum(d.kind == "hlr-residuals" for d in net.log) == 2 * 3
+    for p in parties:
+        np.testing.assert_array_equal(resumed[p].weights, whole[p].weights)
+        assert resumed[p].intercept == whole[p].intercept
+    assert saved_epochs(tmp_path / "cut", "guest") == [2, 3]
+
+
+def test_deployed_parties_agree_on_the_epoch_to_resume_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # each party as deployed (run_party: PSI, then its program, its own run directory), here
+    # over a LocalNetwork; the guest's last checkpoint is lost (killed between the hosts'
+    # and its own write of epoch 3): the parties agree on epoch 2 and end as the whole run
+    task = _task()
+    names = task.names
+
+    def deployed(root: Path, resume: bool = False) -> dict:
+        net = LocalNetwork(names, timeout_s=300)
+        programs = {
+            p: (lambda ch, p=p: run_party(task, p, ch, root / p, resume=resume)) for p in names
+        }
+        return run_parties(net, programs)
+
+    whole = deployed(tmp_path / "whole")
+    deployed(tmp_path / "cut")
+    (tmp_path / "cut" / "guest" / "checkpoints" / "guest-e00003.safetensors").unlink()
+    with caplog.at_level(logging.INFO, logger="fedfleet.vertical"):
+        resumed = deployed(tmp_path / "cut", resume=True)
+    for p in names:
+        assert f"{p} resumes after epoch 2" in caplog.text
+    assert resumed["guest"][1]["metrics"] == whole["guest"][1]["metrics"]
+    for p in names:
+        for part in ("bottom", "top"):
+            mine, theirs = getattr(resumed[p][0], part), getattr(whole[p][0], part)
+            assert (mine is None) == (theirs is None)
+            for k in mine or {}:
+                np.testing.assert_array_equal(mine[k], theirs[k])
+    metrics = [(tmp_path / d / "guest" / "metrics.jsonl").read_text() for d in ("whole", "cut")]
+    assert metrics[0] == metrics[1] and len(metrics[0].splitlines()) == 3
