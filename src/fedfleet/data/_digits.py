@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedfleet._cache import cached_arrays
 from fedfleet.data._base import ArrayDataset, TaskData
-from fedfleet.data._cache import cached_arrays
 from fedfleet.errors import DatasetError
 
 __all__ = ["load_digits"]
@@ -49,7 +49,7 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> TaskData:
 
 def _split(test_fraction: float, seed: int) -> dict[str, np.ndarray]:
     """The digits and their stratified split, from scikit-learn (kept in the data cache: see
-    :mod:`fedfleet.data._cache`)."""
+    :mod:`fedfleet._cache`)."""
     # imported here, not at module level: scikit-learn (and the SciPy and pandas it pulls in)
     # is ~2 s of a process's start-up that only a first digits load needs
     from sklearn.datasets import load_digits as _sklearn_digits

@@ -65,13 +65,28 @@ def standardized(train: PartyData, test: PartyData) -> tuple[PartyData, PartyDat
 def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
     """Accuracy of ``p >= 1/2`` against labels ``y`` in {0, 1}, and ROC AUC of ``p`` (when both
     classes occur)."""
-    from sklearn.metrics import roc_auc_score
-
     y = np.asarray(y)
     out: dict[str, Any] = {"accuracy": float(np.mean((p >= 0.5) == (y == 1)))}
     if len(np.unique(y)) == 2:
-        out["auc"] = float(roc_auc_score(y, p))
+        out["auc"] = roc_auc(y == y.max(), p)
     return out
+
+
+def roc_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of ``score`` for the rows where ``positive`` is true: the Mann-Whitney statistic
+    (the chance a positive outscores a negative, ties counting half), from average ranks.
+
+    Written here rather than taken from ``sklearn.metrics.roc_auc_score`` (which gives the same
+    value) because importing scikit-learn's metrics costs each party's process ~1.5 s."""
+    positive = np.asarray(positive, dtype=bool)
+    score = np.asarray(score, dtype=np.float64)
+    order = np.argsort(score, kind="stable")
+    _, first, counts = np.unique(score[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(score))
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)  # 1-based, ties averaged
+    n_pos = int(positive.sum())
+    n_neg = len(score) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from fedfleet._codec import Message
 from fedfleet._streams import SPLIT_NN_ENTROPY, split_nn_stream
 from fedfleet.errors import ConfigError, DatasetError
 from fedfleet.vertical._channel import Channel, PartyError
+from fedfleet.vertical._holdout import roc_auc
 from fedfleet.vertical._party import PartyData
 from fedfleet.vertical._progress import PartyProgress
 
@@ -351,9 +352,7 @@ class SplitNN:
 
 def _classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     """Accuracy, and AUC of the second class's probability when there are two classes."""
-    from sklearn.metrics import roc_auc_score
-
     out = {"accuracy": float(np.mean(proba.argmax(axis=1) == y))}
     if proba.shape[1] == 2 and len(np.unique(y)) == 2:
-        out["auc"] = float(roc_auc_score(y, proba[:, 1]))
+        out["auc"] = roc_auc(y == y.max(), proba[:, 1])
     return out

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from fedfleet._cache import cached_arrays
 from fedfleet.errors import ConfigError, DatasetError
 from fedfleet.vertical._party import PartyData, split_columns
 from fedfleet.vertical._registry import build_protocol
@@ -131,15 +132,22 @@ class VerticalTask:
 
 def _table(task: VerticalTask) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if task.dataset == "breast-cancer":
-        from sklearn.datasets import load_breast_cancer
-
-        data = load_breast_cancer()
-        return data.data, data.target, [str(n) for n in data.feature_names]
+        table = cached_arrays("breast-cancer-v1", _breast_cancer, ("x", "y", "names"))
+        return table["x"], table["y"], [str(n) for n in table["names"]]
     rng = np.random.default_rng([_SYNTHETIC_ENTROPY, task.seed])
     x = rng.standard_normal((task.rows, task.features))
     w = rng.standard_normal(task.features)
     margin = 3.0 * x @ w / np.sqrt(task.features) + rng.logistic(size=task.rows)
     return x, (margin > 0).astype(np.int64), [f"x{j}" for j in range(task.features)]
+
+
+def _breast_cancer() -> dict[str, np.ndarray]:
+    """scikit-learn's breast cancer table (kept in the data cache: :mod:`fedfleet._cache`)."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    names = np.array([str(n) for n in data.feature_names])
+    return {"x": np.asarray(data.data), "y": np.asarray(data.target), "names": names}
 
 
 def _columns(task: VerticalTask, n_features: int) -> list[list[int]]:

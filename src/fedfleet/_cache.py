@@ -1,9 +1,10 @@
 """A small on-disk cache of prepared arrays, so a process need not import what made them.
 
-Loading scikit-learn's digits costs every process ~2 s of CPU for imports alone (scikit-learn,
-SciPy, pandas), as much as importing torch: the CLI, each network client, each process-pool and
-Ray worker pays it. The prepared split is tiny (1,797 images), so it is kept as an ``.npz``
-under the user's cache directory after the first load and read back with ``allow_pickle=False``.
+Loading a scikit-learn bundled dataset (digits, breast cancer) costs every process ~2 s of CPU
+for imports alone (scikit-learn, SciPy, pandas), as much as importing torch: the CLI, each
+network client, each process-pool and Ray worker, each vertical party pays it. The prepared
+arrays are tiny, so they are kept as an ``.npz`` under the user's cache directory after the
+first load and read back with ``allow_pickle=False``.
 
 Where: ``$FEDFLEET_CACHE_DIR`` if set (empty: no cache), else ``$XDG_CACHE_HOME/fedfleet``, else
 ``~/.cache/fedfleet``. A file that cannot be read (torn by a crash, written by another
