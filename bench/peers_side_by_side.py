@@ -159,7 +159,10 @@ def child_fedfleet(argv: Sequence[str], peers: Path) -> None:
     from fedfleet.client import FitInstructions
     from fedfleet.data import ArrayDataset, TaskData
     from fedfleet.runs import RunConfig
-    from fedfleet.runs._build import choose_executor
+    try:
+        from fedfleet.runs._build import choose_executor
+    except ModuleNotFoundError:  # a tree from before the private module names (loop_regression)
+        from fedfleet.runs.build import choose_executor  # type: ignore[no-redef]
     from fedfleet.sim import Federation, Simulation
     from fedfleet.strategies import FedAvg
 
@@ -202,7 +205,10 @@ def child_fedfleet(argv: Sequence[str], peers: Path) -> None:
         args.seed,
         common.sample_clients,
     )
-    from fedfleet.runs._build import build_trainer
+    try:
+        from fedfleet.runs._build import build_trainer
+    except ModuleNotFoundError:  # a tree from before the private module names (loop_regression)
+        from fedfleet.runs.build import build_trainer  # type: ignore[no-redef]
 
     trainer, executor, why = choose_executor(
         config,
