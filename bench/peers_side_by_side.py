@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import os
 import platform
@@ -210,12 +211,10 @@ def child_fedfleet(argv: Sequence[str], peers: Path) -> None:
     except ModuleNotFoundError:  # a tree from before the private module names (loop_regression)
         from fedfleet.runs.build import build_trainer  # type: ignore[no-redef]
 
-    trainer, executor, why = choose_executor(
-        config,
-        build_trainer(config, task),
-        strategy,
-        lanes=args.lanes,
-    )
+    positional: list[Any] = [config, build_trainer(config, task), strategy]
+    if "task" in inspect.signature(choose_executor).parameters:  # 174a06a's took the task too
+        positional.insert(1, task)
+    trainer, executor, why = choose_executor(*positional, lanes=args.lanes)
     timed = _TimedEvaluate(trainer)
     sim = Simulation(
         timed,
