@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from fedfleet.errors import ConfigError, FedfleetError
 from fedfleet.vertical import (
+    Channel,
     HeteroLR,
     LocalNetwork,
+    Message,
     PartyError,
     run_parties,
     run_party,
@@ -136,3 +141,74 @@ def test_deployed_parties_agree_on_the_epoch_to_resume_after(
                 np.testing.assert_array_equal(mine[k], theirs[k])
     metrics = [(tmp_path / d / "guest" / "metrics.jsonl").read_text() for d in ("whole", "cut")]
     assert metrics[0] == metrics[1] and len(metrics[0].splitlines()) == 3
+
+
+@dataclass(frozen=True)
+class _DiesAt:
+    """A party's channel that fails the party (as a kill would) when it is about to receive a
+    message of ``kind`` once ``file`` exists: a point every party has checkpointed up to."""
+
+    inner: Channel
+    kind: str
+    file: Path
+
+    @property
+    def party(self) -> str:
+        return self.inner.party
+
+    def send(self, to: str, message: Message) -> None:
+        self.inner.send(to, message)
+
+    def recv(self, sender: str, kind: str, timeout: float | None = None) -> Message:
+        if kind == self.kind and self.file.exists():
+            raise RuntimeError(f"{self.party} killed: {self.file.name} is written")
+        return self.inner.recv(sender, kind, timeout)
+
+
+def _deployed(
+    task: VerticalTask, root: Path, *, resume: bool = False, dies: tuple[str, str] | None = None
+) -> tuple[dict, LocalNetwork]:
+    """Each party as deployed (run_party: PSI, its program, its own run directory ``root /
+    party``) over one LocalNetwork; ``dies``: (kind, checkpoint file name) kills the guest."""
+    net = LocalNetwork(task.names, timeout_s=300)
+
+    def party(p: str) -> Callable[[Channel], Any]:
+        def program(ch: Channel) -> Any:
+            if dies is not None and p == "guest":
+                ch = _DiesAt(ch, dies[0], root / p / "checkpoints" / dies[1])
+            return run_party(task, p, ch, root / p, resume=resume)
+
+        return program
+
+    return run_parties(net, {p: party(p) for p in task.names}), net
+
+
+def _public_keys(net: LocalNetwork) -> set[bytes]:
+    return {d.frame for d in net.log if d.kind == "hlr-public-key"}
+
+
+def test_deployed_hetero_lr_killed_after_an_epoch_resumes_bit_identical(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("phe")
+    settings = {"epochs": 3, "batch_size": 40, "lr": 0.3, "key_bits": 1024, "test_fraction": 0.2}
+    task = _task(protocol="hetero-lr", rows=120, settings=settings)
+    assert task.names == ["guest", "host-0", "host-1", "arbiter"]
+    whole, whole_net = _deployed(task, tmp_path / "whole")
+    # the guest dies as it waits for the hosts' scores of epoch 2: all have checkpointed epoch 1
+    with pytest.raises(PartyError, match="guest killed: guest-e00001"):
+        _deployed(task, tmp_path / "cut", dies=("hlr-host-scores", "guest-e00001.safetensors"))
+    for p in ("guest", "host-0", "host-1"):
+        assert saved_epochs(tmp_path / "cut" / p, p) == [1]
+    with caplog.at_level(logging.INFO, logger="fedfleet.vertical"):
+        resumed, net = _deployed(task, tmp_path / "cut", resume=True)
+    for p in ("guest", "host-0", "host-1"):
+        assert f"{p} resumes after epoch 1" in caplog.text
+        np.testing.assert_array_equal(resumed[p][0].weights, whole[p][0].weights)
+        assert resumed[p][0].intercept == whole[p][0].intercept
+    # the arbiter holds no state: it drew another key, and no weight changed
+    assert _public_keys(net) and not _public_keys(net) & _public_keys(whole_net)
+    rows = whole["guest"][1]["metrics"]["train_rows"]
+    batches = -(-rows // 40)
+    assert sum(d.kind == "hlr-residuals" for d in net.log) == 2 * batches * 2  # 2 epochs, 2 hosts
+    assert resumed["guest"][1]["metrics"] == whole["guest"][1]["metrics"]

@@ -40,8 +40,9 @@ __all__ = ["RECORDED", "held_tables", "model_arrays", "run_party", "simulate"]
 
 RECORDED: tuple[type, ...] = (SplitNN, HeteroLR)
 """Protocols whose ``programs(parties, progress)`` checkpoint every epoch (resumable)."""
-RECORDED_DEPLOYED: tuple[type, ...] = (SplitNN,)
-"""Those whose deployed ``program(data, roster, progress)`` does too."""
+RECORDED_DEPLOYED: tuple[type, ...] = (SplitNN, HeteroLR)
+"""Those whose deployed ``program(data, roster, progress)`` does too (HeteroLR's arbiter keeps
+no state: a resumed run's arbiter draws a fresh key, which changes no bit of the weights)."""
 
 
 class Recorded(Protocol):
