@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 
 from fedfleet.errors import ConfigError, FedfleetError
+from fedfleet.runs import RunDir
 from fedfleet.vertical import (
     Channel,
     HeteroLR,
     LocalNetwork,
     Message,
     PartyError,
+    SecureBoost,
     run_parties,
     run_party,
     simulate,
@@ -212,3 +214,85 @@ def test_deployed_hetero_lr_killed_after_an_epoch_resumes_bit_identical(
     batches = -(-rows // 40)
     assert sum(d.kind == "hlr-residuals" for d in net.log) == 2 * batches * 2  # 2 epochs, 2 hosts
     assert resumed["guest"][1]["metrics"] == whole["guest"][1]["metrics"]
+
+
+BOOST = {"trees": 3, "max_depth": 2, "bins": 8, "key_bits": 512, "test_fraction": 0.25}
+
+
+def _boost_parties() -> dict:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((120, 6))
+    y = (x @ np.array([1.0, -2.0, 0.5, 1.5, -1.0, 0.7]) > 0).astype(np.int64)
+    return {p.name: p for p in split_columns(x, y, [[0, 1], [2, 3], [4, 5]])}
+
+
+def _boost_run(run_dir: Path, parties: dict, *, kill_at: int = 0) -> tuple[dict, LocalNetwork]:
+    """SecureBoost (simulated) with each party's RunProgress, the guest writing metrics.jsonl;
+    ``kill_at``: the guest dies at the end of that tree, before checkpointing it."""
+    start = common_epoch(run_dir, list(parties))
+    progress = {
+        p: _Killed(
+            run_dir,
+            p,
+            "boost",
+            resume_from=start,
+            at=kill_at,
+            metrics=RunDir(run_dir, fresh=False) if p == "guest" else None,
+        )
+        for p in parties
+    }
+    net = LocalNetwork(list(parties), timeout_s=300)
+    return run_parties(net, SecureBoost(**BOOST).programs(parties, progress)), net
+
+
+def _assert_same_boost(resumed: dict, whole: dict) -> None:
+    assert resumed["guest"].trees == whole["guest"].trees
+    np.testing.assert_array_equal(resumed["guest"].train_score, whole["guest"].train_score)
+    assert resumed["guest"].metrics == whole["guest"].metrics
+    for h in ("host-0", "host-1"):
+        assert resumed[h] == whole[h]
+
+
+def test_secureboost_killed_mid_run_resumes_bit_identical(tmp_path: Path) -> None:
+    pytest.importorskip("phe")
+    parties = _boost_parties()
+    whole, _ = _boost_run(tmp_path / "whole", parties)
+    losses = whole["guest"].metrics["loss"]
+    assert len(losses) == 3 and losses[0] > losses[1] > losses[2]  # each tree fits the rows
+    # a host cut in the trees: the hosts' lookup tables are in the checkpoints too
+    assert any(p > 0 for t in whole["guest"].trees for p in t.party)
+    with pytest.raises(PartyError, match="killed after epoch 2"):
+        _boost_run(tmp_path / "cut", parties, kill_at=2)
+    assert common_epoch(tmp_path / "cut", list(parties)) == 1
+    resumed, net = _boost_run(tmp_path / "cut", parties)
+    assert sum(d.kind == "sb-gh" and d.receiver == "host-0" for d in net.log) == 2  # trees 2, 3
+    _assert_same_boost(resumed, whole)
+    metrics = [(tmp_path / d / "metrics.jsonl").read_text() for d in ("whole", "cut")]
+    assert metrics[0] == metrics[1]
+    assert [json.loads(s)["loss"] for s in metrics[0].splitlines()] == losses
+    assert saved_epochs(tmp_path / "cut", "host-1") == [2, 3]
+
+
+def test_deployed_secureboost_killed_after_a_tree_resumes_bit_identical(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("phe")
+    task = _task(protocol="secureboost", rows=120, settings=BOOST)
+    whole, whole_net = _deployed(task, tmp_path / "whole")
+    # the guest dies waiting for the hosts' histograms of tree 2: all have checkpointed tree 1
+    with pytest.raises(PartyError, match="guest killed: guest-e00001"):
+        _deployed(task, tmp_path / "cut", dies=("sb-hist", "guest-e00001.safetensors"))
+    for p in task.names:
+        assert saved_epochs(tmp_path / "cut" / p, p) == [1]
+    with caplog.at_level(logging.INFO, logger="fedfleet.vertical"):
+        resumed, net = _deployed(task, tmp_path / "cut", resume=True)
+    for p in task.names:
+        assert f"{p} resumes after epoch 1" in caplog.text
+    models = [{p: r for p, (r, _) in run.items()} for run in (resumed, whole)]
+    _assert_same_boost(*models)
+    assert resumed["guest"][1]["metrics"] == whole["guest"][1]["metrics"]
+    # a fresh Paillier key, the same trees
+    setup = [{d.frame for d in n.log if d.kind == "sb-setup"} for n in (net, whole_net)]
+    assert setup[0] and not setup[0] & setup[1]
+    metrics = [(tmp_path / d / "guest" / "metrics.jsonl").read_text() for d in ("whole", "cut")]
+    assert metrics[0] == metrics[1] and len(metrics[0].splitlines()) == 3
