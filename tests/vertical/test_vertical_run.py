@@ -271,6 +271,16 @@ def test_secureboost_killed_mid_run_resumes_bit_identical(tmp_path: Path) -> Non
     assert metrics[0] == metrics[1]
     assert [json.loads(s)["loss"] for s in metrics[0].splitlines()] == losses
     assert saved_epochs(tmp_path / "cut", "host-1") == [2, 3]
+    # parties resuming from different trees (not agreed, by hand) are stopped, named
+    run = tmp_path / "whole"
+    progress = {
+        p: RunProgress(run, p, "boost", resume_from=3 if p == "guest" else 2) for p in parties
+    }
+    with pytest.raises(PartyError, match="host-0 resumes after tree 2, the guest after tree 3"):
+        run_parties(
+            LocalNetwork(list(parties), timeout_s=300),
+            SecureBoost(**BOOST).programs(parties, progress),
+        )
 
 
 def test_deployed_secureboost_killed_after_a_tree_resumes_bit_identical(
