@@ -1,5 +1,6 @@
 """A vertical task run in process: alignment settings, the run directory, resuming (split-nn
-through the task, hetero-lr killed mid-run in process)."""
+through the task; hetero-lr and secureboost killed mid-run, simulated and as deployed parties
+over a LocalNetwork)."""
 
 from __future__ import annotations
 

@@ -22,6 +22,10 @@ Because every sum is an exact integer, the federated model is exactly the model
 round g and h to multiples of 2^-frac_bits (2^-32 by default) the same way, and nothing else
 differs.
 
+With a :class:`~fedfleet.vertical._progress.PartyProgress` every party checkpoints after each
+tree (:mod:`fedfleet.vertical._secureboost_state`) and a resumed run grows the remaining trees,
+ending bit-identical to one never stopped.
+
 Prediction (:func:`prediction_programs`): the guest walks every tree a level at a time, asking
 each host for the direction of the rows that sit at its nodes (split id, row).
 
