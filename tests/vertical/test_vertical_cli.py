@@ -249,3 +249,42 @@ def test_a_killed_run_resumes_bit_identical(tmp_path: Path) -> None:
     assert summary["metrics"] == whole["metrics"]
     assert (run / "metrics.jsonl").read_text() == (tmp_path / "whole" / "metrics.jsonl").read_text()
     _assert_same_models(_models(run), _models(tmp_path / "whole"))
+
+
+def test_a_killed_secureboost_run_resumes_bit_identical(tmp_path: Path) -> None:
+    pytest.importorskip("phe")
+    config = tmp_path / "boost.toml"
+    config.write_text(
+        '[vertical]\nprotocol = "secureboost"\ndataset = "synthetic"\nparties = 3\nrows = 120\n'
+        "features = 6\n\n[vertical.settings]\ntrees = 3\nmax_depth = 2\nbins = 8\n"
+        "key_bits = 512\ntest_fraction = 0.25\n"
+    )
+    whole = _run(tmp_path, config, "whole")
+    # the guest stops for good before committing its checkpoint of tree 2 (the hosts have theirs)
+    env = {**_env(), "FEDFLEET_TEST_PAUSE_VERTICAL": "guest:2"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedfleet", "vertical", "run", "--config", str(config), "--out",
+         "killed"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # blocks until the pause is logged (or the run ends: no line)
+            if "pausing before commit" in line:
+                break
+        else:
+            pytest.fail("the run ended without pausing")
+    finally:
+        proc.kill()
+        proc.wait(timeout=120)
+    run = tmp_path / "killed"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    resumed = _fedfleet(tmp_path, "vertical", "run", "--resume", "killed")
+    _, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr
+    assert "guest resumes after epoch 1" in stderr and "host-1 resumes after epoch 1" in stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["metrics"] == whole["metrics"] and len(whole["metrics"]["loss"]) == 3
+    lines = (run / "metrics.jsonl").read_text()
+    assert lines == (tmp_path / "whole" / "metrics.jsonl").read_text()
+    assert [json.loads(s)["loss"] for s in lines.splitlines()] == whole["metrics"]["loss"]

@@ -33,15 +33,18 @@ from fedfleet.vertical._progress import (
     saved_epochs,
 )
 from fedfleet.vertical._registry import Deployable
+from fedfleet.vertical._secureboost import SecureBoost
 from fedfleet.vertical._split_nn import SplitNN, SplitNNResult
 from fedfleet.vertical._task import VerticalTask, guest_metrics, party_tables
 
 __all__ = ["RECORDED", "held_tables", "model_arrays", "run_party", "simulate"]
 
-RECORDED: tuple[type, ...] = (SplitNN, HeteroLR)
-"""Protocols whose ``programs(parties, progress)`` checkpoint every epoch (resumable)."""
-RECORDED_DEPLOYED: tuple[type, ...] = (SplitNN,)
-"""Those whose deployed ``program(data, roster, progress)`` does too."""
+RECORDED: tuple[type, ...] = (SplitNN, HeteroLR, SecureBoost)
+"""Protocols whose ``programs(parties, progress)`` checkpoint every epoch (resumable;
+SecureBoost's "epoch" is a tree)."""
+RECORDED_DEPLOYED: tuple[type, ...] = (SplitNN, HeteroLR, SecureBoost)
+"""Those whose deployed ``program(data, roster, progress)`` does too (HeteroLR's arbiter keeps
+no state: a resumed run's arbiter draws a fresh key, which changes no bit of the weights)."""
 
 
 class Recorded(Protocol):

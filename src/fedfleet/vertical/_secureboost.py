@@ -22,6 +22,10 @@ Because every sum is an exact integer, the federated model is exactly the model
 round g and h to multiples of 2^-frac_bits (2^-32 by default) the same way, and nothing else
 differs.
 
+With a :class:`~fedfleet.vertical._progress.PartyProgress` every party checkpoints after each
+tree (:mod:`fedfleet.vertical._secureboost_state`) and a resumed run grows the remaining trees,
+ending bit-identical to one never stopped.
+
 Prediction (:func:`prediction_programs`): the guest walks every tree a level at a time, asking
 each host for the direction of the rows that sit at its nodes (split id, row).
 
@@ -71,6 +75,13 @@ from fedfleet.vertical._holdout import (
     train_test,
 )
 from fedfleet.vertical._party import PartyData
+from fedfleet.vertical._progress import PartyProgress
+from fedfleet.vertical._secureboost_state import (
+    guest_arrays,
+    guest_state,
+    host_arrays,
+    host_table,
+)
 
 __all__ = [
     "SecureBoost",
@@ -123,9 +134,19 @@ class SecureBoost(BoostSettings):
                 f"SecureBoost test_fraction must be in [0, 1), got {self.test_fraction}"
             )
 
-    def programs(self, parties: Mapping[str, PartyData]) -> dict[str, Program]:
+    @property
+    def epochs(self) -> int:
+        """The run's checkpoints: one per tree (a tree is a vertical run's "epoch")."""
+        return self.trees
+
+    def programs(
+        self,
+        parties: Mapping[str, PartyData],
+        progress: Mapping[str, PartyProgress] | None = None,
+    ) -> dict[str, Program]:
         """The guest's program (returns :class:`SecureBoostModel`) and each host's (returns
-        its :class:`SecureBoostHostModel`)."""
+        its :class:`SecureBoostHostModel`); ``progress``: where each party checkpoints after
+        every tree and learns where a resumed run starts (the same tree at every party)."""
         if self.guest not in parties or parties[self.guest].y is None:
             raise DatasetError(f"SecureBoost needs the guest {self.guest!r} with labels")
         hosts = [p for p in parties if p != self.guest]  # in order, as a deployed roster
@@ -138,11 +159,17 @@ class SecureBoost(BoostSettings):
             if parties[h].y is not None:
                 raise DatasetError(f"host {h} holds labels; only the guest may")
         roster = [self.guest, *hosts]
-        return {name: self.program(parties[name], roster) for name in roster}
+        at = dict(progress or {})
+        return {name: self.program(parties[name], roster, at.get(name)) for name in roster}
 
-    def program(self, data: PartyData, roster: Sequence[str]) -> Program:
+    def program(
+        self, data: PartyData, roster: Sequence[str], progress: PartyProgress | None = None
+    ) -> Program:
         """The program of the party holding ``data``, knowing the roster's names (the guest
-        first, then the hosts in the order the guest numbers them)."""
+        first, then the hosts in the order the guest numbers them); ``progress``: where it
+        checkpoints after every tree (:mod:`fedfleet.vertical._secureboost_state`) and learns
+        how many trees a resumed run has (the guest's Paillier key is drawn afresh: no bit of
+        the model depends on it)."""
         if roster[0] != self.guest:
             raise PartyError(
                 f"SecureBoost's guest is {self.guest!r}, but the roster starts with {roster[0]!r}"
@@ -152,10 +179,10 @@ class SecureBoost(BoostSettings):
         if data.name == self.guest:
             if data.y is None:
                 raise DatasetError(f"SecureBoost needs the guest {self.guest!r} with labels")
-            return partial(_evaluated_guest, self, data, list(roster[1:]))
+            return partial(_evaluated_guest, self, data, list(roster[1:]), progress)
         if data.y is not None:
             raise DatasetError(f"host {data.name} holds labels; only the guest may")
-        return partial(_evaluated_host, self, data)
+        return partial(_evaluated_host, self, data, progress)
 
 
 @dataclass(frozen=True)
@@ -171,7 +198,8 @@ class SecureBoostModel:
     objective: str
     train_score: np.ndarray
     metrics: dict[str, Any] = field(default_factory=dict)
-    """``train_rows``, ``test_rows`` and, on the held-out rows, ``accuracy`` and ``auc``
+    """``loss`` (the training rows' after each tree: log loss, or mean squared error),
+    ``train_rows``, ``test_rows`` and, on the held-out rows, ``accuracy`` and ``auc``
     (binary) or ``rmse`` and ``r2`` (regression)."""
 
 
@@ -192,14 +220,28 @@ def _slots(qg: np.ndarray, qh: np.ndarray) -> tuple[int, int]:
     return offset, width
 
 
-def _guest(s: SecureBoost, data: PartyData, hosts: list[str], ch: Channel) -> SecureBoostModel:
+def _loss(score: np.ndarray, y: np.ndarray, objective: str) -> float:
+    """The mean training loss at raw scores ``score``: log loss, or squared error."""
+    if objective == "binary":
+        return float(np.mean(np.logaddexp(0.0, score) - y * score))
+    return float(np.mean((score - y) ** 2))
+
+
+def _guest(
+    s: SecureBoost,
+    data: PartyData,
+    hosts: list[str],
+    ch: Channel,
+    progress: PartyProgress | None = None,
+) -> SecureBoostModel:
     phe = require("phe", feature="SecureBoost")
     assert data.y is not None
     y = np.asarray(data.y, dtype=np.float64)
+    done, saved = progress.start() if progress is not None else (0, {})
     public, private = s.keys or phe.paillier.generate_paillier_keypair(n_length=s.key_bits)
     nsq_bytes = (2 * public.n.bit_length() + 7) // 8
     for h in hosts:
-        ch.send(h, Message("sb-setup", {"n": str(public.n)}))
+        ch.send(h, Message("sb-setup", {"n": str(public.n), "start": done}))
     host_bins = [ch.recv(h, "sb-bins").arrays[0].astype(np.int64) for h in hosts]
     edges = [quantile_edges(data.x[:, j], s.bins) for j in range(data.x.shape[1])]
     binned = to_bins(data.x, edges)
@@ -207,9 +249,12 @@ def _guest(s: SecureBoost, data: PartyData, hosts: list[str], ch: Channel) -> Se
     width = max([int(v) for v in n_bins] + [1])
     base = base_score(y, s.objective)
     score = np.full(len(y), base)
-    trees = []
+    trees: list[PlainTree] = []
+    losses: list[float] = []
     split_id: dict[tuple[int, int, int], int] = {}  # (host, feature, bin) -> the host's id
-    for _ in range(s.trees):
+    if done:
+        trees, score, losses, split_id = guest_state(saved, done, len(y))
+    for t in range(done, s.trees):
         g, hess = gradients(score, y, s.objective)
         qg, qh = quantize(g, s.frac_bits), quantize(hess, s.frac_bits)
         offset, slot = _slots(qg, qh)
@@ -282,17 +327,27 @@ def _guest(s: SecureBoost, data: PartyData, hosts: list[str], ch: Channel) -> Se
         tree = _with_split_ids(tree, split_id)
         score = score + leaf
         trees.append(tree)
-    return SecureBoostModel(tuple(trees), tuple(hosts), tuple(edges), base, s.objective, score)
+        losses.append(_loss(score, y, s.objective))
+        if progress is not None:
+            state = guest_arrays(trees, score, losses, split_id)
+            progress.epoch_done(t + 1, state, {"loss": losses[-1]})
+    model = SecureBoostModel(tuple(trees), tuple(hosts), tuple(edges), base, s.objective, score)
+    return replace(model, metrics={"loss": losses})
 
 
 def _evaluated_guest(
-    s: SecureBoost, data: PartyData, hosts: list[str], ch: Channel
+    s: SecureBoost,
+    data: PartyData,
+    hosts: list[str],
+    progress: PartyProgress | None,
+    ch: Channel,
 ) -> SecureBoostModel:
     """Train on the training rows; with held-out rows, tell the hosts how deep the trees go,
     score the held-out rows with them and compute the metrics."""
     train, test = (subset(data, r) for r in train_test(s.seed, len(data.ids), s.test_fraction))
-    model = _guest(s, train, hosts, ch)
-    metrics: dict[str, Any] = {"train_rows": len(train.ids), "test_rows": len(test.ids)}
+    model = _guest(s, train, hosts, ch, progress)
+    metrics: dict[str, Any] = {**model.metrics, "train_rows": len(train.ids)}
+    metrics["test_rows"] = len(test.ids)
     if len(test.ids):
         assert test.y is not None
         depth = max((_depth(t) for t in model.trees), default=0)
@@ -306,9 +361,11 @@ def _evaluated_guest(
     return replace(model, metrics=metrics)
 
 
-def _evaluated_host(s: SecureBoost, data: PartyData, ch: Channel) -> SecureBoostHostModel:
+def _evaluated_host(
+    s: SecureBoost, data: PartyData, progress: PartyProgress | None, ch: Channel
+) -> SecureBoostHostModel:
     train, test = (subset(data, r) for r in train_test(s.seed, len(data.ids), s.test_fraction))
-    model = _host(s, train, ch)
+    model = _host(s, train, ch, progress)
     if len(test.ids):
         depth = int(ch.recv(s.guest, "sb-predict").body["depth"])
         _host_predict(model, test, depth, s.guest, ch)
@@ -357,9 +414,18 @@ def _with_split_ids(t: PlainTree, split_id: dict[tuple[int, int, int], int]) -> 
     )
 
 
-def _host(s: SecureBoost, data: PartyData, ch: Channel) -> SecureBoostHostModel:
+def _host(
+    s: SecureBoost, data: PartyData, ch: Channel, progress: PartyProgress | None = None
+) -> SecureBoostHostModel:
     gmpy2 = require("gmpy2", feature="SecureBoost")
-    nsq = gmpy2.mpz(int(ch.recv(s.guest, "sb-setup").body["n"])) ** 2
+    done, saved = progress.start() if progress is not None else (0, {})
+    setup = ch.recv(s.guest, "sb-setup")
+    if int(setup.body.get("start", 0)) != done:
+        raise PartyError(
+            f"host {data.name} resumes after tree {done}, the guest after tree "
+            f"{setup.body.get('start', 0)}; resume every party from the same run"
+        )
+    nsq = gmpy2.mpz(int(setup.body["n"])) ** 2
     nsq_bytes = (int(nsq).bit_length() + 7) // 8
     edges = [quantile_edges(data.x[:, j], s.bins) for j in range(data.x.shape[1])]
     binned = to_bins(data.x, edges)
@@ -369,9 +435,12 @@ def _host(s: SecureBoost, data: PartyData, ch: Channel) -> SecureBoostHostModel:
     width = max([int(v) for v in n_bins] + [1])
     one = gmpy2.mpz(1)
     table_f: list[int] = []
-    table_t: list[float] = []
-    known: dict[tuple[int, int], int] = {}
-    for _ in range(s.trees):
+    table_b: list[int] = []
+    if done:
+        table_f, table_b = host_table(saved, edges, data.name)
+    table_t = [float(edges[f][b]) for f, b in zip(table_f, table_b, strict=True)]
+    known = {(f, b): i for i, (f, b) in enumerate(zip(table_f, table_b, strict=True))}
+    for t in range(done, s.trees):
         gh = ch.recv(s.guest, "sb-gh")
         cipher = [gmpy2.mpz(c) for c in array_to_ints(gh.arrays[0])]
         per, lift = int(gh.body["per"]), gmpy2.mpz(2) ** int(gh.body["shift"])
@@ -404,11 +473,14 @@ def _host(s: SecureBoost, data: PartyData, ch: Channel) -> SecureBoostHostModel:
                 if (f, b) not in known:  # one split id per distinct cut
                     known[(f, b)] = len(table_f)
                     table_f.append(int(f))
+                    table_b.append(int(b))
                     table_t.append(float(edges[f][b]))
                 ids.append(known[(f, b)])
                 lefts.append((position == k) & (binned[:, f] <= b))
             left = np.array(lefts, dtype=bool).reshape(len(asked), len(position))
             ch.send(s.guest, Message("sb-left", {"ids": ids}, [left], ["left rows"]))
+        if progress is not None:
+            progress.epoch_done(t + 1, host_arrays(table_f, table_b), {})
     return SecureBoostHostModel(tuple(table_f), tuple(table_t))
 
 
