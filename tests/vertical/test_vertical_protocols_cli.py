@@ -75,6 +75,9 @@ def test_simulation_from_the_cli_reports_the_guests_metrics(tmp_path: Path, prot
         assert m["accuracy"] > (0.85 if protocol == "secureboost" else 0.9) and m["auc"] > 0.95
         assert "accuracy" in stdout and "auc" in stdout
     data_parties = {"guest", "host-0", "host-1"}
+    # each data party's own piece of the model (the arbiter holds none)
+    saved = sorted(p.stem for p in (tmp_path / "sim" / "models").glob("*.safetensors"))
+    assert saved == sorted(data_parties)
     expected = data_parties | ({"arbiter"} if protocol.startswith("hetero") else set())
     assert set(summary["bytes_sent"]) == expected
     assert all(summary["bytes_sent"][p] > 0 for p in expected)

@@ -33,7 +33,8 @@ from fedfleet.vertical._progress import (
     saved_epochs,
 )
 from fedfleet.vertical._registry import Deployable
-from fedfleet.vertical._secureboost import SecureBoost
+from fedfleet.vertical._secureboost import SecureBoost, SecureBoostHostModel, SecureBoostModel
+from fedfleet.vertical._secureboost_state import guest_arrays
 from fedfleet.vertical._split_nn import SplitNN, SplitNNResult
 from fedfleet.vertical._task import VerticalTask, guest_metrics, party_tables
 
@@ -94,6 +95,18 @@ def model_arrays(result: Any) -> dict[str, np.ndarray] | None:
         return out | {f"top/{k}": v for k, v in (result.top or {}).items()}
     if isinstance(result, PartyWeights):
         return {"weights": result.weights, "intercept": np.array([result.intercept])}
+    if isinstance(result, SecureBoostModel):  # the trees, base score and the guest's bin edges
+        trees = guest_arrays(list(result.trees), result.train_score, [], {})
+        out = {k: v for k, v in trees.items() if k.startswith("tree/")}
+        out["base"] = np.array([result.base])
+        out["edges"] = np.concatenate([np.asarray(e, dtype=np.float64) for e in result.edges])
+        out["edges/count"] = np.array([len(e) for e in result.edges], dtype=np.int64)
+        return out
+    if isinstance(result, SecureBoostHostModel):  # split id -> its feature and threshold
+        return {
+            "feature": np.array(result.feature, dtype=np.int64),
+            "threshold": np.array(result.threshold, dtype=np.float64),
+        }
     return None
 
 
