@@ -160,6 +160,7 @@ def child_fedfleet(argv: Sequence[str], peers: Path) -> None:
     from fedfleet.client import FitInstructions
     from fedfleet.data import ArrayDataset, TaskData
     from fedfleet.runs import RunConfig
+
     try:
         from fedfleet.runs._build import choose_executor
     except ModuleNotFoundError:  # a tree from before the private module names (loop_regression)
