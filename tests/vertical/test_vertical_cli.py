@@ -216,12 +216,9 @@ def test_certs_refuses_a_party_named_like_the_server(tmp_path: Path) -> None:
     assert not (tmp_path / "certs" / "server.pem").exists()
 
 
-def test_a_killed_run_resumes_bit_identical(tmp_path: Path) -> None:
-    extra = "rows = 400\nfeatures = 6\noverlap = 0.9"
-    config = _config(tmp_path, "synthetic", extra)
-    whole = _run(tmp_path, config, "whole")
-    # the guest stops for good before committing its checkpoint of epoch 2, after the hosts
-    # finished epoch 2: the parties are an epoch apart when the run is killed
+def _killed_before_the_guest_commits_epoch_2(tmp_path: Path, config: Path) -> Path:
+    """``fedfleet vertical run`` into ``killed``, SIGKILLed while its guest pauses before
+    committing its checkpoint of epoch (tree) 2; returns the run directory."""
     env = {**_env(), "FEDFLEET_TEST_PAUSE_VERTICAL": "guest:2"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "fedfleet", "vertical", "run", "--config", str(config), "--out",
@@ -238,12 +235,27 @@ def test_a_killed_run_resumes_bit_identical(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=120)
-    run = tmp_path / "killed"
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
-    assert not (run / "summary.json").exists()
-    resumed = _fedfleet(tmp_path, "vertical", "run", "--resume", "killed")
+    return tmp_path / "killed"
+
+
+def _resumed(tmp_path: Path, run: Path) -> str:
+    """``fedfleet vertical run --resume run``, which must succeed; returns its log."""
+    resumed = _fedfleet(tmp_path, "vertical", "run", "--resume", str(run))
     _, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr
+    return stderr
+
+
+def test_a_killed_run_resumes_bit_identical(tmp_path: Path) -> None:
+    extra = "rows = 400\nfeatures = 6\noverlap = 0.9"
+    config = _config(tmp_path, "synthetic", extra)
+    whole = _run(tmp_path, config, "whole")
+    # the guest stops for good before committing its checkpoint of epoch 2, after the hosts
+    # finished epoch 2: the parties are an epoch apart when the run is killed
+    run = _killed_before_the_guest_commits_epoch_2(tmp_path, config)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert not (run / "summary.json").exists()
+    stderr = _resumed(tmp_path, run)
     assert "guest resumes after epoch 1" in stderr and "host-0 resumes after epoch 1" in stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metrics"] == whole["metrics"]
@@ -261,27 +273,9 @@ def test_a_killed_secureboost_run_resumes_bit_identical(tmp_path: Path) -> None:
     )
     whole = _run(tmp_path, config, "whole")
     # the guest stops for good before committing its checkpoint of tree 2 (the hosts have theirs)
-    env = {**_env(), "FEDFLEET_TEST_PAUSE_VERTICAL": "guest:2"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedfleet", "vertical", "run", "--config", str(config), "--out",
-         "killed"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:  # blocks until the pause is logged (or the run ends: no line)
-            if "pausing before commit" in line:
-                break
-        else:
-            pytest.fail("the run ended without pausing")
-    finally:
-        proc.kill()
-        proc.wait(timeout=120)
-    run = tmp_path / "killed"
+    run = _killed_before_the_guest_commits_epoch_2(tmp_path, config)
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
-    resumed = _fedfleet(tmp_path, "vertical", "run", "--resume", "killed")
-    _, stderr = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, stderr
+    stderr = _resumed(tmp_path, run)
     assert "guest resumes after epoch 1" in stderr and "host-1 resumes after epoch 1" in stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metrics"] == whole["metrics"] and len(whole["metrics"]["loss"]) == 3
