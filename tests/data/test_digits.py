@@ -74,3 +74,25 @@ def test_a_cached_split_is_the_computed_one_and_a_torn_entry_is_computed_again(
     off.mkdir()
     assert np.array_equal(load_digits(test_fraction=0.25, seed=7).train.x, first.train.x)
     assert sorted(p.name for p in tmp_path.iterdir()) == [entry.name, "off"]
+
+
+def test_a_process_with_a_warm_cache_loads_digits_without_scikit_learn(tmp_path) -> None:
+    """What the data cache is for (README, datasets): a run, a client or a worker starting
+    after the first load does not import scikit-learn (~2 s of CPU each)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from fedfleet.data import load_digits\n"
+        "task = load_digits(test_fraction=0.2, seed=0)\n"
+        "print(len(task.train), 'sklearn' in sys.modules)\n"
+    )
+    env = dict(os.environ, FEDFLEET_CACHE_DIR=str(tmp_path))
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        for _ in range(2)
+    ]
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    assert [r.stdout.split() for r in runs] == [["1437", "True"], ["1437", "False"]]

@@ -63,7 +63,6 @@ from fedfleet.vertical._holdout import (
     classification_metrics,
     regression_metrics,
     standardized,
-    subset,
     train_test,
 )
 from fedfleet.vertical._party import PartyData
@@ -222,7 +221,7 @@ class HeteroLR:
 
     def _split(self, data: PartyData) -> tuple[PartyData, PartyData]:
         train, test = train_test(self.seed, len(data.ids), self.test_fraction)
-        parts = subset(data, train), subset(data, test)
+        parts = data.subset(train), data.subset(test)
         return standardized(*parts) if self.standardize else parts
 
     def _evaluated_guest(

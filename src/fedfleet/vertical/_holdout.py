@@ -18,7 +18,6 @@ __all__ = [
     "classification_metrics",
     "regression_metrics",
     "standardized",
-    "subset",
     "train_test",
 ]
 
@@ -35,17 +34,6 @@ def train_test(seed: int, rows: int, fraction: float) -> tuple[np.ndarray, np.nd
     order = np.random.default_rng([HOLDOUT_ENTROPY, seed]).permutation(rows)
     n_test = round(fraction * rows)
     return np.sort(order[n_test:]), np.sort(order[:n_test])
-
-
-def subset(data: PartyData, rows: np.ndarray) -> PartyData:
-    """``data``'s rows at positions ``rows``."""
-    return PartyData(
-        data.name,
-        data.ids[rows],
-        data.x[rows],
-        None if data.y is None else data.y[rows],
-        data.feature_names,
-    )
 
 
 def standardized(train: PartyData, test: PartyData) -> tuple[PartyData, PartyData]:

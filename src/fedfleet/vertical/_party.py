@@ -67,11 +67,15 @@ class PartyData:
             take = np.array([index[i] for i in ids], dtype=np.int64)
         except KeyError as err:
             raise DatasetError(f"party {self.name} has no record {err.args[0]!r}") from None
+        return self.subset(take)
+
+    def subset(self, positions: np.ndarray) -> PartyData:
+        """The rows at ``positions``, in that order (as ``ArrayDataset.subset`` does)."""
         return PartyData(
             self.name,
-            self.ids[take],
-            self.x[take],
-            None if self.y is None else self.y[take],
+            self.ids[positions],
+            self.x[positions],
+            None if self.y is None else self.y[positions],
             self.feature_names,
         )
 

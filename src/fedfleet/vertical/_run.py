@@ -41,11 +41,10 @@ from fedfleet.vertical._task import VerticalTask, guest_metrics, party_tables
 __all__ = ["RECORDED", "held_tables", "model_arrays", "run_party", "simulate"]
 
 RECORDED: tuple[type, ...] = (SplitNN, HeteroLR, SecureBoost)
-"""Protocols whose ``programs(parties, progress)`` checkpoint every epoch (resumable;
-SecureBoost's "epoch" is a tree)."""
-RECORDED_DEPLOYED: tuple[type, ...] = (SplitNN, HeteroLR, SecureBoost)
-"""Those whose deployed ``program(data, roster, progress)`` does too (HeteroLR's arbiter keeps
-no state: a resumed run's arbiter draws a fresh key, which changes no bit of the weights)."""
+"""Protocols whose ``programs(parties, progress)``, and deployed ``program(data, roster,
+progress)``, checkpoint every epoch (resumable; SecureBoost's "epoch" is a tree; HeteroLR's
+arbiter keeps no state: a resumed run's arbiter draws a fresh key, which changes no bit of the
+weights)."""
 
 
 class Recorded(Protocol):
@@ -61,7 +60,7 @@ class Recorded(Protocol):
 
 
 class RecordedDeployed(Recorded, Protocol):
-    """A protocol of :data:`RECORDED_DEPLOYED`."""
+    """A protocol of :data:`RECORDED`, deployed."""
 
     def program(
         self, data: PartyData, roster: Sequence[str], progress: PartyProgress | None = None
@@ -122,8 +121,10 @@ def _progress(
 
 
 def _save_model(run_dir: Path | None, party: str, result: Any, fingerprint: str) -> None:
+    if run_dir is None:
+        return
     arrays = model_arrays(result)
-    if run_dir is not None and arrays:
+    if arrays:
         path = save_party_model(run_dir, party, arrays, fingerprint)
         party_logger(party).info("%s saved its model to %s", party, path)
 
@@ -169,13 +170,26 @@ def simulate(
         _save_model(out, party, result, fingerprint)
     for party in programs:
         sent[party] = sent.get(party, 0) + network.bytes_sent(party)
+    return _summary(task, own_rows, len(tables[0].ids), results[roster[0]], sent, start_time)
+
+
+def _summary(
+    task: VerticalTask,
+    own_rows: int,
+    rows: int,
+    guest_result: Any,
+    sent: dict[str, int],
+    start_time: float,
+) -> dict[str, Any]:
+    """The run's summary (``summary.json``): the guest's records before and after alignment,
+    its metrics, the bytes each party sent and the wall time since ``start_time``."""
     return {
         "protocol": task.protocol,
         "dataset": task.dataset,
         "align": task.align,
         "own_rows": own_rows,
-        "rows": len(tables[0].ids),
-        "metrics": guest_metrics(results[roster[0]]),
+        "rows": rows,
+        "metrics": guest_metrics(guest_result),
         "bytes_sent": sent,
         "wall_s": time.perf_counter() - start_time,
     }
@@ -217,7 +231,7 @@ def run_party(
             f"protocol {task.protocol!r} runs in simulation only (it has no "
             "program(data, roster)); use fedfleet vertical run"
         )
-    if resume and not (out is not None and isinstance(protocol, RECORDED_DEPLOYED)):
+    if resume and not (out is not None and isinstance(protocol, RECORDED)):
         raise ConfigError(
             f"a deployed {task.protocol!r} party keeps no per-epoch checkpoints, so it cannot "
             "be resumed; start the run again without --resume"
@@ -233,7 +247,7 @@ def run_party(
         table = psi_align_party(channel, table, data_parties)
         log.info("%s: PSI aligned %d of its %d records", party, len(table.ids), own_rows)
     fingerprint = _fingerprint(task, protocol, len(table.ids))
-    if out is not None and isinstance(protocol, RECORDED_DEPLOYED):
+    if out is not None and isinstance(protocol, RECORDED):
         recorded = cast(RecordedDeployed, protocol)
         start = 0
         if resume and party in data_parties:
@@ -246,13 +260,5 @@ def run_party(
     _save_model(out, party, result, fingerprint)
     if party != task.names[0]:
         return result, None
-    return result, {
-        "protocol": task.protocol,
-        "dataset": task.dataset,
-        "align": task.align,
-        "own_rows": own_rows,
-        "rows": len(table.ids),
-        "metrics": guest_metrics(result),
-        "bytes_sent": {party: getattr(channel, "bytes_sent", 0)},
-        "wall_s": time.perf_counter() - start_time,
-    }
+    sent = {party: getattr(channel, "bytes_sent", 0)}
+    return result, _summary(task, own_rows, len(table.ids), result, sent, start_time)

@@ -72,7 +72,6 @@ from fedfleet.vertical._channel import Channel, PartyError, array_to_ints, ints_
 from fedfleet.vertical._holdout import (
     classification_metrics,
     regression_metrics,
-    subset,
     train_test,
 )
 from fedfleet.vertical._party import PartyData
@@ -325,7 +324,7 @@ def _evaluated_guest(
 ) -> SecureBoostModel:
     """Train on the training rows; with held-out rows, tell the hosts how deep the trees go,
     score the held-out rows with them and compute the metrics."""
-    train, test = (subset(data, r) for r in train_test(s.seed, len(data.ids), s.test_fraction))
+    train, test = (data.subset(r) for r in train_test(s.seed, len(data.ids), s.test_fraction))
     model = _guest(s, train, hosts, ch, progress)
     metrics: dict[str, Any] = {**model.metrics, "train_rows": len(train.ids)}
     metrics["test_rows"] = len(test.ids)
@@ -345,7 +344,7 @@ def _evaluated_guest(
 def _evaluated_host(
     s: SecureBoost, data: PartyData, progress: PartyProgress | None, ch: Channel
 ) -> SecureBoostHostModel:
-    train, test = (subset(data, r) for r in train_test(s.seed, len(data.ids), s.test_fraction))
+    train, test = (data.subset(r) for r in train_test(s.seed, len(data.ids), s.test_fraction))
     model = _host(s, train, ch, progress)
     if len(test.ids):
         depth = int(ch.recv(s.guest, "sb-predict").body["depth"])
